@@ -1,0 +1,38 @@
+# medret: robustness of contrastive image-report models for chest X-ray retrieval.
+# Table of contents: each included file is one stage, in data-flow order (README, "Workflow").
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+
+
+# A wildcard can only take a configured name, so no rule matches a path it was not meant for.
+wildcard_constraints:
+    dataset=_alternatives(DATASETS),
+    model=_alternatives(MODELS),
+    corruption=_alternatives(CORRUPTIONS),
+    subset="eval|train",
+
+
+include: "workflow/rules/dataset.smk"
+include: "workflow/rules/images.smk"
+include: "workflow/rules/corruptions.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/ranks.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/plots.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

@@ -1,0 +1,97 @@
+"""Config validation: JSON schema, defaults, and the checks a schema cannot express.
+
+Errors are one line naming the config key and the fix, e.g.
+``config key models.local.train.epocs: unknown key (did you mean 'epochs'?)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from medret.errors import MedretError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Read the YAML JSON-schema of the workflow config."""
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _key(path: list[Any]) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        key = extra[0]
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"
+        return f"config key {_key([*path, key])}: unknown key ({hint})"
+    if error.validator == "required":
+        return f"config key {_key(path)}: {error.message}; add it (see config/schema.yaml)"
+    if "propertyNames" in error.schema_path:
+        return f"config key {_key(path)}: name {error.instance!r} must be letters, digits, '_', '-' or '.'"
+    return f"config key {_key(path)}: {error.message}"
+
+
+def _fill_defaults(value: Any, schema: Mapping[str, Any]) -> None:
+    """Fill ``default``s of object properties in place, recursing into maps of entries."""
+    if not isinstance(value, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in value and "default" in sub:
+            value[key] = copy.deepcopy(sub["default"])
+        if key in value:
+            _fill_defaults(value[key], sub)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in value:
+            if key not in schema.get("properties", {}):
+                _fill_defaults(value[key], extra)
+
+
+def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return a validated copy of ``config`` with defaults filled in, or raise MedretError."""
+    schema = load_schema() if schema is None else schema
+    config = copy.deepcopy(dict(config))
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        raise MedretError(_message(error))
+    _fill_defaults(config, schema)
+    _check_references(config)
+    return config
+
+
+def _check_references(config: Mapping[str, Any]) -> None:
+    """Cross-entry checks: adapters and families exist, training datasets are defined."""
+    from medret.datasets import get_adapter
+    from medret.models import get_family
+
+    for name, entry in config["datasets"].items():
+        get_adapter(entry["adapter"], key=f"datasets.{name}.adapter")
+    for name, entry in config["models"].items():
+        family = get_family(entry, name)
+        train = entry.get("train")
+        if train is not None:
+            if family.train is None:
+                raise MedretError(f"config key models.{name}.train: family {family.name} is not trainable; remove it")
+            if train["dataset"] not in config["datasets"]:
+                raise MedretError(
+                    f"config key models.{name}.train.dataset: {train['dataset']!r} is not in datasets "
+                    f"({', '.join(config['datasets'])})"
+                )
+        elif family.train is not None and "checkpoint" not in entry:
+            raise MedretError(f"config key models.{name}: family {family.name} needs either train or checkpoint")

@@ -1,0 +1,76 @@
+"""Dataset adapters: each turns a dataset on disk into the standard pairs table.
+
+An adapter is one module that registers itself with :func:`register_adapter`. It declares the
+files the workflow must track (:meth:`DatasetAdapter.source_files`) and reads them into a
+DataFrame with :data:`PAIR_COLUMNS` (plus optional ``label_*`` columns). Everything after that
+(manifest, image cache, corruption specs) is the same for every dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from medret.errors import MedretError
+
+#: Columns of the standard pairs table, in order. ``patient_id``, ``study_id`` and ``view`` may be
+#: empty strings when a dataset does not have them; label columns are named ``label_<finding>``.
+PAIR_COLUMNS = ("pair_id", "image_path", "report", "split", "patient_id", "study_id", "view")
+
+
+@dataclass(frozen=True)
+class DatasetAdapter:
+    """A registered dataset format.
+
+    ``source_files(name, entry)`` lists the files the workflow tracks as inputs (relative to the
+    working directory); ``load(entry, sources)`` returns the standard pairs table.
+    """
+
+    name: str
+    source_files: Callable[[str, Mapping[str, Any]], list[str]]
+    load: Callable[[Mapping[str, Any], list[str]], pd.DataFrame]
+    description: str
+
+
+_ADAPTERS: dict[str, DatasetAdapter] = {}
+
+
+def register_adapter(adapter: DatasetAdapter) -> DatasetAdapter:
+    """Add an adapter to the registry (called at import time by each adapter module)."""
+    _ADAPTERS[adapter.name] = adapter
+    return adapter
+
+
+def get_adapter(name: str, *, key: str = "adapter") -> DatasetAdapter:
+    """Return the adapter called ``name`` or raise a MedretError naming the config key."""
+    _load_builtin_adapters()
+    try:
+        return _ADAPTERS[name]
+    except KeyError:
+        known = ", ".join(sorted(_ADAPTERS))
+        raise MedretError(f"config key {key}: unknown dataset adapter {name!r}; use one of: {known}") from None
+
+
+def list_adapters() -> dict[str, str]:
+    """Names and one-line descriptions of every registered adapter."""
+    _load_builtin_adapters()
+    return {name: a.description for name, a in sorted(_ADAPTERS.items())}
+
+
+def load_pairs(name: str, entry: Mapping[str, Any], sources: list[str]) -> pd.DataFrame:
+    """Read dataset ``name`` (config ``entry``) from ``sources`` into the standard pairs table."""
+    adapter = get_adapter(entry["adapter"], key=f"datasets.{name}.adapter")
+    table = adapter.load(entry, sources)
+    missing = [c for c in PAIR_COLUMNS if c not in table.columns]
+    if missing:  # a programming error in an adapter, not a user error
+        raise RuntimeError(f"adapter {adapter.name} returned no column(s) {missing}")
+    labels = sorted(c for c in table.columns if c.startswith("label_"))
+    return table[[*PAIR_COLUMNS, *labels]].reset_index(drop=True)
+
+
+def _load_builtin_adapters() -> None:
+    # Imported lazily so that `import medret.datasets` stays cheap and cycle-free.
+    from medret.datasets import csv as _csv  # noqa: F401

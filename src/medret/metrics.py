@@ -1,0 +1,458 @@
+"""Retrieval metrics, chance levels, cluster-bootstrap CIs and robustness summaries.
+
+Everything here starts from the per-query ranks table (one row per model, corruption, level, repeat,
+direction and query). ``rank`` is the 1-based *pessimistic* rank of the best relevant candidate,
+computed upstream: 1 + the number of non-relevant candidates scoring >= the best relevant one. So
+ties count against the query (a constant-score model gets rank N - m + 1 and R@K = 0 for
+K < N - m + 1), and a query with several relevant candidates is judged by its best-ranked one; the
+other relevant candidates never push it down.
+
+Uncertainty: a percentile bootstrap over clusters (patients). One counts matrix, keyed only on the
+sorted cluster ids, the number of replicates and the seed, weights every model, corruption, level
+and direction, so CIs of differences and of curve summaries (AUC, relative drop) are paired, and
+adding a model never moves another model's CIs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from medret.errors import MedretError
+
+KS = (1, 5, 10)
+METRICS = ("R@1", "R@5", "R@10", "MRR", "median_rank")
+ROBUSTNESS_METRICS = ("R@1", "R@5", "R@10", "MRR")
+ROBUSTNESS_QUANTITIES = ("auc", "nauc", "relative_drop")
+DIRECTIONS = ("i2t", "t2i")
+RANK_COLUMNS = (
+    "model",
+    "corruption",
+    "level",
+    "repeat",
+    "direction",
+    "query_id",
+    "rank",
+    "n_relevant",
+    "n_candidates",
+)
+METRICS_COLUMNS = (
+    "dataset",
+    "model",
+    "corruption",
+    "level",
+    "direction",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n_queries",
+    "chance",
+)
+ROBUSTNESS_COLUMNS = (
+    "dataset",
+    "model",
+    "corruption",
+    "direction",
+    "metric",
+    "quantity",
+    "level",
+    "value",
+    "ci_low",
+    "ci_high",
+)
+_CURVE = ["model", "corruption", "direction"]  # one value-vs-level curve
+_CELL = ["model", "corruption", "level", "direction"]  # one point of a curve: a metrics row per metric
+_MEANS = METRICS[:4]  # metrics that are means of per-query values (median_rank is not)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Point metrics on a vector of ranks
+
+
+def hits(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-query hit indicator at cut-off ``k``: 1.0 where ``rank <= k``, else 0.0.
+
+    With pessimistic ranks a tie between the best relevant candidate and non-relevant ones counts
+    as a miss when the tie straddles ``k``.
+    """
+    if k < 1:
+        raise MedretError(f"K must be >= 1, got {k}")
+    return (np.asarray(ranks, dtype=float) <= k).astype(float)
+
+
+def recall_at_k(ranks: np.ndarray, k: int) -> float:
+    """Recall@K as a hit rate in percent: 100 × the fraction of queries with a relevant item in the top K.
+
+    A query with several relevant items is a hit if any of them is in the top K (the CLIP-paper
+    definition, not per-query recall). Ties: pessimistic, see :func:`hits`.
+    """
+    return 100.0 * float(np.mean(hits(_nonempty(ranks), k)))
+
+
+def mean_reciprocal_rank(ranks: np.ndarray) -> float:
+    """MRR as a fraction in (0, 1]: the mean over queries of 1 / rank of the best relevant item."""
+    return float(np.mean(1.0 / _nonempty(ranks)))
+
+
+def median_rank(ranks: np.ndarray) -> float:
+    """Median over queries of the rank of the best relevant item (mean of the two middle values if even)."""
+    return float(np.median(_nonempty(ranks)))
+
+
+def _nonempty(ranks: np.ndarray) -> np.ndarray:
+    r = np.asarray(ranks, dtype=float)
+    if r.size == 0:
+        raise MedretError("no ranks to compute a metric from: the ranks table has no rows for this cell")
+    return r
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chance levels: a uniformly random ordering of the N candidates of a query with m relevant ones
+
+
+def _check_pool(n_candidates: np.ndarray, n_relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n, m = np.broadcast_arrays(np.asarray(n_candidates, np.int64), np.asarray(n_relevant, np.int64))
+    if np.any(m < 1) or np.any(m > n):
+        raise MedretError("n_relevant must be between 1 and n_candidates for every query")
+    return n, m
+
+
+def chance_recall_at_k(n_candidates: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
+    """Per-query probability (a fraction) that a random ordering puts a relevant item in the top K.
+
+    P = 1 − C(N−m, K) / C(N, K). The ratio is taken as the product over i < K of (N−m−i)/(N−i), each
+    factor in [0, 1], so there are no huge binomials and large N is exact to rounding. K = 1 gives m/N;
+    K >= N−m+1 gives 1.
+    """
+    if k < 1:
+        raise MedretError(f"K must be >= 1, got {k}")
+    n, m = _check_pool(n_candidates, n_relevant)
+    miss = np.ones(n.shape)
+    for i in range(k):
+        # once N-m-i reaches 0 every top-K set must contain a relevant item: the factor is 0
+        miss *= np.clip(n - m - i, 0, None) / np.maximum(n - i, 1)
+    return 1.0 - miss
+
+
+def chance_reciprocal_rank(n_candidates: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """Per-query E[1/R], R the position of the first of m relevant items in a random order of N.
+
+    P(R = r) = C(N−r, m−1) / C(N, m) for r = 1..N−m+1, built by the recursion P(1) = m/N,
+    P(r+1) = P(r)·(N−r−m+1)/(N−r) (stable cumulative product). For m = 1 this is H_N / N. Computed
+    once per distinct (N, m) pair, which are few.
+    """
+    n, m = _check_pool(n_candidates, n_relevant)
+    base = int(n.max()) + 1 if n.size else 1
+    keys, inverse = np.unique(n * base + m, return_inverse=True)  # one int per (N, m) pair
+    out = np.array([_expected_reciprocal(int(k) // base, int(k) % base) for k in keys])
+    return out[inverse].reshape(n.shape)
+
+
+def _expected_reciprocal(n: int, m: int) -> float:
+    r = np.arange(1, n - m + 2, dtype=float)
+    ratios = np.concatenate([[m / n], (n - r[:-1] - m + 1) / (n - r[:-1])])
+    return float(np.sum(np.cumprod(ratios) / r))
+
+
+def expected_rank(n_candidates: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """Per-query E[R] = (N+1)/(m+1) under a random ordering; its median over queries is chance median rank."""
+    n, m = _check_pool(n_candidates, n_relevant)
+    return (n + 1) / (m + 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cluster bootstrap
+
+
+def bootstrap_counts(clusters: Sequence[str], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``n_boot`` cluster-bootstrap resamples.
+
+    ``clusters`` holds one cluster id (patient) per query. Each replicate draws as many clusters as
+    there are, uniformly with replacement. Returns ``(index, counts)``: the index of each query's
+    cluster among the sorted unique ids, and a float (n_boot, n_clusters) matrix of how often each
+    cluster was drawn. The counts depend only on the number of clusters, ``n_boot`` and ``seed``
+    (columns follow the sorted ids), so every model, level and direction evaluated on the same
+    queries shares the same resamples, and the first B rows do not change when n_boot grows.
+    """
+    if n_boot < 1:
+        raise MedretError(f"n_boot must be >= 1, got {n_boot}")
+    if len(clusters) == 0:
+        raise MedretError("no queries to bootstrap")
+    uniq, index = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    n_clusters = len(uniq)
+    draws = np.random.default_rng(seed).integers(0, n_clusters, size=(n_boot, n_clusters))
+    flat = (draws + n_clusters * np.arange(n_boot)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=n_boot * n_clusters).reshape(n_boot, n_clusters)
+    return index.ravel(), counts.astype(float)
+
+
+def _cluster_sums(values: np.ndarray, cluster: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Sum the rows of ``values`` (n_queries, S) within each cluster: (n_clusters, S)."""
+    order = np.argsort(cluster, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(cluster[order]) != 0])
+    sums = np.zeros((n_clusters, values.shape[1]))
+    sums[cluster[order][starts]] = np.add.reduceat(values[order], starts, axis=0)
+    return sums
+
+
+def _bootstrap_means(
+    values: np.ndarray, present: np.ndarray, cluster: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full-sample and replicate means of each column over the queries present in it.
+
+    values: (n_queries, S, T) per-query values of T statistics in S cells; present: (n_queries, S)
+    bool. A replicate mean is (counts @ cluster_sums) / (counts @ cluster_sizes), one matmul for all.
+    Returns (point (S, T), replicates (B, S, T)).
+    """
+    nq, s, t = values.shape
+    stacked = np.concatenate([np.where(present[:, :, None], values, 0.0).reshape(nq, s * t), present], axis=1)
+    sums = _cluster_sums(stacked.astype(float), cluster, counts.shape[1])
+    weighted = np.concatenate([sums.sum(axis=0, keepdims=True), counts @ sums])  # row 0: every cluster once
+    means = _ratio(weighted[:, : s * t].reshape(-1, s, t), weighted[:, s * t :, None])
+    return means[0], means[1:]
+
+
+def _bootstrap_median(values: np.ndarray, cluster: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Median of ``values`` in each resample, weighting query q by counts[b, cluster[q]]: (B,).
+
+    Equals np.median of the explicitly resampled vector: with cumulative weights over the sorted
+    values, the element at 0-based position p of the resample is the first one whose cumulative
+    weight exceeds p; even totals average the two middle elements. Pass ``counts`` as int32: the
+    in-place row-wise cumulative sum is then several times faster than in float or int64.
+    """
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    weights = np.take(counts, cluster[order], axis=1)
+    cum = np.cumsum(weights, axis=1, out=weights)
+    total = cum[:, -1]
+    last = len(values) - 1
+    lo = np.minimum(np.count_nonzero(cum <= ((total - 1) // 2)[:, None], axis=1), last)
+    hi = np.minimum(np.count_nonzero(cum <= (total // 2)[:, None], axis=1), last)
+    return np.where(total > 0, (sorted_values[lo] + sorted_values[hi]) / 2, np.nan)
+
+
+def _percentile_ci(replicates: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over axis 0; undefined replicates (a 0 denominator) are left out."""
+    alpha = 1.0 - ci
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN, as they should
+        low, high = np.nanquantile(replicates, [alpha / 2, 1 - alpha / 2], axis=0)
+    return low, high
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num, den = np.broadcast_arrays(num, den)
+    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den != 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ranks table
+
+
+def _validate(ranks: pd.DataFrame) -> None:
+    missing = [c for c in RANK_COLUMNS if c not in ranks.columns]
+    if missing:
+        raise MedretError(f"ranks table is missing column(s) {', '.join(missing)}")
+    if ranks.empty:
+        raise MedretError("ranks table has no rows")
+    for col in RANK_COLUMNS:
+        if ranks[col].isna().any():
+            raise MedretError(f"ranks table column '{col}' has missing values")
+    for col in ("level", "repeat", "rank", "n_relevant", "n_candidates"):
+        if not pd.api.types.is_numeric_dtype(ranks[col]) or pd.api.types.is_bool_dtype(ranks[col]):
+            raise MedretError(f"ranks table column '{col}' must be numeric, got dtype {ranks[col].dtype}")
+    bad = sorted(set(ranks["direction"].unique()) - set(DIRECTIONS))
+    if bad:
+        raise MedretError(f"ranks table column 'direction' has unknown value(s) {bad}; use 'i2t' or 't2i'")
+    level = ranks["level"].to_numpy(float)
+    if not np.all(np.isfinite(level)) or np.any(level < 0):
+        raise MedretError("ranks table column 'level' must hold finite levels >= 0")
+    for col in ("repeat", "rank", "n_candidates", "n_relevant"):
+        v = ranks[col].to_numpy(float)
+        if np.any(v != np.round(v)):
+            raise MedretError(f"ranks table column '{col}' must hold integers")
+    rank, n, m = (ranks[c].to_numpy(float) for c in ("rank", "n_candidates", "n_relevant"))
+    if np.any(m < 1) or np.any(m > n):
+        raise MedretError("ranks table column 'n_relevant' must be between 1 and n_candidates")
+    if np.any(rank < 1) or np.any(rank > n):
+        raise MedretError("ranks table column 'rank' must be between 1 and n_candidates")
+    if np.any(rank > n - m + 1):
+        # pessimistic rank = 1 + non-relevant candidates ranked above, so at most N - m + 1
+        raise MedretError("ranks table column 'rank' exceeds n_candidates - n_relevant + 1 for some query")
+    dup = ranks.duplicated([*_CELL, "repeat", "query_id"])
+    if dup.any():
+        row = ranks[dup].iloc[0]
+        raise MedretError(
+            f"ranks table has duplicate rows for query '{row['query_id']}' ({row['model']}, "
+            f"{row['corruption']}, level {row['level']}, repeat {row['repeat']}, {row['direction']})"
+        )
+
+
+def _per_query(ranks: pd.DataFrame) -> pd.DataFrame:
+    """Average each query's hits, reciprocal rank and rank over its repeats at each level."""
+    r = ranks["rank"].to_numpy(float)
+    # column "median_rank" holds the rank itself: its per-query mean is what the median is taken of
+    stats = {f"R@{k}": 100.0 * hits(r, k) for k in KS} | {"MRR": 1.0 / r, "median_rank": r}
+    table = ranks[[*_CELL, "query_id", "n_candidates", "n_relevant"]].assign(**stats)
+    grouped = table.groupby([*_CELL, "query_id"], sort=True, observed=True)
+    per_query = grouped[list(METRICS)].mean()
+    pool = grouped[["n_candidates", "n_relevant"]]
+    smallest = pool.min()
+    if (smallest != pool.max()).any().any():
+        raise MedretError("ranks table columns 'n_candidates'/'n_relevant' differ between repeats of a query")
+    per_query = per_query.join(smallest).reset_index()
+    _check_same_queries(per_query)
+    return per_query
+
+
+def _check_same_queries(per_query: pd.DataFrame) -> None:
+    """Every level of a curve must hold the same queries, or the curve mixes different test sets."""
+    n_curve = per_query.groupby(_CURVE, observed=True)["query_id"].transform("nunique")
+    n_cell = per_query.groupby(_CELL, observed=True)["query_id"].transform("nunique")
+    short = per_query[n_cell < n_curve]
+    if short.empty:
+        return
+    model, corruption, level, direction = short.iloc[0][_CELL]
+    curve = per_query[
+        (per_query["model"] == model) & (per_query["corruption"] == corruption) & (per_query["direction"] == direction)
+    ]
+    absent = sorted(set(curve["query_id"]) - set(curve.loc[curve["level"] == level, "query_id"]))
+    raise MedretError(
+        f"ranks table column 'query_id': query '{absent[0]}' of {model}/{corruption}/{direction} "
+        f"is missing at level {level} ({len(absent)} missing there)"
+    )
+
+
+def _query_clusters(queries: np.ndarray, clusters: Mapping[str, str | None] | None) -> list[str]:
+    """Cluster id per query; a query without one (None/NaN, or no mapping at all) is its own cluster."""
+    if clusters is None:
+        return [f"query:{q}" for q in queries]
+    absent = [q for q in queries if q not in clusters]
+    if absent:
+        raise MedretError(f"clusters mapping has no entry for query_id '{absent[0]}' ({len(absent)} missing)")
+    # prefixes keep a query id from colliding with a patient id of the same spelling
+    return [f"query:{q}" if pd.isna(clusters[q]) else f"cluster:{clusters[q]}" for q in queries]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(
+    ranks: pd.DataFrame,
+    clusters: Mapping[str, str | None] | None,
+    *,
+    dataset: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (metrics, robustness) tables with paired cluster-bootstrap CIs.
+
+    Metrics, one row per (model, corruption, level, direction, metric), columns ``METRICS_COLUMNS``:
+
+    - ``R@K`` (K in 1, 5, 10), percent: a query is a hit if its best relevant candidate has
+      pessimistic rank <= K (ties count against it; several relevant items: any one in the top K).
+      Each query's hit indicator is first averaged over its repeats at that level, then over queries.
+    - ``MRR``, a fraction: per-query reciprocal rank averaged over repeats, then over queries.
+    - ``median_rank``, rank units: per-query mean rank over repeats, then the median over queries.
+
+    ``value`` is the full-sample estimate; ``ci_low``/``ci_high`` the ``ci`` percentile interval of
+    ``n_boot`` cluster-bootstrap replicates (clusters = ``clusters[query_id]``, e.g. patients; None
+    or a None value makes a query its own cluster); the same resamples serve every row. ``chance``
+    is the expectation under a uniformly random ranking: the mean of the per-query chance of R@K
+    (percent) or of E[1/R], and for median_rank the median of (N+1)/(m+1).
+
+    Robustness, columns ``ROBUSTNESS_COLUMNS``, for R@1, R@5, R@10 and MRR of every (model,
+    corruption, direction) curve with a level-0 point and at least two levels: ``auc`` = trapezoid
+    area under value-vs-level divided by the level range (metric units, level NaN); ``nauc`` = auc /
+    value(0); ``relative_drop`` = 1 − value(level)/value(0) for each level > 0. Ratios are NaN where
+    value(0) is 0, and such replicates are left out of the CI. All use the metrics' replicates, so
+    the CIs account for the pairing across levels.
+    """
+    if not 0.0 < ci < 1.0:
+        raise MedretError(f"ci must be between 0 and 1, got {ci}")
+    _validate(ranks)
+    per_query = _per_query(ranks)
+
+    query_codes, queries = pd.factorize(per_query["query_id"], sort=True)
+    cluster, counts = bootstrap_counts(_query_clusters(np.asarray(queries), clusters), n_boot, seed)
+    cell_codes = per_query.groupby(_CELL, sort=True, observed=True).ngroup().to_numpy()
+    cells = _cells(per_query)
+
+    shape = (len(queries), len(cells))
+    present = np.zeros(shape, dtype=bool)
+    present[query_codes, cell_codes] = True
+    values = np.zeros((*shape, len(METRICS)))
+    values[query_codes, cell_codes] = per_query[list(METRICS)].to_numpy(float)
+
+    # metric axis: the means (R@K, MRR) share one matmul; median_rank (last) needs a weighted median
+    nm = len(_MEANS)
+    point, reps = np.empty((len(cells), len(METRICS))), np.empty((n_boot, len(cells), len(METRICS)))
+    point[:, :nm], reps[:, :, :nm] = _bootstrap_means(values[..., :nm], present, cluster, counts)
+    counts_int = counts.astype(np.int32)
+    for c in range(len(cells)):
+        ranks_c = values[present[:, c], c, -1]
+        point[c, -1] = np.median(ranks_c)
+        reps[:, c, -1] = _bootstrap_median(ranks_c, cluster[present[:, c]], counts_int)
+
+    metrics = _metrics_table(cells, point, reps, ci, dataset)
+    robustness = _robustness_table(cells, point, reps, ci, dataset)
+    return metrics, robustness
+
+
+def _cells(per_query: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, corruption, level, direction), in ngroup order, with n_queries and chance."""
+    n, m = per_query["n_candidates"].to_numpy(), per_query["n_relevant"].to_numpy()
+    chance = {f"R@{k}": 100.0 * chance_recall_at_k(n, m, k) for k in KS}
+    chance |= {"MRR": chance_reciprocal_rank(n, m), "median_rank": expected_rank(n, m)}
+    table = per_query[[*_CELL, "query_id"]].assign(**{f"chance_{k}": v for k, v in chance.items()})
+    grouped = table.groupby(_CELL, sort=True, observed=True)
+    cells = grouped[[f"chance_{k}" for k in _MEANS]].mean()
+    cells["chance_median_rank"] = grouped["chance_median_rank"].median()
+    cells["n_queries"] = grouped["query_id"].nunique()
+    return cells.reset_index()
+
+
+def _metrics_table(cells: pd.DataFrame, point: np.ndarray, reps: np.ndarray, ci: float, dataset: str) -> pd.DataFrame:
+    low, high = _percentile_ci(reps, ci)
+    n_metrics = len(METRICS)
+    out = cells.loc[cells.index.repeat(n_metrics), _CELL].reset_index(drop=True)
+    out.insert(0, "dataset", dataset)
+    out["metric"] = np.tile(METRICS, len(cells))
+    out["value"], out["ci_low"], out["ci_high"] = point.ravel(), low.ravel(), high.ravel()
+    out["n_queries"] = np.repeat(cells["n_queries"].to_numpy(), n_metrics)
+    out["chance"] = cells[[f"chance_{k}" for k in METRICS]].to_numpy().ravel()
+    return out[list(METRICS_COLUMNS)]
+
+
+def _robustness_table(
+    cells: pd.DataFrame, point: np.ndarray, reps: np.ndarray, ci: float, dataset: str
+) -> pd.DataFrame:
+    """AUC, normalised AUC and relative drops of each curve, on the full sample and on every replicate."""
+    n = len(ROBUSTNESS_METRICS)  # the leading metrics in METRICS order
+    samples = np.concatenate([point[None, :, :n], reps[:, :, :n]])  # (1 + B, cells, n)
+    rows: list[dict] = []
+    for (model, corruption, direction), curve in cells.groupby(_CURVE, sort=True, observed=True):
+        curve = curve.sort_values("level")
+        levels = curve["level"].to_numpy(float)
+        if levels[0] != 0.0 or len(levels) < 2:
+            continue  # no clean reference or no curve: nothing to summarise
+        y = samples[:, curve.index.to_numpy()]  # (1 + B, levels, n)
+        auc = np.trapezoid(y, x=levels, axis=1) / (levels[-1] - levels[0])
+        summaries = [("auc", np.nan, auc), ("nauc", np.nan, _ratio(auc, y[:, 0]))]
+        drops = 1.0 - _ratio(y[:, 1:], y[:, :1])
+        summaries += [("relative_drop", lvl, drops[:, i]) for i, lvl in enumerate(levels[1:])]
+        intervals = [_percentile_ci(s[1:], ci) for _, _, s in summaries]
+        for j, metric in enumerate(ROBUSTNESS_METRICS):
+            for (quantity, level, s), (low, high) in zip(summaries, intervals, strict=True):
+                rows.append(
+                    {"dataset": dataset, "model": model, "corruption": corruption, "direction": direction}
+                    | {"metric": metric, "quantity": quantity, "level": level}
+                    | {"value": s[0, j], "ci_low": low[j], "ci_high": high[j]}
+                )
+    return pd.DataFrame(rows, columns=list(ROBUSTNESS_COLUMNS))

@@ -1,0 +1,328 @@
+"""One function per workflow stage: read the stage's inputs, call the library, write its outputs.
+
+The workflow scripts only unpack ``snakemake.input/output/params`` and call these; they are
+equally usable from Python. Every output is written atomically (temporary path, then rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medret.errors import MedretError
+
+
+@contextlib.contextmanager
+def script_context(log_path: str | os.PathLike[str] | None, threads: int = 1) -> Iterator[None]:
+    """Send stderr to the job's log, cap torch threads, and turn a MedretError into one line.
+
+    The one-line message goes to the log and to the terminal; the job then exits with status 1
+    (Snakemake removes the outputs of failed jobs, and ours are atomic anyway).
+    """
+    terminal = sys.stderr
+    log = open(log_path, "w", buffering=1) if log_path else None  # noqa: SIM115 (closed below)
+    if log is not None:
+        sys.stderr = log
+    os.environ.setdefault("MPLCONFIGDIR", str(Path(log_path or ".").resolve().parent / ".mplconfig"))
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+        yield
+    except MedretError as exc:
+        for stream in {terminal, sys.stderr}:
+            print(f"medret error: {exc}", file=stream, flush=True)
+        raise SystemExit(1) from None
+    finally:
+        sys.stderr = terminal
+        if log is not None:
+            log.close()
+
+
+def generate_demo(out_csv: str | Path, entry: Mapping[str, Any], workers: int = 1) -> None:
+    """Generate the synthetic demo dataset into the directory holding ``out_csv``."""
+    from medret.datasets import phantoms
+
+    phantoms.generate(
+        Path(out_csv).parent,
+        n_train=int(entry["n_train"]),
+        n_test=int(entry["n_test"]),
+        size=int(entry["render_size"]),
+        seed=int(entry["seed"]),
+        workers=workers,
+    )
+
+
+def build_manifest(
+    name: str,
+    entry: Mapping[str, Any],
+    sources: Sequence[str],
+    out_manifest: str | Path,
+    out_train: str | Path,
+) -> None:
+    """Read a dataset through its adapter; write the evaluated manifest and the training table."""
+    from medret.datasets import load_pairs
+    from medret.manifest import manifest_digest, select_pairs, write_table
+
+    pairs = load_pairs(name, entry, list(sources))
+    manifest = select_pairs(pairs, entry["split"])
+    write_table(manifest, out_manifest, digest=manifest_digest(manifest), dataset=name, split=entry["split"])
+    if (pairs["split"] == entry["train_split"]).any():
+        train = select_pairs(pairs, entry["train_split"], one_per_study=False)
+    else:  # an evaluation-only dataset; a model that tries to train on it gets a clear error
+        train = manifest.iloc[0:0]
+    write_table(train, out_train, digest=manifest_digest(train), dataset=name, split=entry["train_split"])
+    print(
+        f"{name}: {len(manifest)} evaluated pairs, {manifest['text_id'].nunique()} unique reports, "
+        f"{len(train)} training pairs",
+        file=sys.stderr,
+    )
+
+
+def build_image_cache(table_path: str | Path, out_path: str | Path, size: int) -> None:
+    """Decode the images of a manifest or training table once into the HDF5 image cache."""
+    from medret import imaging
+    from medret.manifest import read_table
+
+    table, meta = read_table(table_path)
+    imaging.build_image_cache(
+        table["pair_id"].tolist(),
+        table["image_path"].tolist(),
+        out_path,
+        size=size,
+        manifest_digest=meta["digest"],
+    )
+
+
+def build_corruption_specs(
+    manifest_path: str | Path, name: str, entry: Mapping[str, Any], out_path: str | Path
+) -> None:
+    """Write the spec table of one corruption over the manifest's pairs."""
+    from medret.corruptions import make_specs, specs_digest
+    from medret.manifest import Manifest, write_table
+
+    manifest = Manifest.read(manifest_path)
+    specs = make_specs(manifest.pair_ids, name, entry)
+    write_table(
+        specs,
+        out_path,
+        digest=specs_digest(specs, name, entry),
+        manifest_digest=manifest.digest,
+        corruption=name,
+    )
+
+
+def train_model(
+    name: str,
+    entry: Mapping[str, Any],
+    train_table: str | Path,
+    train_images: str | Path,
+    out_path: str | Path,
+    threads: int = 1,
+) -> None:
+    """Train a trainable model family on a training table and its image cache."""
+    from medret.imaging import ImageCache
+    from medret.manifest import read_table
+    from medret.models import get_family
+
+    family = get_family(entry, name)
+    table, meta = read_table(train_table)
+    if table.empty:
+        raise MedretError(f"config key models.{name}.train.dataset: that dataset has no pairs in its train_split")
+    with ImageCache(train_images, manifest_digest=meta["digest"]) as cache:
+        images = cache.read(0, len(cache))
+    family.train(entry, table, images, out_path, data_digest=meta["digest"], threads=threads)
+
+
+def _model_entry(entry: Mapping[str, Any], checkpoint: str | None) -> dict[str, Any]:
+    out = {k: v for k, v in entry.items() if k != "train"}
+    if checkpoint:
+        out["checkpoint"] = checkpoint
+    return out
+
+
+def embed_texts(
+    name: str,
+    entry: Mapping[str, Any],
+    manifest_path: str | Path,
+    out_path: str | Path,
+    checkpoint: str | None = None,
+) -> None:
+    """Embed the manifest's unique report strings with one model."""
+    from medret import embeddings
+    from medret.manifest import Manifest
+    from medret.models import load_model
+
+    manifest = Manifest.read(manifest_path)
+    model = load_model(_model_entry(entry, checkpoint), name)
+    embeddings.embed_texts(model, manifest.texts, out_path, model_name=name, manifest_digest=manifest.digest)
+
+
+def embed_images(
+    name: str,
+    entry: Mapping[str, Any],
+    corruption: str,
+    corruption_entry: Mapping[str, Any],
+    manifest_path: str | Path,
+    cache_path: str | Path,
+    specs_path: str | Path,
+    out_path: str | Path,
+    checkpoint: str | None = None,
+) -> None:
+    """Embed every cached image of the manifest at every level of one corruption with one model."""
+    from medret import embeddings
+    from medret.imaging import ImageCache
+    from medret.manifest import Manifest, read_table
+    from medret.models import load_model
+
+    manifest = Manifest.read(manifest_path)
+    specs, meta = read_table(specs_path)
+    if meta.get("manifest_digest") != manifest.digest:
+        raise MedretError(f"{specs_path}: made for another manifest; delete it and re-run the workflow")
+    model = load_model(_model_entry(entry, checkpoint), name)
+    with ImageCache(cache_path, manifest_digest=manifest.digest) as cache:
+        embeddings.embed_images(
+            model,
+            cache,
+            specs,
+            out_path,
+            model_name=name,
+            corruption=corruption,
+            corruption_entry=corruption_entry,
+            corruption_digest=meta["digest"],
+            manifest_digest=manifest.digest,
+        )
+
+
+def compute_ranks(
+    manifest_path: str | Path,
+    text_path: str | Path,
+    image_path: str | Path,
+    specs_path: str | Path,
+    out_path: str | Path,
+    block: int,
+) -> None:
+    """Rank both directions at every level from one model's text and image embeddings."""
+    from medret.embeddings import EmbeddingFile, check_provenance
+    from medret.manifest import Manifest, read_table, write_table
+    from medret.retrieval import rank_table
+
+    manifest = Manifest.read(manifest_path)
+    _, spec_meta = read_table(specs_path)
+    text, images = EmbeddingFile.read(text_path), EmbeddingFile.read(image_path)
+    check_provenance([text, images], {"manifest_digest": manifest.digest})
+    check_provenance([images], {"corruption_spec_digest": spec_meta["digest"]})
+    if list(images.arrays["ids"]) != manifest.pair_ids or list(text.arrays["texts"]) != manifest.texts:
+        raise MedretError(f"{image_path}: ids do not match {manifest_path}; delete it and re-run the workflow")
+    start = time.perf_counter()
+    ranks = rank_table(
+        images.arrays["embeddings"],
+        images.arrays["levels"],
+        images.arrays["repeats"],
+        text.arrays["embeddings"],
+        manifest.text_ids,
+        manifest.pair_ids,
+        block=block,
+    )
+    print(f"ranked {len(ranks)} queries in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    write_table(
+        ranks,
+        out_path,
+        manifest_digest=manifest.digest,
+        model=str(text.attrs["model"]),
+        model_spec_hash=str(text.attrs["model_spec_hash"]),
+        corruption=str(images.attrs["corruption"]),
+        corruption_spec_digest=spec_meta["digest"],
+    )
+
+
+def compute_metrics(
+    dataset: str,
+    manifest_path: str | Path,
+    rank_paths: Sequence[str | Path],
+    out_metrics: str | Path,
+    out_robustness: str | Path,
+    evaluation: Mapping[str, Any],
+) -> None:
+    """Metrics with bootstrap CIs and robustness summaries from every rank table of a dataset."""
+    from medret import metrics
+    from medret.io import atomic_output
+    from medret.manifest import Manifest, read_table
+
+    manifest = Manifest.read(manifest_path)
+    frames = []
+    for path in rank_paths:
+        ranks, meta = read_table(path)
+        if meta.get("manifest_digest") != manifest.digest:
+            raise MedretError(f"{path}: ranks of another manifest; delete it and re-run the workflow")
+        frames.append(ranks.assign(model=meta["model"], corruption=meta["corruption"]))
+    table, robust = metrics.evaluate(
+        pd.concat(frames, ignore_index=True),
+        manifest.clusters(),
+        dataset=dataset,
+        n_boot=int(evaluation["bootstrap"]),
+        seed=int(evaluation["seed"]),
+        ci=float(evaluation["ci"]),
+    )
+    for frame, path in ((table, out_metrics), (robust, out_robustness)):
+        with atomic_output(path) as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def plot_results(
+    metrics_path: str | Path,
+    robustness_path: str | Path,
+    corruption: str,
+    recall_paths: Sequence[str | Path],
+    robustness_paths: Sequence[str | Path],
+) -> None:
+    """Recall-vs-level curves and robustness summaries of one corruption."""
+    from medret import plots
+
+    table = pd.read_csv(metrics_path)
+    plots.plot_recall_curves(table, corruption, recall_paths)
+    plots.plot_robustness(pd.read_csv(robustness_path), corruption, robustness_paths)
+
+
+def plot_examples(
+    manifest_path: str | Path,
+    cache_path: str | Path,
+    specs_path: str | Path,
+    corruption: str,
+    entry: Mapping[str, Any],
+    n_examples: int,
+    out_paths: Sequence[str | Path],
+) -> None:
+    """A panel of example images of the manifest at every level of one corruption."""
+    import torch
+
+    from medret import plots
+    from medret.corruptions import get_kind
+    from medret.imaging import ImageCache
+    from medret.manifest import Manifest, read_table
+
+    manifest = Manifest.read(manifest_path)
+    specs, _ = read_table(specs_path)
+    kind = get_kind(entry, corruption)
+    first = specs[specs["repeat"] == 0]
+    levels = sorted(first["level"].unique())
+    with ImageCache(cache_path, manifest_digest=manifest.digest) as cache:
+        n = min(n_examples, len(cache))
+        # Evenly spaced pairs, so the panel does not depend on the first rows only.
+        picks = np.linspace(0, len(cache) - 1, n).round().astype(int)
+        images = np.stack([cache.images[i] for i in picks])
+        boxes = torch.from_numpy(cache.boxes[picks])
+        ids = [cache.ids[i] for i in picks]
+    panel = np.zeros((n, len(levels), *images.shape[1:]), dtype=np.uint8)
+    for j, level in enumerate(levels):
+        rows = first[first["level"] == level].set_index("pair_id").loc[ids]
+        panel[:, j] = kind.apply(torch.from_numpy(images), boxes, rows, entry).numpy()
+    plots.plot_examples(panel, levels, ids, out_paths, title=f"{corruption}: example images at each level")

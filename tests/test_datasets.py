@@ -1,0 +1,221 @@
+"""The CSV adapter, the manifest rules and the image cache (including bad input)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medret.datasets import load_pairs
+from medret.datasets.csv import read_pairs_csv
+from medret.errors import MedretError
+from medret.imaging import ImageCache, build_image_cache, decode_to_canvas
+from medret.manifest import Manifest, manifest_digest, select_pairs, write_table
+
+
+def _write_csv(tmp_path: Path, rows: list[dict], images: bool = True) -> Path:
+    (tmp_path / "img").mkdir(exist_ok=True)
+    if images:
+        for r in rows:
+            Image.fromarray(np.full((20, 30), 128, np.uint8)).save(tmp_path / r["image"])
+    path = tmp_path / "pairs.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _rows():
+    return [
+        {
+            "id": "a",
+            "image": "img/a.png",
+            "report": "No effusion.",
+            "split": "test",
+            "patient_id": "P1",
+            "study_id": "s1",
+            "view": "AP",
+            "label_pleural_effusion": "0",
+        },
+        {
+            "id": "b",
+            "image": "img/b.png",
+            "report": "No effusion.",
+            "split": "test",
+            "patient_id": "P1",
+            "study_id": "s1",
+            "view": "PA",
+            "label_pleural_effusion": "0",
+        },
+        {
+            "id": "c",
+            "image": "img/c.png",
+            "report": "Left effusion. ",
+            "split": "test",
+            "patient_id": "P2",
+            "study_id": "s2",
+            "view": "LATERAL",
+            "label_pleural_effusion": "1",
+        },
+        {
+            "id": "d",
+            "image": "img/d.png",
+            "report": "   ",
+            "split": "test",
+            "patient_id": "P3",
+            "study_id": "s3",
+            "view": "PA",
+            "label_pleural_effusion": "",
+        },
+        {
+            "id": "e",
+            "image": "img/e.png",
+            "report": "No effusion.",
+            "split": "train",
+            "patient_id": "P4",
+            "study_id": "s4",
+            "view": "PA",
+            "label_pleural_effusion": "-1",
+        },
+    ]
+
+
+def test_csv_adapter_reads_the_documented_format(tmp_path):
+    path = _write_csv(tmp_path, _rows())
+    pairs = load_pairs("mine", {"adapter": "csv", "csv": str(path)}, [str(path)])
+    assert list(pairs.columns)[:7] == [
+        "pair_id",
+        "image_path",
+        "report",
+        "split",
+        "patient_id",
+        "study_id",
+        "view",
+    ]
+    assert pairs.loc[0, "image_path"] == str(tmp_path / "img" / "a.png")  # relative to the CSV
+    assert pairs["label_pleural_effusion"].tolist()[:3] == [0.0, 0.0, 1.0]
+    assert np.isnan(pairs.loc[3, "label_pleural_effusion"])
+
+
+def test_manifest_rules(tmp_path):
+    pairs = read_pairs_csv(_write_csv(tmp_path, _rows()))
+    manifest = select_pairs(pairs, "test")
+    # Study s1 has an AP (a) and a PA (b): PA wins. Empty report d is dropped; e is train.
+    assert manifest["pair_id"].tolist() == ["b", "c"]
+    assert manifest["report"].tolist() == ["No effusion.", "Left effusion."]  # stripped
+    assert manifest["text_id"].tolist() == [0, 1]
+
+
+def test_duplicate_reports_share_a_text_id():
+    pairs = pd.DataFrame(
+        {
+            "pair_id": list("wxyz"),
+            "image_path": "",
+            "report": ["A", "B", "A", "A "],
+            "split": "test",
+            "patient_id": "",
+            "study_id": "",
+            "view": "",
+        }
+    )
+    m = Manifest(select_pairs(pairs, "test"), "x")
+    assert m.text_ids.tolist() == [0, 1, 0, 0]
+    assert m.texts == ["A", "B"]
+    assert m.clusters() == {"w": None, "x": None, "y": None, "z": None}
+
+
+def test_manifest_digest_changes_with_content(tmp_path):
+    pairs = read_pairs_csv(_write_csv(tmp_path, _rows()))
+    m = select_pairs(pairs, "test")
+    assert manifest_digest(m) == manifest_digest(m.copy())
+    assert manifest_digest(m) != manifest_digest(m.assign(report=["x", "y"]))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda rows: [{k: v for k, v in r.items() if k != "report"} for r in rows],
+            "missing column.*report",
+        ),
+        (lambda rows: [*rows, dict(rows[0])], "duplicate id"),
+        (lambda rows: [{**r, "label_pleural_effusion": "yes"} for r in rows], "label_pleural_effusion"),
+        (lambda rows: [{**r, "image": ""} for r in rows], "empty image path"),
+    ],
+)
+def test_bad_csv_is_one_clear_line(tmp_path, mutate, message):
+    path = _write_csv(tmp_path, _rows())
+    pd.DataFrame(mutate(_rows())).to_csv(path, index=False)
+    with pytest.raises(MedretError, match=message) as err:
+        read_pairs_csv(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_csv_and_missing_split(tmp_path):
+    with pytest.raises(MedretError, match="not found"):
+        read_pairs_csv(tmp_path / "nope.csv")
+    pairs = read_pairs_csv(_write_csv(tmp_path, _rows()))
+    with pytest.raises(MedretError, match="no pairs in split 'validate'"):
+        select_pairs(pairs, "validate")
+
+
+def test_decode_keeps_aspect_and_records_the_box(tmp_path):
+    img = np.zeros((40, 80), np.uint8)
+    img[:, :40] = 255  # left half white
+    Image.fromarray(img).save(tmp_path / "wide.png")
+    canvas, box = decode_to_canvas(tmp_path / "wide.png", 32)
+    assert box == (8, 0, 16, 32)  # 80x40 -> 32x16, centred vertically
+    assert canvas[:8].max() == 0 and canvas[24:].max() == 0  # black padding
+    assert canvas[8:24, :14].min() > 200 and canvas[8:24, 18:].max() < 50
+    # RGB input becomes greyscale
+    Image.fromarray(np.full((10, 10, 3), 90, np.uint8)).save(tmp_path / "rgb.png")
+    canvas, box = decode_to_canvas(tmp_path / "rgb.png", 10)
+    assert canvas.shape == (10, 10) and box == (0, 0, 10, 10) and (canvas == 90).all()
+
+
+def test_image_cache_round_trip_and_provenance(tmp_path):
+    path = _write_csv(tmp_path, _rows())
+    pairs = read_pairs_csv(path)
+    out = tmp_path / "cache.h5"
+    build_image_cache(pairs["pair_id"].tolist(), pairs["image_path"].tolist(), out, size=24, manifest_digest="abc")
+    with ImageCache(out, manifest_digest="abc") as cache:
+        assert len(cache) == 5 and cache.ids[0] == "a" and cache.size == 24
+        assert cache.read(0, 2).shape == (2, 24, 24) and cache.read(0, 2).dtype == np.uint8
+        assert cache.boxes[0].tolist() == [4, 0, 16, 24]
+    with pytest.raises(MedretError, match="different manifest"):
+        ImageCache(out, manifest_digest="other")
+
+
+def test_missing_and_corrupt_images_fail_cleanly(tmp_path):
+    rows = _rows()
+    path = _write_csv(tmp_path, rows)
+    pairs = read_pairs_csv(path)
+    (tmp_path / "img" / "b.png").unlink()
+    out = tmp_path / "cache.h5"
+    with pytest.raises(MedretError, match=r"1 of 5 images not found \(first: .*b\.png\)"):
+        build_image_cache(pairs["pair_id"].tolist(), pairs["image_path"].tolist(), out, size=16, manifest_digest="x")
+    (tmp_path / "img" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(MedretError, match=r"b\.png: cannot decode image"):
+        build_image_cache(pairs["pair_id"].tolist(), pairs["image_path"].tolist(), out, size=16, manifest_digest="x")
+    # No half-written cache, no temporary file left behind.
+    assert not out.exists() and not list(tmp_path.glob(".cache.h5*"))
+
+
+def test_truncated_cache_is_reported(tmp_path):
+    bad = tmp_path / "eval.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    with pytest.raises(MedretError, match=r"eval\.h5: unreadable or incomplete image cache"):
+        ImageCache(bad)
+
+
+def test_write_table_is_atomic(tmp_path):
+    class Boom(pd.DataFrame):
+        pass
+
+    out = tmp_path / "t.parquet"
+    write_table(pd.DataFrame({"a": [1]}), out, digest="d")
+    with pytest.raises(Exception):  # noqa: B017 (any failure will do)
+        write_table(pd.DataFrame({"a": [object()]}), out, digest="e")
+    assert pd.read_parquet(out)["a"].tolist() == [1]  # the old file is untouched
+    assert not list(tmp_path.glob(".t.parquet*"))

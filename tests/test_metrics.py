@@ -1,0 +1,497 @@
+"""Tests for medret.metrics: hand-computed metrics, chance levels, the cluster bootstrap, robustness."""
+
+from __future__ import annotations
+
+import math
+import time
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medret.errors import MedretError
+from medret.metrics import (
+    KS,
+    METRICS,
+    METRICS_COLUMNS,
+    ROBUSTNESS_COLUMNS,
+    _bootstrap_means,
+    _bootstrap_median,
+    bootstrap_counts,
+    chance_recall_at_k,
+    chance_reciprocal_rank,
+    evaluate,
+    expected_rank,
+    hits,
+    mean_reciprocal_rank,
+    median_rank,
+    recall_at_k,
+)
+
+
+def block(
+    ranks,
+    *,
+    model="m",
+    corruption="occlusion",
+    level=0.0,
+    repeat=0,
+    direction="i2t",
+    n_candidates=100,
+    n_relevant=1,
+    query_ids=None,
+) -> pd.DataFrame:
+    """Rows of a ranks table for one (model, corruption, level, repeat, direction)."""
+    ranks = np.asarray(ranks)
+    ids = [f"q{i:04d}" for i in range(len(ranks))] if query_ids is None else list(query_ids)
+    return pd.DataFrame(
+        {
+            "model": model,
+            "corruption": corruption,
+            "level": level,
+            "repeat": repeat,
+            "direction": direction,
+            "query_id": ids,
+            "rank": ranks.astype(np.int64),
+            "n_relevant": n_relevant,
+            "n_candidates": n_candidates,
+        }
+    )
+
+
+def table(*blocks: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat(blocks, ignore_index=True)
+
+
+def row(metrics: pd.DataFrame, metric: str, **keys) -> pd.Series:
+    mask = metrics["metric"] == metric
+    for k, v in keys.items():
+        mask &= metrics[k] == v
+    assert mask.sum() == 1, (metric, keys)
+    return metrics[mask].iloc[0]
+
+
+def synthetic(n_q=300, models=("a",), levels=(0.0, 0.5, 1.0), n_rep=2, n_cand=300, seed=0) -> pd.DataFrame:
+    """Random ranks whose hit rate falls with the level; levels 0 and 1 have one repeat only."""
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for model in models:
+        for level in levels:
+            for rep in range(1 if level in (0.0, 1.0) else n_rep):
+                for direction in ("i2t", "t2i"):
+                    good = rng.random(n_q) < 0.7 * (1 - level) + 0.05
+                    ranks = np.where(good, rng.integers(1, 6, n_q), rng.integers(1, n_cand + 1, n_q))
+                    blocks.append(
+                        block(
+                            ranks,
+                            model=model,
+                            level=level,
+                            repeat=rep,
+                            direction=direction,
+                            n_candidates=n_cand,
+                        )
+                    )
+    return table(*blocks)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Point metrics
+
+
+def test_point_metrics_on_a_hand_made_vector():
+    ranks = np.array([1, 2, 3, 10, 50])
+    np.testing.assert_array_equal(hits(ranks, 1), [1.0, 0.0, 0.0, 0.0, 0.0])
+    assert recall_at_k(ranks, 1) == pytest.approx(20.0)  # 1 of 5 at rank 1
+    assert recall_at_k(ranks, 5) == pytest.approx(60.0)  # ranks 1, 2, 3 <= 5
+    assert recall_at_k(ranks, 10) == pytest.approx(80.0)  # rank 10 counts: rank <= K
+    # (1 + 1/2 + 1/3 + 1/10 + 1/50) / 5 = 1.95333... / 5
+    assert mean_reciprocal_rank(ranks) == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 10 + 1 / 50) / 5)
+    assert median_rank(ranks) == 3.0
+    assert median_rank(np.array([4, 1, 3, 2])) == 2.5  # even count: mean of the middle values 2 and 3
+
+
+def test_point_metrics_reject_empty_input_and_bad_k():
+    with pytest.raises(MedretError):
+        recall_at_k(np.array([]), 1)
+    with pytest.raises(MedretError, match="K must be"):
+        hits(np.array([1, 2]), 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chance levels
+
+
+def test_chance_recall_single_relevant_is_k_over_n():
+    n = np.array([10, 100, 1000])
+    for k in KS:
+        np.testing.assert_allclose(chance_recall_at_k(n, 1, k), np.minimum(k / n, 1.0), rtol=1e-12)
+
+
+def test_chance_recall_two_relevant_by_hand():
+    # N=4, m=2, K=1: 1 - C(2,1)/C(4,1) = 1 - 2/4 = 0.5
+    assert chance_recall_at_k(4, 2, 1) == pytest.approx(0.5)
+    # N=4, m=2, K=2: 1 - C(2,2)/C(4,2) = 1 - 1/6 = 5/6
+    assert chance_recall_at_k(4, 2, 2) == pytest.approx(5 / 6)
+    # K=3 > N-m: every 3-subset holds a relevant item
+    assert chance_recall_at_k(4, 2, 3) == pytest.approx(1.0)
+    assert chance_recall_at_k(4, 2, 10) == pytest.approx(1.0)  # K > N
+
+
+def test_chance_recall_matches_exact_binomials_including_large_n():
+    for n in range(1, 25):
+        for m in range(1, n + 1):
+            for k in (1, 2, 5, 10):
+                exact = 1 - Fraction(math.comb(n - m, k), math.comb(n, k)) if k <= n else Fraction(1)
+                assert chance_recall_at_k(n, m, k) == pytest.approx(float(exact), abs=1e-12)
+    n, m, k = 10**7, 3, 10  # huge binomials: the product form stays exact to rounding
+    exact = 1 - Fraction(math.comb(n - m, k), math.comb(n, k))
+    assert chance_recall_at_k(n, m, k) == pytest.approx(float(exact), rel=1e-9)
+
+
+def test_chance_reciprocal_rank_by_hand():
+    for n in (1, 2, 10, 57):
+        harmonic = sum(1 / r for r in range(1, n + 1))
+        assert chance_reciprocal_rank(n, 1) == pytest.approx(harmonic / n)  # m = 1: H_N / N
+    # N=4, m=2: P(R=1) = 2/4, P(R=2) = 2·2/(4·3) = 1/3, P(R=3) = 1/6 → 1/2 + 1/6 + 1/18 = 13/18
+    assert chance_reciprocal_rank(4, 2) == pytest.approx(13 / 18)
+    assert chance_reciprocal_rank(5, 5) == pytest.approx(1.0)  # every candidate relevant
+    h10 = sum(1 / r for r in range(1, 11))
+    np.testing.assert_allclose(chance_reciprocal_rank([4, 10, 4], [2, 1, 2]), [13 / 18, h10 / 10, 13 / 18])
+
+
+def test_chance_levels_match_monte_carlo():
+    # 200,000 seeded random orderings; tolerance 4 standard errors of the simulated mean
+    rng = np.random.default_rng(123)
+    n, m, trials = 20, 3, 200_000
+    # position of the first relevant item = 1 + min over the m relevant items' positions
+    positions = np.argsort(rng.random((trials, n)), axis=1)[:, :m]
+    first = positions.min(axis=1) + 1
+    for k in KS:
+        sim = (first <= k).astype(float)
+        assert abs(sim.mean() - chance_recall_at_k(n, m, k)) < 4 * sim.std() / math.sqrt(trials) + 1e-12
+    rr = 1.0 / first
+    assert abs(rr.mean() - chance_reciprocal_rank(n, m)) < 4 * rr.std() / math.sqrt(trials)
+    assert abs(first.mean() - expected_rank(n, m)) < 4 * first.std() / math.sqrt(trials)  # (N+1)/(m+1)
+
+
+def test_chance_rejects_impossible_pools():
+    with pytest.raises(MedretError, match="n_relevant"):
+        chance_recall_at_k(3, 4, 1)
+    with pytest.raises(MedretError, match="n_relevant"):
+        chance_reciprocal_rank(3, 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# evaluate(): values, ties, repeats, chance
+
+
+def test_constant_score_model_scores_zero_recall():
+    # Everything tied: pessimistic rank = N - m + 1 for every query
+    n_q, n = 40, 40
+    ranks = table(
+        block(np.full(n_q, n), direction="t2i", n_candidates=n, n_relevant=1),
+        block(np.full(n_q, n - 3 + 1), direction="i2t", n_candidates=n, n_relevant=3),
+    )
+    metrics, _ = evaluate(ranks, None, dataset="toy", n_boot=200)
+    for direction, m in (("t2i", 1), ("i2t", 3)):
+        for k in KS:  # every K < N - m + 1
+            r = row(metrics, f"R@{k}", direction=direction)
+            assert (r.value, r.ci_low, r.ci_high) == (0.0, 0.0, 0.0)
+            assert r.chance == pytest.approx(100 * chance_recall_at_k(n, m, k))
+        assert row(metrics, "MRR", direction=direction).value == pytest.approx(1 / (n - m + 1))
+        med = row(metrics, "median_rank", direction=direction)
+        assert med.value == n - m + 1
+        assert med.chance == pytest.approx((n + 1) / (m + 1))
+    assert row(metrics, "R@1", direction="t2i").chance == pytest.approx(100 / 40)  # K/N in percent
+
+
+def test_repeats_are_averaged_per_query_first():
+    ids = ["a", "b", "c"]
+    ranks = table(
+        block([1, 4, 1], level=0.0, query_ids=ids),
+        block([1, 2, 1], level=0.5, repeat=0, query_ids=ids),
+        block([3, 20, 1], level=0.5, repeat=1, query_ids=ids),
+    )
+    metrics, _ = evaluate(ranks, None, dataset="toy", n_boot=100)
+    at = {"level": 0.5}
+    # per-query hit@1 over repeats: a (1+0)/2 = 0.5, b 0, c 1 → (0.5 + 0 + 1)/3 = 50 %
+    assert row(metrics, "R@1", **at).value == pytest.approx(50.0)
+    # hit@5: a 1, b (1+0)/2 = 0.5, c 1 → 2.5/3 = 83.33 %
+    assert row(metrics, "R@5", **at).value == pytest.approx(250 / 3)
+    # reciprocal rank: a (1 + 1/3)/2 = 2/3, b (1/2 + 1/20)/2 = 0.275, c 1 → (2/3 + 0.275 + 1)/3
+    assert row(metrics, "MRR", **at).value == pytest.approx((2 / 3 + 0.275 + 1) / 3)
+    # mean rank per query: a 2, b 11, c 1 → median 2 (the pooled median of all 6 ranks would be 1.5)
+    assert row(metrics, "median_rank", **at).value == 2.0
+    assert row(metrics, "R@1", **at).n_queries == 3
+    assert row(metrics, "R@1", level=0.0).n_queries == 3
+
+
+def test_output_columns_and_rows():
+    ranks = synthetic(n_q=50, models=("a", "b"), levels=(0.0, 0.1, 0.2))
+    metrics, robustness = evaluate(ranks, None, dataset="toy", n_boot=50)
+    assert tuple(metrics.columns) == METRICS_COLUMNS
+    assert tuple(robustness.columns) == ROBUSTNESS_COLUMNS
+    assert len(metrics) == 2 * 3 * 2 * len(METRICS)  # models × levels × directions × metrics
+    assert set(metrics["dataset"]) == {"toy"}
+    assert list(metrics["metric"][: len(METRICS)]) == list(METRICS)
+    assert not metrics[["value", "ci_low", "ci_high", "chance"]].isna().any().any()
+    # per curve and metric: auc, nauc and one relative drop per level > 0
+    assert len(robustness) == 2 * 2 * 4 * (2 + 2)
+    assert set(robustness["quantity"]) == {"auc", "nauc", "relative_drop"}
+    assert robustness.loc[robustness["quantity"] != "relative_drop", "level"].isna().all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cluster bootstrap
+
+
+def test_bootstrap_counts_depend_only_on_the_cluster_set():
+    idx1, c1 = bootstrap_counts(["b", "a", "a", "c"], 20, 7)
+    _, c2 = bootstrap_counts(["c", "b", "a"], 20, 7)
+    np.testing.assert_array_equal(idx1, [1, 0, 0, 2])  # index into the sorted unique ids a, b, c
+    np.testing.assert_array_equal(c1, c2)
+    assert c1.shape == (20, 3)
+    np.testing.assert_array_equal(c1.sum(axis=1), 3)  # each replicate draws n_clusters clusters
+    _, c3 = bootstrap_counts(["a", "b", "c"], 40, 7)
+    np.testing.assert_array_equal(c3[:20], c1)  # more replicates extend, never reshuffle
+
+
+def _explicit_replicates(values, ranks, cluster, counts):
+    """Slow reference: materialise each resample as a list of queries, then compute the statistics."""
+    means, medians = [], []
+    for b in range(counts.shape[0]):
+        rows = [
+            q for c in range(counts.shape[1]) for _ in range(int(counts[b, c])) for q in np.flatnonzero(cluster == c)
+        ]
+        means.append(values[rows].mean(axis=0))
+        medians.append(np.median(ranks[rows]))
+    return np.array(means), np.array(medians)
+
+
+def test_vectorised_bootstrap_equals_explicit_loop():
+    rng = np.random.default_rng(5)
+    n_q = 23
+    clusters = [f"p{rng.integers(0, 7)}" for _ in range(n_q)]
+    cluster, counts = bootstrap_counts(clusters, 60, 3)
+    values = rng.random((n_q, 3))  # three statistics of one cell
+    ranks = rng.integers(1, 30, n_q) + rng.choice([0.0, 0.5], n_q)  # mean ranks over repeats can be x.5
+    point, reps = _bootstrap_means(values[:, None, :], np.ones((n_q, 1), bool), cluster, counts)
+    med = _bootstrap_median(ranks, cluster, counts.astype(np.int32))
+    slow_means, slow_medians = _explicit_replicates(values, ranks, cluster, counts)
+    np.testing.assert_allclose(point[0], values.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(reps[:, 0, :], slow_means, rtol=1e-12)
+    np.testing.assert_array_equal(med, slow_medians)  # medians are picked, not summed: exact
+
+
+def test_evaluate_cis_equal_explicit_loop_percentiles():
+    ids = [f"q{i:02d}" for i in range(12)]  # sorted order = row order, as bootstrap_counts indexes
+    patients = {q: f"p{i // 3}" for i, q in enumerate(ids)}  # 4 patients × 3 queries
+    ranks = table(
+        block([1, 2, 7, 1, 30, 4, 1, 1, 9, 2, 1, 50], level=0.0, query_ids=ids, n_candidates=60),
+        block([3, 2, 7, 8, 30, 4, 1, 20, 9, 2, 5, 50], level=1.0, query_ids=ids, n_candidates=60),
+    )
+    metrics, robustness = evaluate(ranks, patients, dataset="toy", n_boot=300, seed=11)
+    cluster, counts = bootstrap_counts([patients[q] for q in sorted(ids)], 300, 11)
+    r = {lv: ranks.loc[ranks["level"] == lv, "rank"].to_numpy(float) for lv in (0.0, 1.0)}
+    stats = {lv: np.stack([hits(r[lv], 1), 1 / r[lv]], axis=1) for lv in r}
+    slow = {lv: _explicit_replicates(stats[lv], r[lv], cluster, counts) for lv in r}
+    for lv in r:
+        for j, metric in enumerate(("R@1", "MRR")):
+            scale = 100 if metric == "R@1" else 1
+            low, high = np.quantile(scale * slow[lv][0][:, j], [0.025, 0.975])
+            got = row(metrics, metric, level=lv)
+            assert (got.ci_low, got.ci_high) == pytest.approx((low, high), rel=1e-12)
+        low, high = np.quantile(slow[lv][1], [0.025, 0.975])
+        got = row(metrics, "median_rank", level=lv)
+        assert (got.ci_low, got.ci_high) == pytest.approx((low, high))
+    # the relative drop uses the same resample at both levels (paired)
+    drop = 1 - slow[1.0][0][:, 1] / slow[0.0][0][:, 1]
+    got = robustness[(robustness["metric"] == "MRR") & (robustness["quantity"] == "relative_drop")].iloc[0]
+    assert (got.ci_low, got.ci_high) == pytest.approx(tuple(np.quantile(drop, [0.025, 0.975])), rel=1e-12)
+
+
+def test_bootstrap_is_deterministic_and_seed_dependent():
+    ranks = synthetic(n_q=400)
+    m1, r1 = evaluate(ranks, None, dataset="toy", n_boot=500, seed=0)
+    m2, r2 = evaluate(ranks, None, dataset="toy", n_boot=500, seed=0)
+    pd.testing.assert_frame_equal(m1, m2)
+    pd.testing.assert_frame_equal(r1, r2)
+    m3, _ = evaluate(ranks, None, dataset="toy", n_boot=500, seed=1)
+    np.testing.assert_array_equal(m1["value"], m3["value"])  # the point estimate is the full sample
+    means = m1["metric"] != "median_rank"
+    assert (m1["ci_low"] != m3["ci_low"])[means].any()
+    # ... but only by Monte-Carlo noise: well under 1.5 pp on a CI ~ ±4.5 pp wide
+    recall = m1["metric"].str.startswith("R@")
+    assert np.abs(m1["ci_low"] - m3["ci_low"])[recall].max() < 1.5
+
+
+def test_point_estimate_inside_its_interval():
+    metrics, robustness = evaluate(synthetic(n_q=400), None, dataset="toy", n_boot=500)
+    for frame in (metrics, robustness.dropna(subset=["value"])):
+        assert (frame["ci_low"] <= frame["value"] + 1e-12).all()
+        assert (frame["value"] <= frame["ci_high"] + 1e-12).all()
+
+
+def test_clusters_widen_the_interval():
+    # 200 patients, each with two queries with identical outcomes: really 200 independent units
+    rng = np.random.default_rng(3)
+    outcome = np.where(rng.random(200) < 0.4, 1, 50)
+    ids = [f"q{i:03d}" for i in range(400)]
+    ranks = block(np.repeat(outcome, 2), query_ids=ids)
+    patients = {q: f"p{i // 2}" for i, q in enumerate(ids)}
+    clustered, _ = evaluate(ranks, patients, dataset="toy", n_boot=1000)
+    independent, _ = evaluate(ranks, None, dataset="toy", n_boot=1000)
+    width = {
+        name: row(t, "R@1").ci_high - row(t, "R@1").ci_low
+        for name, t in (("clustered", clustered), ("independent", independent))
+    }
+    # expected ratio sqrt(2) ≈ 1.41 (each cluster carries two identical queries); allow MC noise
+    assert width["clustered"] > 1.25 * width["independent"]
+
+
+def test_bernoulli_interval_matches_normal_theory():
+    rng = np.random.default_rng(2024)
+    n, p = 2000, 0.3
+    ranks = block(np.where(rng.random(n) < p, 1, 100))
+    metrics, _ = evaluate(ranks, None, dataset="toy", n_boot=2000, seed=9)
+    r = row(metrics, "R@1")
+    phat = r.value / 100
+    half = 100 * 1.96 * math.sqrt(phat * (1 - phat) / n)  # ≈ 2.0 pp
+    # tolerance 0.3 pp: ~3 Monte-Carlo SEs of a 2.5 % quantile with B = 2000, plus 0.05 pp granularity
+    assert r.ci_low == pytest.approx(r.value - half, abs=0.3)
+    assert r.ci_high == pytest.approx(r.value + half, abs=0.3)
+
+
+def test_adding_a_model_does_not_change_another_models_cis():
+    one = synthetic(n_q=200, models=("a",), seed=1)
+    two = table(one, synthetic(n_q=200, models=("b",), seed=2))
+    patients = {f"q{i:04d}": f"p{i // 3}" for i in range(200)}
+    m1, r1 = evaluate(one, patients, dataset="toy", n_boot=400)
+    m2, r2 = evaluate(two, patients, dataset="toy", n_boot=400)
+    for alone, joint in ((m1, m2), (r1, r2)):
+        joint = joint[joint["model"] == "a"].reset_index(drop=True)
+        assert joint[["metric", "direction"]].equals(alone[["metric", "direction"]])
+        # rtol: a wider matmul may sum in another order (last-bit differences only)
+        for col in ("value", "ci_low", "ci_high"):
+            np.testing.assert_allclose(joint[col], alone[col], rtol=1e-12, equal_nan=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Robustness summaries
+
+
+def test_robustness_on_a_hand_made_curve():
+    # R@1 = 80, 40, 0 % at levels 0, 0.5, 1 (10 queries, misses at rank 20 of 20)
+    blocks = [
+        block([1] * hit + [20] * (10 - hit), level=lv, n_candidates=20) for lv, hit in ((0.0, 8), (0.5, 4), (1.0, 0))
+    ]
+    _, rob = evaluate(table(*blocks), None, dataset="toy", n_boot=200)
+
+    def value(metric, quantity, level=None):
+        sel = (rob["metric"] == metric) & (rob["quantity"] == quantity)
+        sel &= rob["level"].isna() if level is None else rob["level"] == level
+        assert sel.sum() == 1
+        return rob.loc[sel, "value"].iloc[0]
+
+    # ((80+40)/2·0.5 + (40+0)/2·0.5) / 1 = 40
+    assert value("R@1", "auc") == pytest.approx(40.0)
+    assert value("R@1", "nauc") == pytest.approx(0.5)
+    assert value("R@1", "relative_drop", 0.5) == pytest.approx(0.5)
+    assert value("R@1", "relative_drop", 1.0) == pytest.approx(1.0)
+    # MRR: (8 + 2/20)/10 = 0.81, (4 + 6/20)/10 = 0.43, (10/20)/10 = 0.05
+    # auc = (0.81+0.43)/2·0.5 + (0.43+0.05)/2·0.5 = 0.31 + 0.12 = 0.43
+    assert value("MRR", "auc") == pytest.approx(0.43)
+    assert value("MRR", "nauc") == pytest.approx(0.43 / 0.81)
+    assert value("MRR", "relative_drop", 1.0) == pytest.approx(1 - 0.05 / 0.81)
+
+
+def test_robustness_with_uneven_levels_and_zero_clean_value():
+    # R@1 = 100, 50, 0 at levels 0, 0.25, 1: (75·0.25 + 25·0.75) / 1 = 37.5
+    blocks = [
+        block([1] * hit + [9] * (4 - hit), level=lv, n_candidates=9) for lv, hit in ((0.0, 4), (0.25, 2), (1.0, 0))
+    ]
+    _, rob = evaluate(table(*blocks), None, dataset="toy", n_boot=100)
+    auc = rob[(rob["metric"] == "R@1") & (rob["quantity"] == "auc")]["value"].iloc[0]
+    assert auc == pytest.approx(37.5)
+    # a curve whose clean value is 0: nauc and relative drops are undefined
+    zero = [block([9, 9], level=lv, n_candidates=9) for lv in (0.0, 0.5)]
+    _, rob = evaluate(table(*zero), None, dataset="toy", n_boot=100)
+    ratio = rob[(rob["metric"] == "R@1") & (rob["quantity"] != "auc")]
+    assert ratio[["value", "ci_low", "ci_high"]].isna().all().all()  # value(0) = 0: undefined, no error
+
+
+def test_robustness_skips_curves_without_level_zero():
+    ranks = table(block([1, 2], level=0.1), block([3, 4], level=0.5), block([1, 1], level=0.0, model="other"))
+    metrics, rob = evaluate(ranks, None, dataset="toy", n_boot=50)
+    assert rob.empty and tuple(rob.columns) == ROBUSTNESS_COLUMNS
+    assert len(metrics) == 3 * len(METRICS)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input validation
+
+
+def _good() -> pd.DataFrame:
+    return table(block([1, 2, 3], level=0.0), block([2, 3, 4], level=0.5))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda t: t.drop(columns=["rank"]), "rank"),
+        (lambda t: t.drop(columns=["n_candidates", "direction"]), "direction, n_candidates"),
+        (lambda t: t.assign(rank=0), "'rank'"),
+        (lambda t: t.assign(rank=101), "'rank'"),
+        (lambda t: t.assign(rank=1.5), "'rank'"),
+        (lambda t: t.assign(rank="1"), "'rank'"),
+        (lambda t: t.assign(rank=[1, 2, None, 2, 3, 4]), "'rank'"),
+        (lambda t: t.assign(n_relevant=100, rank=2), "'rank'"),  # rank > N - m + 1
+        (lambda t: t.assign(n_relevant=0), "'n_relevant'"),
+        (lambda t: t.assign(direction="x2y"), "'direction'"),
+        (lambda t: t.assign(level=-0.1), "'level'"),
+        (lambda t: t.drop(index=4), "query_id"),
+        (lambda t: pd.concat([t, t.iloc[:1]]), "duplicate"),
+        (lambda t: pd.concat([t, t.iloc[:1].assign(repeat=1, n_candidates=50)]), "differ between repeats"),
+        (lambda t: t.iloc[:0], "no rows"),
+    ],
+)
+def test_bad_ranks_tables_raise(mutate, message):
+    with pytest.raises(MedretError, match=message):
+        evaluate(mutate(_good()), None, dataset="toy", n_boot=10)
+
+
+def test_missing_query_error_names_the_query_and_level():
+    with pytest.raises(MedretError, match=r"'q0001'.*level 0.5"):
+        evaluate(_good().drop(index=4), None, dataset="toy", n_boot=10)
+
+
+def test_clusters_mapping_must_cover_every_query():
+    with pytest.raises(MedretError, match=r"clusters.*'q0002'"):
+        evaluate(_good(), {"q0000": "p1", "q0001": "p1"}, dataset="toy", n_boot=10)
+    # a None (or NaN, from a pandas Series) value makes a query its own cluster
+    m1, _ = evaluate(_good(), {"q0000": "p1", "q0001": "p1", "q0002": None}, dataset="toy", n_boot=50)
+    series = pd.Series({"q0000": "p1", "q0001": "p1", "q0002": np.nan})
+    m2, _ = evaluate(_good(), series, dataset="toy", n_boot=50)
+    pd.testing.assert_frame_equal(m1, m2)
+    assert len(m1) == 2 * len(METRICS)
+
+
+def test_bad_bootstrap_settings_raise():
+    with pytest.raises(MedretError, match="n_boot"):
+        evaluate(_good(), None, dataset="toy", n_boot=0)
+    with pytest.raises(MedretError, match="ci"):
+        evaluate(_good(), None, dataset="toy", ci=95)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Speed
+
+
+def test_evaluate_is_fast_enough():
+    # 3 models × 11 levels × 2 directions × 500 queries, B = 1000: about a second on 2 cores
+    ranks = synthetic(n_q=500, models=("a", "b", "c"), levels=tuple(np.round(np.arange(11) / 10, 1)), n_cand=500)
+    start = time.perf_counter()
+    metrics, _ = evaluate(ranks, None, dataset="toy", n_boot=1000)
+    assert time.perf_counter() - start < 30  # generous: catches accidental Python loops, not jitter
+    assert len(metrics) == 3 * 11 * 2 * len(METRICS)

@@ -1,0 +1,153 @@
+"""The model registry and the local family: tokeniser, training, checkpoint format, safe loading."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from medret.errors import MedretError
+from medret.models import get_family, list_families, load_model
+from medret.models.local import (
+    BagTokenizer,
+    build_vocab,
+    contrastive_loss,
+    load_checkpoint,
+    report_tokens,
+    train,
+)
+
+REPORTS = [
+    "No pleural effusion. No pneumothorax.",
+    "Small left pleural effusion. No pneumothorax.",
+    "Right pneumothorax.",
+    "No acute cardiopulmonary process.",
+] * 4
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny local model trained for two epochs on random images."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(len(REPORTS), 32, 32), dtype=np.uint8)
+    text_ids = np.array([i % 4 for i in range(len(REPORTS))])
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
+    entry = {"family": "local", "train": {"epochs": 2, "batch_size": 8, "input_size": 32, "embed_dim": 16}}
+    train(entry, REPORTS, text_ids, images, path, data_digest="d0")
+    return path
+
+
+def test_tokeniser_words_and_bigrams():
+    assert report_tokens("No effusion. Left  nodule") == [
+        "no",
+        "effusion",
+        "no effusion",
+        "left",
+        "nodule",
+        "left nodule",
+    ]
+    vocab = build_vocab(["No effusion.", "No effusion.", "Left nodule."], min_count=2)
+    assert vocab == ["effusion", "no", "no effusion"]  # frequency, then alphabetical
+    ids, offsets = BagTokenizer(vocab)(["no effusion", "left nodule", "effusion"])
+    assert ids.tolist() == [0, 1, 2, 0] and offsets.tolist() == [0, 3, 3]
+
+
+def test_contrastive_loss_shares_targets_between_identical_reports():
+    emb = torch.eye(3)
+    # Items 0 and 1 share a report: their target mass is split, so the loss is log 2 per row at
+    # a perfect alignment with a huge scale (each row's two identical columns tie).
+    loss = contrastive_loss(emb[[0, 0, 2]], emb[[0, 0, 2]], torch.tensor([5, 5, 7]), torch.tensor(100.0))
+    assert loss.item() == pytest.approx((2 * np.log(2) + 0) / 3, abs=1e-4)
+
+
+def test_registry_lists_local():
+    fams = list_families()
+    assert "local" in fams and fams["local"].train is not None
+
+
+def test_load_model_errors_name_the_key(checkpoint):
+    with pytest.raises(MedretError, match=r"models\.m\.family: unknown family 'clip2'"):
+        load_model({"family": "clip2"}, "m")
+    with pytest.raises(MedretError, match=r"models\.m\.chekpoint: not an option of family local"):
+        get_family({"family": "local", "chekpoint": "x"}, "m")
+    with pytest.raises(MedretError, match=r"models\.m\.checkpoint is required"):
+        load_model({"family": "local"}, "m")
+
+
+def test_checkpoint_format_and_embeddings(checkpoint):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    assert ckpt["format"] == "medret.local/1"
+    assert set(ckpt) == {"format", "config", "vocab", "state_dict", "train"}
+    assert ckpt["train"]["n_pairs"] == len(REPORTS) and len(ckpt["train"]["losses"]) == 2
+    model = load_model({"family": "local", "checkpoint": str(checkpoint), "batch_size": 3})
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 255, (7, 48, 48), dtype=np.uint8))
+    img = model.encode_images(images)
+    txt = model.encode_texts(REPORTS[:5])
+    assert img.shape == (7, 16) and txt.shape == (5, 16) and img.dtype == torch.float32
+    torch.testing.assert_close(img.norm(dim=1), torch.ones(7))
+    torch.testing.assert_close(txt.norm(dim=1), torch.ones(5))
+    # Embeddings do not depend on batch composition (GroupNorm, no batch statistics).
+    one_by_one = load_model({"family": "local", "checkpoint": str(checkpoint), "batch_size": 1})
+    torch.testing.assert_close(one_by_one.encode_images(images), img, atol=1e-5, rtol=0)
+    # The spec hash names the weights, not the path or the batch size.
+    assert model.spec_hash() == one_by_one.spec_hash()
+
+
+def test_training_is_deterministic(tmp_path, checkpoint):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(len(REPORTS), 32, 32), dtype=np.uint8)
+    text_ids = np.array([i % 4 for i in range(len(REPORTS))])
+    entry = {"family": "local", "train": {"epochs": 2, "batch_size": 8, "input_size": 32, "embed_dim": 16}}
+    again = train(entry, REPORTS, text_ids, images, tmp_path / "again.pt", data_digest="d0")
+    assert again["digest"] == torch.load(checkpoint, weights_only=True)["train"]["digest"]
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_unsafe_pickle_is_refused_and_never_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "medret.local/1", "payload": _Exploit()}, evil)
+    with pytest.raises(MedretError, match="not a loadable local-model checkpoint"):
+        load_checkpoint(evil)
+    assert not (tmp_path / "PWNED").exists()
+    # The same with a plain pickle file.
+    evil.write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(MedretError):
+        load_checkpoint(evil)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_wrong_truncated_and_missing_checkpoints(tmp_path, checkpoint):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"visual.conv1.weight": torch.zeros(1)}, foreign)
+    with pytest.raises(MedretError, match=r"not a medret\.local/1 checkpoint"):
+        load_checkpoint(foreign)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(MedretError, match=r"truncated\.pt: not a loadable"):
+        load_checkpoint(truncated)
+    with pytest.raises(MedretError, match=r"missing\.pt: local-model checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["state_dict"].pop("image.proj.bias")
+    torch.save(ckpt, tmp_path / "partial.pt")
+    with pytest.raises(MedretError, match=r"missing \['image.proj.bias'\]"):
+        load_model({"family": "local", "checkpoint": str(tmp_path / "partial.pt")})
+
+
+def test_unknown_training_option(tmp_path):
+    with pytest.raises(MedretError, match=r"train\.epocs"):
+        train(
+            {"train": {"epocs": 3}},
+            REPORTS,
+            np.zeros(len(REPORTS)),
+            np.zeros((16, 8, 8), np.uint8),
+            tmp_path / "x.pt",
+            data_digest="",
+        )

@@ -1,0 +1,176 @@
+"""The workflow on the reduced demo: a full run, incremental re-runs, bad input, and the linters.
+
+The run happens once per session in a temporary working directory (``--directory``), with the
+repository's Snakefile and the reduced config ``tests/configs/mini.yaml``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MINI = yaml.safe_load((ROOT / "tests" / "configs" / "mini.yaml").read_text())
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the workflow CLI in ``workdir`` with ``config`` written beside it."""
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "MPLCONFIGDIR": str(workdir / ".mpl")}
+    cmd = [
+        str(BIN / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(path),
+        "--cores",
+        "2",
+        *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def planned_jobs(workdir: Path, config: dict) -> dict[str, int]:
+    """Job counts of a dry-run ({} when there is nothing to do)."""
+    proc = snakemake(workdir, config, "-n", "--quiet", "rules", "host")
+    if "Nothing to be done" in proc.stdout:
+        return {}
+    table = re.search(r"Job stats:\njob\s+count\n[- ]+\n(.*?)\ntotal\s+\d+", proc.stdout, re.S)
+    assert table, proc.stdout
+    return {name: int(n) for name, n in (line.split() for line in table.group(1).splitlines())}
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("demo")
+    snakemake(workdir, MINI)
+    return workdir
+
+
+def test_full_run_outputs(demo_run):
+    res = demo_run / "results" / "demo"
+    metrics = pd.read_csv(res / "metrics.csv")
+    assert list(metrics.columns) == [
+        "dataset",
+        "model",
+        "corruption",
+        "level",
+        "direction",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+        "n_queries",
+        "chance",
+    ]
+    assert set(metrics["metric"]) == {"R@1", "R@5", "R@10", "MRR", "median_rank"}
+    assert set(metrics["direction"]) == {"i2t", "t2i"}
+    assert sorted(metrics["level"].unique()) == [0.0, 0.5, 1.0]
+    assert (metrics["ci_low"] <= metrics["value"] + 1e-9).all() and (
+        metrics["value"] <= metrics["ci_high"] + 1e-9
+    ).all()
+    ranks = pd.read_parquet(res / "ranks" / "local" / "occlusion.parquet")
+    assert list(ranks.columns)[:5] == ["level", "repeat", "direction", "query_id", "rank"]
+    assert ranks["rank"].min() >= 1
+    # Text->image at full occlusion: every image identical, pessimistic ties -> recall 0.
+    r5 = metrics.set_index(["level", "direction", "metric"])["value"]
+    assert r5[(1.0, "t2i", "R@5")] == 0.0
+    robustness = pd.read_csv(res / "robustness.csv")
+    assert {"auc", "nauc", "relative_drop"} <= set(robustness["quantity"])
+    for plot in ("recall", "robustness", "examples"):
+        for ext, magic in (("png", b"\x89PNG"), ("pdf", b"%PDF")):
+            assert (res / "plots" / f"occlusion_{plot}.{ext}").read_bytes()[:4] == magic
+    with h5py.File(res / "embeddings" / "local" / "images" / "occlusion.h5") as f:
+        assert f["embeddings"].shape[:2] == (3, 96)
+        assert {"model_spec_hash", "manifest_digest", "corruption_spec_digest", "medret_version"} <= set(f.attrs)
+    with h5py.File(res / "images" / "eval.h5") as f:
+        assert f["images"].dtype == "uint8" and f["images"].shape == (96, 64, 64) and "manifest_digest" in f.attrs
+    assert planned_jobs(demo_run, MINI) == {}, "a second run has nothing to do"
+    assert not list(demo_run.rglob("*.partial")), "no temporary files are left"
+
+
+def test_adding_a_model_runs_only_its_jobs(demo_run):
+    config = copy.deepcopy(MINI)
+    config["models"]["local-b"] = copy.deepcopy(config["models"]["local"])
+    config["models"]["local-b"]["train"]["seed"] = 1
+    assert planned_jobs(demo_run, config) == {
+        "train_model": 1,
+        "embed_texts": 1,
+        "embed_images": 1,
+        "ranks": 1,
+        "metrics": 1,
+        "plot_results": 1,
+        "all": 1,
+    }
+
+
+def test_adding_a_level_runs_no_text_embedding(demo_run):
+    config = copy.deepcopy(MINI)
+    config["corruptions"]["occlusion"]["levels"] = [0.0, 0.25, 0.5, 1.0]
+    jobs = planned_jobs(demo_run, config)
+    assert "embed_texts" not in jobs and "train_model" not in jobs and "image_cache" not in jobs
+    assert jobs["embed_images"] == 1 and jobs["corruption_specs"] == 1 and jobs["ranks"] == 1
+
+
+def test_config_typo_is_one_line(tmp_path):
+    config = copy.deepcopy(MINI)
+    config["models"]["local"]["train"]["epocs"] = 3
+    proc = snakemake(tmp_path, config, "-n", check=False)
+    assert proc.returncode != 0
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "medret config error" in ln]
+    assert lines == ["medret config error: config key models.local.train.epocs: unknown key (did you mean 'epochs'?)"]
+
+
+def test_missing_image_fails_with_one_line_and_no_artifact(tmp_path, demo_run):
+    data = tmp_path / "data"
+    shutil.copytree(demo_run / "resources" / "demo", data)
+    (data / "images" / "p000260.png").unlink()  # a test-split image (ids after the 256 train pairs)
+    config = copy.deepcopy(MINI)
+    config["datasets"] = {"mine": {"adapter": "csv", "csv": str(data / "pairs.csv"), "image_size": 64}}
+    config["models"]["local"]["train"]["dataset"] = "mine"
+    proc = snakemake(tmp_path, config, "results/mine/images/eval.h5", check=False)
+    assert proc.returncode != 0
+    assert re.search(r"medret error: 1 of \d+ images not found \(first: .*p000260\.png\)", proc.stderr + proc.stdout)
+    assert not (tmp_path / "results" / "mine" / "images" / "eval.h5").exists()
+    assert not list((tmp_path / "results").rglob("*.partial"))
+
+
+def test_snakemake_lint():
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "--lint", "-s", str(ROOT / "Snakefile")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_snakefmt():
+    files = [str(ROOT / "Snakefile"), *map(str, sorted((ROOT / "workflow" / "rules").glob("*.smk")))]
+    proc = subprocess.run([str(BIN / "snakefmt"), "--check", *files], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff():
+    for args in (["check"], ["format", "--check"]):
+        proc = subprocess.run([str(BIN / "ruff"), *args, str(ROOT)], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,16 @@
+# Stage 3: deterministic corruption specs (one row per pair, level and repeat).
+
+
+rule corruption_specs:
+    input:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+    output:
+        f"{RESULTS}/{{dataset}}/corruptions/{{corruption}}.parquet",
+    log:
+        "logs/corruption_specs/{dataset}/{corruption}.log",
+    conda:
+        "../../envs/medret.yaml"
+    params:
+        entry=corruption_entry,
+    script:
+        "../scripts/corruption_specs.py"

@@ -1,0 +1,34 @@
+# Stage 1: dataset -> manifest (evaluated pairs) and training table.
+
+
+rule demo_data:
+    output:
+        csv="resources/{dataset}/pairs.csv",
+        images=directory("resources/{dataset}/images"),
+    log:
+        "logs/demo_data/{dataset}.log",
+    wildcard_constraints:
+        dataset=_alternatives(DEMO_DATASETS),
+    conda:
+        "../../envs/medret.yaml"
+    threads: 2
+    params:
+        entry=dataset_entry,
+    script:
+        "../scripts/demo_data.py"
+
+
+rule manifest:
+    input:
+        sources=dataset_sources,
+    output:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        train=f"{RESULTS}/{{dataset}}/train.parquet",
+    log:
+        "logs/manifest/{dataset}.log",
+    conda:
+        "../../envs/medret.yaml"
+    params:
+        entry=dataset_entry,
+    script:
+        "../scripts/manifest.py"

@@ -1,0 +1,16 @@
+# Stage 2: decode every image once into the dataset's HDF5 image cache.
+
+
+rule image_cache:
+    input:
+        table=cache_table,
+    output:
+        f"{RESULTS}/{{dataset}}/images/{{subset}}.h5",
+    log:
+        "logs/image_cache/{dataset}/{subset}.log",
+    conda:
+        "../../envs/medret.yaml"
+    params:
+        size=dataset_image_size,
+    script:
+        "../scripts/image_cache.py"

@@ -1,0 +1,20 @@
+# Stage 6: per-query ranks, both directions, every level.
+
+
+rule ranks:
+    input:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        text=f"{RESULTS}/{{dataset}}/embeddings/{{model}}/text.h5",
+        images=f"{RESULTS}/{{dataset}}/embeddings/{{model}}/images/{{corruption}}.h5",
+        specs=f"{RESULTS}/{{dataset}}/corruptions/{{corruption}}.parquet",
+    output:
+        f"{RESULTS}/{{dataset}}/ranks/{{model}}/{{corruption}}.parquet",
+    log:
+        "logs/ranks/{dataset}/{model}/{corruption}.log",
+    conda:
+        "../../envs/medret.yaml"
+    threads: 1
+    params:
+        block=config["evaluation"]["block"],
+    script:
+        "../scripts/ranks.py"

@@ -1,0 +1,25 @@
+# Stage 4 (trainable families only): train a model on a dataset's training split.
+
+
+rule train_model:
+    input:
+        unpack(training_inputs),
+    output:
+        f"{RESULTS}/models/{{model}}/checkpoint.pt",
+    log:
+        "logs/train_model/{model}.log",
+    benchmark:
+        "benchmarks/train_model/{model}.tsv"
+    wildcard_constraints:
+        model=_alternatives(TRAINED_MODELS),
+    conda:
+        "../../envs/medret.yaml"
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=4000,
+        runtime=60,
+    params:
+        entry=model_entry,
+    script:
+        "../scripts/train_model.py"

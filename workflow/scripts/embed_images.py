@@ -1,0 +1,14 @@
+from medret.stages import embed_images, script_context
+
+with script_context(snakemake.log[0], snakemake.threads):
+    embed_images(
+        snakemake.wildcards.model,
+        snakemake.params.entry,
+        snakemake.wildcards.corruption,
+        snakemake.params.corruption,
+        snakemake.input.manifest,
+        snakemake.input.cache,
+        snakemake.input.specs,
+        snakemake.output[0],
+        checkpoint=snakemake.input.checkpoint or None,
+    )

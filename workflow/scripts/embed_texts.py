@@ -1,0 +1,10 @@
+from medret.stages import embed_texts, script_context
+
+with script_context(snakemake.log[0], snakemake.threads):
+    embed_texts(
+        snakemake.wildcards.model,
+        snakemake.params.entry,
+        snakemake.input.manifest,
+        snakemake.output[0],
+        checkpoint=snakemake.input.checkpoint or None,
+    )

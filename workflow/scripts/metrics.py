@@ -1,0 +1,11 @@
+from medret.stages import compute_metrics, script_context
+
+with script_context(snakemake.log[0]):
+    compute_metrics(
+        snakemake.wildcards.dataset,
+        snakemake.input.manifest,
+        snakemake.input.ranks,
+        snakemake.output.metrics,
+        snakemake.output.robustness,
+        snakemake.params.evaluation,
+    )
