@@ -105,6 +105,7 @@ def test_manifest_rules(tmp_path):
     assert manifest["pair_id"].tolist() == ["b", "c"]
     assert manifest["report"].tolist() == ["No effusion.", "Left effusion."]  # stripped
     assert manifest["text_id"].tolist() == [0, 1]
+    assert Manifest(manifest, "d").clusters() == {"b": "P1", "c": "P2", "text:0": None, "text:1": None}
 
 
 def test_duplicate_reports_share_a_text_id():
@@ -122,7 +123,7 @@ def test_duplicate_reports_share_a_text_id():
     m = Manifest(select_pairs(pairs, "test"), "x")
     assert m.text_ids.tolist() == [0, 1, 0, 0]
     assert m.texts == ["A", "B"]
-    assert m.clusters() == {"w": None, "x": None, "y": None, "z": None}
+    assert m.clusters() == {"w": None, "x": None, "y": None, "z": None, "text:0": None, "text:1": None}
 
 
 def test_manifest_digest_changes_with_content(tmp_path):

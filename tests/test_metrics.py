@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from fractions import Fraction
 
 import numpy as np
@@ -484,14 +483,11 @@ def test_bad_bootstrap_settings_raise():
         evaluate(_good(), None, dataset="toy", ci=95)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Speed
-
-
-def test_evaluate_is_fast_enough():
-    # 3 models × 11 levels × 2 directions × 500 queries, B = 1000: about a second on 2 cores
+def test_evaluate_on_a_demo_sized_table():
+    # 3 models × 11 levels × 2 directions × 500 queries, B = 1000 (speed belongs in benchmarks/)
     ranks = synthetic(n_q=500, models=("a", "b", "c"), levels=tuple(np.round(np.arange(11) / 10, 1)), n_cand=500)
-    start = time.perf_counter()
-    metrics, _ = evaluate(ranks, None, dataset="toy", n_boot=1000)
-    assert time.perf_counter() - start < 30  # generous: catches accidental Python loops, not jitter
+    metrics, robustness = evaluate(ranks, None, dataset="toy", n_boot=1000)
     assert len(metrics) == 3 * 11 * 2 * len(METRICS)
+    assert metrics[["value", "ci_low", "ci_high"]].notna().all().all()
+    # auc + nauc + 10 relative drops per (model, direction, metric)
+    assert len(robustness) == 3 * 2 * 4 * 12

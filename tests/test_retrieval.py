@@ -87,11 +87,11 @@ def test_rank_table_duplicate_reports():
     # i2t: 3 unique candidates; pair d's text C (score 0) is beaten by A (1.0) and B (0) ties -> 3.
     assert i2t["rank"].to_dict() == {"a": 1, "b": 1, "c": 1, "d": 3}
     assert set(i2t["n_candidates"]) == {3} and set(i2t["n_relevant"]) == {1}
-    # t2i: text A's relevant images are a and c (both ~1), d (1.0 exactly) is not relevant and
-    # scores highest -> rank 2 for both queries with report A; B -> image b first; C -> image
-    # d scores 0 on C, a/c/b score 0, 0.0995, 0.0995 -> d is beaten by b and c and ties a: rank 4.
-    assert t2i["rank"].to_dict() == {"a": 2, "b": 1, "c": 2, "d": 4}
-    assert t2i["n_relevant"].to_dict() == {"a": 2, "b": 1, "c": 2, "d": 1}
+    # t2i: one query per unique text. Text A's relevant images are a and c (both ~1); d (exactly
+    # 1.0) is not relevant and scores highest -> rank 2. B -> image b first. C: d scores 0 on C,
+    # a scores 0, b and c 0.0995 -> d is beaten by b and c and ties a: rank 4.
+    assert t2i["rank"].to_dict() == {"text:0": 2, "text:1": 1, "text:2": 4}
+    assert t2i["n_relevant"].to_dict() == {"text:0": 2, "text:1": 1, "text:2": 1}
     assert set(t2i["n_candidates"]) == {4}
     assert list(table.columns) == [
         "level",
@@ -113,7 +113,9 @@ def test_rank_table_full_occlusion_floors():
     table = rank_table(constant, np.array([1.0]), np.array([0]), texts, text_ids, [f"q{i}" for i in range(n)])
     t2i = table[table.direction == "t2i"]
     # Every image identical: text->image ranks are n - m + 1 for every query (no information).
+    assert len(t2i) == u
     np.testing.assert_array_equal(t2i["rank"], n - t2i["n_relevant"] + 1)
+    np.testing.assert_array_equal(t2i["n_relevant"], np.bincount(text_ids, minlength=u))
     # Image->text: every query gets the same ranking of texts, so ranks follow the fixed order.
     i2t = table[table.direction == "i2t"]
     order = np.argsort(-(texts @ constant[0, 0]))

@@ -112,6 +112,14 @@ class Manifest:
         return self.table["text_id"].to_numpy(np.int64)
 
     def clusters(self) -> dict[str, str | None]:
-        """Bootstrap cluster of each pair: its patient id, or None when the dataset has none."""
+        """Bootstrap cluster of every query id.
+
+        Image queries (pair ids) resample by patient, or singly when the dataset has no patient
+        ids; text queries (one per unique report) resample singly (None).
+        """
+        from medret.retrieval import text_query_ids
+
         patients = self.table["patient_id"].fillna("")
-        return {p: (c or None) for p, c in zip(self.table["pair_id"], patients, strict=True)}
+        out: dict[str, str | None] = {p: (c or None) for p, c in zip(self.table["pair_id"], patients, strict=True)}
+        out.update(dict.fromkeys(text_query_ids(len(self.texts))))
+        return out

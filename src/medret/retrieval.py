@@ -2,10 +2,11 @@
 
 Definitions (DESIGN §4):
 
-* Candidates. Image→text (``i2t``): the unique report strings of the manifest (identical strings
-  are one candidate), so each image has exactly one relevant text. Text→image (``t2i``): one
-  query per pair (its report), the candidates are all images, and every image whose report is the
-  identical string is relevant.
+* Candidates. Image→text (``i2t``): one query per pair (its image); the candidates are the unique
+  report strings of the manifest (identical strings are one candidate), so each image has exactly
+  one relevant text. Text→image (``t2i``): one query per unique report string (identical reports
+  are one query, not many copies of it, which would let the most frequent report dominate the
+  average); the candidates are all images, and every image whose report is that string is relevant.
 * Rank: the 1-based **pessimistic** rank of the best-scoring relevant candidate,
   ``1 + #{non-relevant c : s(q, c) >= s⁺(q) - tol}`` with ``s⁺`` the best relevant score. Ties
   count against the query, so a model whose embeddings are constant ranks every query last among
@@ -76,6 +77,11 @@ def pessimistic_ranks(
     return ranks
 
 
+def text_query_ids(n_texts: int) -> list[str]:
+    """Query ids of the text→image direction: one per unique report (``text:<text_id>``)."""
+    return [f"text:{t}" for t in range(n_texts)]
+
+
 def rank_table(
     image_emb: np.ndarray,
     levels: np.ndarray,
@@ -91,20 +97,20 @@ def rank_table(
 
     ``image_emb`` is (C, N, D) for C conditions and the N manifest pairs; ``text_emb`` is (U, D)
     for the unique texts and ``text_ids`` (N,) maps each pair to its text. Returns the tidy table
-    ``level, repeat, direction, query_id, rank, n_relevant, n_candidates``.
+    ``level, repeat, direction, query_id, rank, n_relevant, n_candidates``; image queries are named
+    by their pair id, text queries by :func:`text_query_ids`.
     """
     n, u = len(pair_ids), len(text_emb)
     i2t_rel = [np.asarray([t], dtype=np.int64) for t in text_ids.tolist()]
-    # Text queries with the same string have the same ranking: score each unique text once.
-    unique_rel = relevance_from_labels(np.arange(u), text_ids)
-    t2i_nrel = np.asarray([len(unique_rel[t]) for t in text_ids.tolist()], dtype=np.int64)
+    t2i_rel = relevance_from_labels(np.arange(u), text_ids)
+    t2i_nrel = np.asarray([len(r) for r in t2i_rel], dtype=np.int64)
     frames = []
     for c in range(len(levels)):
         i2t = pessimistic_ranks(image_emb[c], text_emb, i2t_rel, block=block, tol=tol)
-        t2i = pessimistic_ranks(text_emb, image_emb[c], unique_rel, block=block, tol=tol)[text_ids]
-        for direction, ranks, nrel, ncand in (
-            ("i2t", i2t, np.ones(n, np.int64), u),
-            ("t2i", t2i, t2i_nrel, n),
+        t2i = pessimistic_ranks(text_emb, image_emb[c], t2i_rel, block=block, tol=tol)
+        for direction, queries, ranks, nrel, ncand in (
+            ("i2t", list(pair_ids), i2t, np.ones(n, np.int64), u),
+            ("t2i", text_query_ids(u), t2i, t2i_nrel, n),
         ):
             frames.append(
                 pd.DataFrame(
@@ -112,7 +118,7 @@ def rank_table(
                         "level": float(levels[c]),
                         "repeat": int(repeats[c]),
                         "direction": direction,
-                        "query_id": pair_ids,
+                        "query_id": queries,
                         "rank": ranks,
                         "n_relevant": nrel,
                         "n_candidates": ncand,
