@@ -115,7 +115,7 @@ def test_provenance_mismatch_is_refused(study, tmp_path):
 
 
 def test_specs_of_another_corruption_are_refused(study, tmp_path):
-    root, model, occ = study
+    root, _, occ = study
     other = {**occ, "seed": 1}
     stages.build_corruption_specs(root / "manifest.parquet", "occ", other, tmp_path / "specs.parquet")
     with pytest.raises(MedretError, match="provenance mismatch on corruption_spec_digest"):

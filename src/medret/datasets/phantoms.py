@@ -133,33 +133,39 @@ def _rng(seed: int, split: str, stream: int, index: int, *extra: int) -> np.rand
 
 
 def _sample_findings(rng: np.random.Generator) -> Findings:
-    # ~35% of studies are entirely normal; otherwise 1-3 findings drawn without replacement.
+    """Draw one study's findings: ~35% entirely normal, otherwise 1-3 findings without replacement."""
     if rng.random() < 0.35:
         return Findings()
     n = int(rng.choice([1, 2, 3], p=[0.55, 0.30, 0.15]))
     kinds = ["cardiomegaly", "effusion", "pneumothorax", "consolidation", "nodule", "devices"]
     weights = np.array([0.18, 0.20, 0.13, 0.19, 0.12, 0.18])
     chosen = set(rng.choice(kinds, size=n, replace=False, p=weights / weights.sum()).tolist())
-    kw: dict[str, object] = {}
     sizes = ["small", "moderate", "large"]
+    cardiomegaly: str | None = None
+    consolidation: str | None = None
+    effusion: tuple[str, str] | None = None
+    pneumothorax: tuple[str, str] | None = None
+    nodule: tuple[str, str] | None = None
+    devices: tuple[str, ...] = ()
+    # The order of draws is fixed so that a pair's findings depend only on its own generator.
     if "cardiomegaly" in chosen:
-        kw["cardiomegaly"] = str(rng.choice(["mild", "moderate"], p=[0.6, 0.4]))
+        cardiomegaly = str(rng.choice(["mild", "moderate"], p=[0.6, 0.4]))
     if "effusion" in chosen:
         side = str(rng.choice(["left", "right", "bilateral"], p=[0.38, 0.38, 0.24]))
-        kw["effusion"] = (side, str(rng.choice(sizes, p=[0.5, 0.35, 0.15])))
+        effusion = (side, str(rng.choice(sizes, p=[0.5, 0.35, 0.15])))
     if "pneumothorax" in chosen:
-        kw["pneumothorax"] = (str(rng.choice(["left", "right"])), str(rng.choice(sizes, p=[0.5, 0.3, 0.2])))
+        pneumothorax = (str(rng.choice(["left", "right"])), str(rng.choice(sizes, p=[0.5, 0.3, 0.2])))
     if "consolidation" in chosen:
-        kw["consolidation"] = str(rng.choice(LOBES))
+        consolidation = str(rng.choice(LOBES))
     if "nodule" in chosen:
-        kw["nodule"] = (str(rng.choice(["left", "right"])), str(rng.choice(["upper", "mid", "lower"])))
+        nodule = (str(rng.choice(["left", "right"])), str(rng.choice(["upper", "mid", "lower"])))
     if "devices" in chosen:
         while True:  # non-empty subset; an ETT is the most common device in ICU films
             mask = rng.random(3) < np.array([0.6, 0.5, 0.3])
             if mask.any():
                 break
-        kw["devices"] = tuple(d for d, m in zip(DEVICES, mask, strict=True) if m)
-    return Findings(**kw)  # type: ignore[arg-type]
+        devices = tuple(d for d, m in zip(DEVICES, mask, strict=True) if m)
+    return Findings(cardiomegaly, effusion, pneumothorax, consolidation, nodule, devices)
 
 
 _LOBE_NAMES = {
@@ -396,6 +402,7 @@ class _Anatomy:
     tissue: float
 
 
+@functools.lru_cache(maxsize=256)  # consecutive studies of one patient reuse it
 def _patient_anatomy(seed: int, split: str, patient: int) -> _Anatomy:
     g = _rng(seed, split, _STREAM_ANATOMY, patient)
     return _Anatomy(
@@ -548,7 +555,10 @@ def _render(
     # i.e. the patient's right.
     au = np.abs(u)
     right = (u < 0).astype(np.float32)
-    sides = {"right": right, "left": 1.0 - right}
+
+    def on_side(side: str) -> np.ndarray | float:
+        return 1.0 if side == "bilateral" else right if side == "right" else 1.0 - right
+
     apex = anat.apex + 0.5 * insp
     lat_max = 0.40 + anat.lung_rx
     base = 0.62 + insp - 0.04 * right  # the right hemidiaphragm sits higher
@@ -574,13 +584,15 @@ def _render(
         grow = 1.30 if findings.cardiomegaly == "mild" else 1.48
         hrx, hry, hcx = hrx * grow, hry * (1 + (grow - 1) * 0.4), hcx + 0.12 * (grow - 1)
     hcy = 0.50 + insp - hry * 0.6
-    heart, _ = _superellipse(u, v, hcx, hcy, hrx, hry, 2.0, eps)
     mediastinum = _sig((0.125 - np.abs(u - 0.01)) / eps) * _sig((hcy + 0.05 - v) / eps) * body
+    heart_rows = rows(hcy - hry - 2 * eps, hcy + hry + 2 * eps)
+    heart, _ = _superellipse(u[heart_rows], v[heart_rows], hcx, hcy, hrx, hry, 2.0, eps)
+    mediastinum[heart_rows] = np.maximum(mediastinum[heart_rows], heart)
     knob_rows = rows(-0.34 - 0.07 - 2 * eps, -0.34 + 0.07 + 2 * eps)  # aortic knob on the left
     knob, _ = _superellipse(u[knob_rows], v[knob_rows], 0.12, -0.34, 0.075, 0.07, 2.0, eps)
     mediastinum[knob_rows] = np.maximum(mediastinum[knob_rows], knob)
     # The heart sits on the diaphragm: below the domes it merges into the abdomen.
-    central = np.maximum(heart, mediastinum) * _sig((dome + 0.02 - v) / eps)
+    central = mediastinum * _sig((dome + 0.02 - v) / eps)
     lung = lung * (1.0 - central)
     dens += np.maximum(0.17 * central, abdomen)
 
@@ -595,15 +607,14 @@ def _render(
     if findings.effusion:
         side, sz = findings.effusion
         level = (0.46, 0.28, 0.04)[_SIZE_LEVEL[sz]] + insp
-        on_side = 1.0 if side == "bilateral" else sides[side]
-        hemi = _sig(np.minimum(lung_dist + 0.02, dome + 0.10 - v) / eps) * (1.0 - central) * on_side
+        hemi = _sig(np.minimum(lung_dist + 0.02, dome + 0.10 - v) / eps) * (1.0 - central) * on_side(side)
         meniscus = level - 0.26 * np.clip((au - 0.15) / 0.6, 0.0, 1.0) ** 2  # rises along the chest wall
         eff = hemi * _sig((v - meniscus) / 0.03)
         fill = np.maximum(fill, eff)
         dens += 0.07 * eff  # also blots out the dome and costophrenic angle
     if findings.pneumothorax:
         side, sz = findings.pneumothorax
-        lung_s = lung * sides[side]
+        lung_s = lung * on_side(side)
         f = (0.13, 0.22, 0.34)[_SIZE_LEVEL[sz]]
         # The lung falls away from the apex and lateral chest wall, as on an upright film.
         cd = _lung_dist(au, v, apex + 1.3 * f, lat_max - 0.5 * f, ua=0.30 + 0.2 * f)
@@ -621,7 +632,7 @@ def _render(
         cv += float(g.normal(0, 0.03))
         blob, _ = _superellipse(au, v, cu, cv, rx, ry, 2.0, 0.06)
         patchy = np.clip((patch_noise - 0.2) / 0.45, 0.0, 1.0)
-        cons = blob * lung * sides[side] * (0.45 + 0.55 * patchy)
+        cons = blob * lung * on_side(side) * (0.45 + 0.55 * patchy)
         fill = np.maximum(fill, 0.95 * cons)
         dens += 0.08 * cons
     air = lung * (1.0 - 0.95 * fill)
@@ -667,10 +678,18 @@ def _render(
             insp=insp,
         )
 
+    # Exposure and contrast; the gamma curve goes through a small lookup table because a per-pixel
+    # power costs as much as drawing the whole heart.
     img = _blur(dens, 0.6 * size / 128.0)
-    img = np.clip(gain * (img - 0.03) + offset, 0.0, 1.0) ** gamma
-    noise = _rng(seed, split, _STREAM_RENDER, index, _R_NOISE).normal(0.0, noise_sigma, (size, size))
-    return np.clip(np.rint((img + noise) * 255.0), 0, 255).astype(np.uint8)
+    img *= gain
+    img += offset - 0.03 * gain
+    np.clip(img, 0.0, 1.0, out=img)
+    lut = (np.arange(1024, dtype=np.float32) / 1023.0) ** gamma
+    img = lut[(img * 1023.0 + 0.5).astype(np.intp)]
+    noise = _rng(seed, split, _STREAM_RENDER, index, _R_NOISE).standard_normal((size, size), dtype=np.float32)
+    img += noise_sigma * noise
+    img *= 255.0
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------
