@@ -27,35 +27,10 @@ from matplotlib.patches import Patch
 
 from medret.errors import MedretError
 from medret.io import atomic_output
+from medret.metrics import METRICS_COLUMNS, ROBUSTNESS_COLUMNS
 
 DIRECTIONS: dict[str, str] = {"i2t": "image → report", "t2i": "report → image"}
 """Retrieval directions in plotting order, with their human-readable labels."""
-
-METRICS_COLUMNS = (
-    "dataset",
-    "model",
-    "corruption",
-    "level",
-    "direction",
-    "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-    "n_queries",
-    "chance",
-)
-ROBUSTNESS_COLUMNS = (
-    "dataset",
-    "model",
-    "corruption",
-    "direction",
-    "metric",
-    "quantity",
-    "level",
-    "value",
-    "ci_low",
-    "ci_high",
-)
 
 DPI = 150
 CI_ALPHA = 0.2
