@@ -131,6 +131,7 @@ def test_manifest_digest_changes_with_content(tmp_path):
     m = select_pairs(pairs, "test")
     assert manifest_digest(m) == manifest_digest(m.copy())
     assert manifest_digest(m) != manifest_digest(m.assign(report=["x", "y"]))
+    assert manifest_digest(m) == manifest_digest(m.assign(image_path=["/elsewhere/b.png", "/elsewhere/c.png"]))
 
 
 @pytest.mark.parametrize(

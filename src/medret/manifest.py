@@ -52,8 +52,12 @@ def select_pairs(pairs: pd.DataFrame, split: str, *, one_per_study: bool = True)
 
 
 def manifest_digest(table: pd.DataFrame) -> str:
-    """Digest of everything in the manifest that can change a result."""
-    return digest(table.astype(str).to_dict(orient="list"))
+    """Digest of the evaluated pairs: ids, reports, patients, studies, views and labels.
+
+    Image paths are left out, so a dataset read from another directory (a copy, a mount on a
+    cluster node) gives the same digest and its caches stay valid.
+    """
+    return digest(table.drop(columns="image_path").astype(str).to_dict(orient="list"))
 
 
 def write_table(table: pd.DataFrame, path: str | Path, **metadata: str) -> None:
