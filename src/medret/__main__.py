@@ -1,0 +1,48 @@
+"""Command line: ``python -m medret {families,files,download}``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from medret.errors import MedretError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m medret", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("families", help="list the registered model families and their options")
+    sub.add_parser("files", help="list the public files that `download` can fetch")
+    dl = sub.add_parser("download", help="download public checkpoint/tokenizer files (needs internet)")
+    dl.add_argument("names", nargs="+", help="file names, see `files`")
+    dl.add_argument("--dest", default="resources/weights", help="directory to write to (default: %(default)s)")
+    dl.add_argument("--mirror", default=None, help="replace scheme and host of every URL (a mirror)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "families":
+            from medret.models import list_families
+
+            for name, family in list_families().items():
+                print(f"{name}: {family.description}")
+                for key, text in family.options.items():
+                    print(f"    {key}: {text}")
+        elif args.command == "files":
+            from medret.download import PUBLIC_FILES
+
+            for spec in PUBLIC_FILES.values():
+                where = spec.url or f"manual: {spec.manual}"
+                print(f"{spec.name:28s} {spec.family:18s} {spec.filename}\n    {where}")
+        else:
+            from medret.download import download
+
+            for name in args.names:
+                print(download(name, args.dest, mirror=args.mirror))
+    except MedretError as exc:
+        print(f"medret error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
