@@ -1,0 +1,683 @@
+"""Families open_clip, cxr_repair and chexzero against the original pipelines (random weights, offline).
+
+Checkpoints are written exactly as published (see docs in ``medret.models.clip_family``): CXR-RePaiR as
+a plain OpenAI-layout state dict with OpenAI's fp16 subset, CheXzero the same in fp32, open_clip's
+OpenAI mirror as ``open_clip_model.safetensors`` in a hub cache, OpenAI's original as a TorchScript
+archive (tiny architecture). The full-size ViT-B/32 is built once per session.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import html
+import itertools
+import json
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from collections import OrderedDict
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+
+import ftfy
+import numpy as np
+import open_clip
+import pytest
+import regex
+import torch
+import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+from PIL import Image
+from torchvision.transforms import Compose, InterpolationMode, Normalize, Resize
+
+import medret.models.clip_family as cf  # registers the families
+from medret.errors import MedretError
+from medret.imaging import decode_to_canvas
+from medret.models import list_families, load_model
+
+ARCH = "ViT-B-32-quickgelu"
+TINY = "medret-tiny-quickgelu"
+TINY_CFG = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 64},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+}
+REPORTS = [
+    "FINDINGS: No focal consolidation, pleural effusion, or pneumothorax.\nIMPRESSION: NO ACUTE PROCESS.",
+    "PA and LAT:  ET tube tip 4.5 cm above the carina;  NG tube -> stomach!!! (?malpositioned)",
+    "Mild cardiomegaly &amp; bibasilar atelectasis\u2014right > left; \u201cstable\u201d since 03/12/2019\u2026",
+    "Caf\u00e9 r\u00e9sum\u00e9: \u00bd-inch \u00b0 \u00b5 \u2013 \u00c6 \t\t   ",
+    "",
+    " ".join(["Right-sided PICC line terminates in the mid SVC, unchanged; no pneumothorax."] * 12),
+]
+SIZES = [(640, 480), (347, 419), (1000, 800)]  # (h, w); int() and round() agree at 320, see test below
+
+
+# --------------------------------------------------------------------------------------------
+# The original code, vendored for reference: CLIP BPE tokenizer and tokenize() of CXR-RePaiR
+# (rajpurkarlab/CXR-RePaiR@c11fa85 clip/simple_tokenizer.py, clip/clip.py; MIT, from openai/CLIP),
+# and its 320-px image preprocessing (data_preprocessing/create_bootstrapped_testset.py).
+
+
+@lru_cache
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(2**8):
+        if b not in bs:
+            bs.append(b)
+            cs.append(2**8 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs], strict=True))
+
+
+def _get_pairs(word: tuple[str, ...]) -> set[tuple[str, str]]:
+    return set(itertools.pairwise(word))
+
+
+class _OriginalTokenizer:
+    def __init__(self, bpe_path: str) -> None:
+        self.byte_encoder = _bytes_to_unicode()
+        with gzip.open(bpe_path) as f:
+            merges = f.read().decode("utf-8").split("\n")
+        merges = [tuple(m.split()) for m in merges[1 : 49152 - 256 - 2 + 1]]
+        vocab = list(_bytes_to_unicode().values())
+        vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
+        vocab.extend(["<|startoftext|>", "<|endoftext|>"])
+        self.encoder = dict(zip(vocab, range(len(vocab)), strict=True))
+        self.bpe_ranks = dict(zip(merges, range(len(merges)), strict=True))
+        self.cache = {"<|startoftext|>": "<|startoftext|>", "<|endoftext|>": "<|endoftext|>"}
+        self.pat = regex.compile(
+            r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+            regex.IGNORECASE,
+        )
+
+    def bpe(self, token: str) -> str:
+        if token in self.cache:
+            return self.cache[token]
+        word = (*token[:-1], token[-1] + "</w>")
+        pairs = _get_pairs(word)
+        if not pairs:
+            return token + "</w>"
+        while True:
+            bigram = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
+            if bigram not in self.bpe_ranks:
+                break
+            first, second = bigram
+            new_word: list[str] = []
+            i = 0
+            while i < len(word):
+                try:
+                    j = word.index(first, i)
+                    new_word.extend(word[i:j])
+                    i = j
+                except ValueError:
+                    new_word.extend(word[i:])
+                    break
+                if word[i] == first and i < len(word) - 1 and word[i + 1] == second:
+                    new_word.append(first + second)
+                    i += 2
+                else:
+                    new_word.append(word[i])
+                    i += 1
+            word = tuple(new_word)
+            if len(word) == 1:
+                break
+            pairs = _get_pairs(word)
+        out = " ".join(word)
+        self.cache[token] = out
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        text = ftfy.fix_text(text)
+        text = html.unescape(html.unescape(text)).strip()
+        text = regex.sub(r"\s+", " ", text).strip().lower()
+        ids: list[int] = []
+        for token in regex.findall(self.pat, text):
+            token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
+            ids.extend(self.encoder[t] for t in self.bpe(token).split(" "))
+        return ids
+
+
+@lru_cache
+def _original_tokenizer() -> _OriginalTokenizer:
+    path = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    # The vocab vendored by CXR-RePaiR and CheXzero is byte-identical (models.md §0.4).
+    assert hashlib.md5(Path(path).read_bytes()).hexdigest() == "933b7abbbbde62c36f02f0e6ccde464f"
+    return _OriginalTokenizer(path)
+
+
+def original_tokenize(texts: list[str], context_length: int = 77) -> torch.Tensor:
+    tok = _original_tokenizer()
+    sot, eot = tok.encoder["<|startoftext|>"], tok.encoder["<|endoftext|>"]
+    result = torch.zeros(len(texts), context_length, dtype=torch.long)
+    for i, text in enumerate(texts):
+        tokens = [sot, *tok.encode(text), eot]
+        if len(tokens) > context_length:
+            tokens = tokens[:context_length]
+            tokens[context_length - 1] = eot
+        result[i, : len(tokens)] = torch.tensor(tokens)
+    return result
+
+
+def original_cxr_preprocess(img: Image.Image, desired_size: int = 320) -> Image.Image:
+    old_size = img.size
+    ratio = float(desired_size) / max(old_size)
+    new_size = tuple([int(x * ratio) for x in old_size])
+    img = img.resize(new_size, Image.LANCZOS)  # Image.ANTIALIAS in their Pillow
+    new_img = Image.new("L", (desired_size, desired_size))
+    new_img.paste(img, ((desired_size - new_size[0]) // 2, (desired_size - new_size[1]) // 2))
+    return new_img
+
+
+#: Their load-time transform (data/mimic_image_dataset.py); antialias=False is torchvision <= 0.11 on tensors.
+ORIGINAL_CXR_TRANSFORM = Compose(
+    [
+        Normalize((101.48761,) * 3, (83.43944,) * 3),
+        Resize(224, interpolation=InterpolationMode.BICUBIC, antialias=False),
+    ]
+)
+
+
+def original_cxr_tensor(path: Path) -> torch.Tensor:
+    """The CXR-RePaiR pipeline from the source image: 320 pad (PIL, h5 float32), 3 channels, transform."""
+    arr = np.array(original_cxr_preprocess(Image.open(path)), dtype=np.float32)
+    return ORIGINAL_CXR_TRANSFORM(torch.from_numpy(np.repeat(arr[None], 3, axis=0)))
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+
+
+def synthetic_radiograph(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A fixed greyscale test image: smooth anatomy-like field, noise, a bright band and a dark line."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = 120 + 80 * np.sin(9 * xx) * np.cos(7 * yy) + 30 * rng.standard_normal((h, w))
+    img[h // 4 : h // 3, :] = 250
+    img[:, w // 5 : w // 5 + 3] = 5
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_images(directory: Path, sizes: list[tuple[int, int]]) -> list[Path]:
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        path = directory / f"img{i}_{h}x{w}.png"
+        Image.fromarray(synthetic_radiograph(h, w, seed=i)).save(path)
+        paths.append(path)
+    return paths
+
+
+def cache_batch(paths: list[Path], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as the image cache stores them: (B, S, S) uint8 canvases and (B, 4) content boxes."""
+    canvases, boxes = zip(*(decode_to_canvas(p, size) for p in paths), strict=True)
+    return torch.from_numpy(np.stack(canvases)), torch.tensor(boxes)
+
+
+def content_pil(canvas: torch.Tensor, box: torch.Tensor) -> Image.Image:
+    top, left, h, w = box.tolist()
+    return Image.fromarray(canvas[top : top + h, left : left + w].numpy())
+
+
+def openai_fp16(model: torch.nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """State dict with OpenAI's ``convert_weights`` fp16 subset, as saved after ``clip.load`` on a GPU."""
+    open_clip.model.convert_weights_to_lp(model, dtype=torch.float16)
+    state = OrderedDict((k, v.clone()) for k, v in model.state_dict().items())
+    model.float()
+    return state
+
+
+@pytest.fixture(scope="session")
+def tiny_arch(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Registers two tiny open_clip architectures (QuickGELU and GELU) for fast tests."""
+    d = tmp_path_factory.mktemp("open_clip_configs")
+    (d / f"{TINY}.json").write_text(json.dumps(TINY_CFG))
+    (d / "medret-tiny.json").write_text(json.dumps({**TINY_CFG, "quick_gelu": False}))
+    open_clip.add_model_config(d)
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_arch: str, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A tiny random model (fp16-representable weights) and its weights in every supported file layout."""
+    torch.manual_seed(0)
+    model = cf.create_open_clip(tiny_arch)
+    mixed = openai_fp16(model)
+    d = tmp_path_factory.mktemp("tiny")
+    state = OrderedDict((k, v.clone()) for k, v in model.state_dict().items())
+    torch.save(state, d / "plain.pt")
+    from safetensors.torch import save_file
+
+    save_file(dict(state), d / "open_clip_model.safetensors")
+    wrapped = {"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in state.items()}}
+    torch.save(wrapped, d / "epoch_3.pt")
+    return SimpleNamespace(model=model, state=state, mixed=mixed, dir=d)
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    paths = write_images(tmp_path_factory.mktemp("images"), SIZES)
+    canvases, boxes = cache_batch(paths, 320)
+    return SimpleNamespace(paths=paths, canvases=canvases, boxes=boxes)
+
+
+@pytest.fixture(scope="session")
+def vitb32(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """One random full-size ViT-B/32 and its CXR-RePaiR (fp16 subset) and CheXzero (fp32) files."""
+    torch.manual_seed(1)
+    model = cf.create_open_clip(ARCH)
+    mixed = openai_fp16(model)  # the model now holds exactly the fp16-rounded weights, in fp32
+    d = tmp_path_factory.mktemp("vitb32")
+    torch.save(mixed, d / "clip-imp-pretrained_128_6_after_4.pt")
+    torch.save(model.state_dict(), d / "best_64_5e-05_original_22000_0.864.pt")
+    return SimpleNamespace(model=model, mixed=mixed, dir=d)
+
+
+@pytest.fixture(scope="session")
+def reference(vitb32: SimpleNamespace, images: SimpleNamespace) -> SimpleNamespace:
+    """Embeddings of the original pipelines: open_clip's model on the original preprocessing and tokens."""
+    with torch.inference_mode():
+        cxr = torch.stack([original_cxr_tensor(p) for p in images.paths])
+        pp = image_transform_v2(
+            PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), open_clip.get_pretrained_cfg(ARCH, "openai"))),
+            is_train=False,
+        )
+        oc = torch.stack([pp(content_pil(c, b)) for c, b in zip(images.canvases, images.boxes, strict=True)])
+        return SimpleNamespace(
+            cxr_images=F.normalize(vitb32.model.encode_image(cxr), dim=-1),
+            openai_images=F.normalize(vitb32.model.encode_image(oc), dim=-1),
+            texts=F.normalize(vitb32.model.encode_text(original_tokenize(REPORTS)), dim=-1),
+        )
+
+
+@pytest.fixture(scope="session")
+def cxr_repair(vitb32: SimpleNamespace):
+    path = vitb32.dir / "clip-imp-pretrained_128_6_after_4.pt"
+    return load_model({"family": "cxr_repair", "checkpoint": str(path), "device": "cpu", "batch_size": 2})
+
+
+@pytest.fixture(scope="session")
+def chexzero(vitb32: SimpleNamespace):
+    path = vitb32.dir / "best_64_5e-05_original_22000_0.864.pt"
+    return load_model({"family": "chexzero", "checkpoint": str(path), "device": "cpu"})
+
+
+def _fake_hub_file(root: Path, repo: str, filename: str) -> Path:
+    """Where huggingface_hub's cache keeps ``repo``'s ``filename`` at revision main."""
+    base = root / f"models--{repo.replace('/', '--')}"
+    snapshot = base / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text("a" * 40)
+    return snapshot / filename
+
+
+@pytest.fixture(scope="session")
+def openai_hub(vitb32: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory):
+    """open_clip family with ``pretrained: openai`` resolved from a hub cache holding open_clip's mirror file."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("hub")
+    target = _fake_hub_file(root, "timm/vit_base_patch32_clip_224.openai", "open_clip_model.safetensors")
+    save_file(vitb32.model.state_dict(), target)  # the mirror is a plain fp32 open_clip-layout state dict
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(constants, "HF_HUB_CACHE", str(root))
+        model = load_model({"family": "open_clip", "model": ARCH, "pretrained": "openai", "device": "cpu"})
+    return SimpleNamespace(model=model, file=target)
+
+
+def make_openai_torchscript(state: dict[str, torch.Tensor], path: Path) -> None:
+    """A TorchScript archive shaped like OpenAI's ViT-B-32.pt: traced, fp16 subset, three int buffers,
+    and the text attention mask a plain attribute (not a buffer) as in OpenAI's module."""
+    model = open_clip.model.CLIP(**TINY_CFG).eval()
+    model.load_state_dict(state)
+    open_clip.model.convert_weights_to_lp(model, dtype=torch.float16)
+    mask = model.attn_mask
+    del model._buffers["attn_mask"]
+    model.attn_mask = mask
+    for key, value in (("input_resolution", 32), ("context_length", 77), ("vocab_size", 49408)):
+        if hasattr(model, key):
+            delattr(model, key)
+        model.register_buffer(key, torch.tensor(value))
+    image = torch.ones(1, 3, 32, 32, dtype=torch.float16)
+    with warnings.catch_warnings():  # deprecation and tracer warnings of torch.jit
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace_module(model, {"encode_image": (image,)}, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Tests
+
+
+def test_families_are_registered():
+    fams = list_families()
+    assert {"open_clip", "cxr_repair", "chexzero"} <= set(fams)
+    assert set(fams["open_clip"].options) == {"model", "checkpoint", "pretrained"}
+    assert fams["open_clip"].required == ("model",)
+    assert fams["cxr_repair"].required == fams["chexzero"].required == ("checkpoint",)
+    assert all(fams[f].train is None for f in ("open_clip", "cxr_repair", "chexzero"))
+
+
+# (d) tokens ---------------------------------------------------------------------------------
+
+
+def test_tokens_equal_the_original_tokenizer(tiny_arch):
+    expected = original_tokenize(REPORTS)
+    assert len(_original_tokenizer().encode(REPORTS[-1])) > 150  # really truncated
+    assert expected[-1, -1].item() == 49407 and expected[4, :2].tolist() == [49406, 49407]
+    for arch in (ARCH, tiny_arch):  # what every family here uses: open_clip.get_tokenizer(architecture)
+        assert torch.equal(open_clip.get_tokenizer(arch)(REPORTS), expected), arch
+
+
+def test_adapters_tokenize_like_the_original(cxr_repair, chexzero, openai_hub):
+    expected = original_tokenize(REPORTS)
+    for adapter in (cxr_repair, chexzero, openai_hub.model):
+        assert torch.equal(adapter.tokenize(REPORTS), expected), adapter.family
+
+
+# (c) preprocessing --------------------------------------------------------------------------
+
+# One grey level after normalisation with the smallest OpenAI std. PIL resamples uint8 images in two
+# passes with fixed-point coefficients and rounds to uint8 after each; torch rounds once at the end.
+# So outputs differ by one level where the exact value is close to .5, by two where both passes round
+# the same way (measured: <= 2 levels, <= 2e-5 of pixels at 2, bicubic ~0.5% / bilinear ~22% of pixels at 1).
+ONE_GREY = 1 / 255 / min(open_clip.OPENAI_DATASET_STD)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"size": 224, "resize_mode": "shortest", "interpolation": "bicubic"},
+        {"size": 224, "resize_mode": "longest", "interpolation": "bicubic", "fill_color": 0},
+        {"size": 224, "resize_mode": "squash", "interpolation": "bilinear"},
+        {"size": (224, 192), "resize_mode": "shortest", "interpolation": "bicubic"},
+    ],
+    ids=["shortest-bicubic", "longest", "squash-bilinear", "non-square"],
+)
+def test_open_clip_preprocessing_matches_pil(cfg, tmp_path):
+    full = {**merge_preprocess_dict(PreprocessCfg(), {}), **cfg}
+    pil = image_transform_v2(PreprocessCfg(**full), is_train=False)
+    paths = write_images(tmp_path, [(347, 419), (640, 480), (90, 60), (1000, 800), (256, 256)])
+    canvases, boxes = cache_batch(paths, 256)
+    ours = cf.open_clip_preprocess(canvases, boxes, full)
+    ref = torch.stack([pil(content_pil(c, b)) for c, b in zip(canvases, boxes, strict=True)])
+    assert ours.shape == ref.shape
+    # In grey levels (per channel std), so that one rounding step is 1.0.
+    levels = (ours - ref).abs() * torch.tensor(full["std"]).view(1, 3, 1, 1) * 255
+    assert levels.max() <= 2.001
+    assert (levels > 1.001).float().mean() <= 1e-4
+    assert levels.mean() <= 0.25
+
+
+def test_cxr_preprocessing_matches_the_original_code(tmp_path):
+    sizes = [(640, 480), (1000, 800), (347, 419), (999, 777), (2544, 3056), (320, 320), (200, 150)]
+    paths = write_images(tmp_path, sizes)
+    ref = torch.stack([original_cxr_tensor(p) for p in paths])
+    # 1. Given their own 320 canvas, our geometry and arithmetic are theirs, for every size.
+    theirs = [np.array(original_cxr_preprocess(Image.open(p))) for p in paths]
+    boxes = []
+    for h, w in sizes:
+        nh, nw = int(h * 320 / max(h, w)), int(w * 320 / max(h, w))
+        boxes.append(((320 - nh) // 2, (320 - nw) // 2, nh, nw))
+    ours = cf.cxr_preprocess(torch.from_numpy(np.stack(theirs)), torch.tensor(boxes))
+    assert (ours - ref).abs().max() < 1e-5  # measured 0.0: the same float32 operations
+    # 2. From the image cache at 320: identical wherever the cache's round() sizes equal their int() ones.
+    canvases, cboxes = cache_batch(paths, 320)
+    levels = (cf.cxr_preprocess(canvases, cboxes) - ref).abs() * cf.CXR_STD  # grey levels
+    for i, (h, w) in enumerate(sizes):
+        short = min(h, w) * 320 / max(h, w)
+        if round(short) == int(short):
+            assert levels[i].max() < 1e-3  # measured 0.0
+        else:  # 999x777: the cache's content is 1 px wider and shifted (round vs int; measured mean 3.96)
+            assert levels[i].mean() < 5
+    # 3. A 512 cache resamples twice (cache Lanczos, then our antialiased bicubic to 320), for sources
+    # larger than the cache. Measured on these noisy images: max <= 12.9, mean <= 1.38 grey levels.
+    canvases, cboxes = cache_batch(paths, 512)
+    levels = (cf.cxr_preprocess(canvases, cboxes) - ref).abs() * cf.CXR_STD
+    large = [i for i, (h, w) in enumerate(sizes) if max(h, w) >= 512]
+    assert levels[large].amax(dim=(1, 2, 3)).max() < 16
+    assert levels[large].mean(dim=(1, 2, 3)).max() < 1.5
+
+
+# (b) embeddings against open_clip's model on the original pipelines --------------------------
+
+
+def test_cxr_repair_embeddings_equal_the_original_pipeline(cxr_repair, vitb32, images, reference):
+    assert cxr_repair.embed_dim == 512
+    assert sum(v.dtype == torch.float16 for v in vitb32.mixed.values()) == 195 and len(vitb32.mixed) == 302
+    img = cxr_repair.encode_images(images.canvases, images.boxes)
+    txt = cxr_repair.encode_texts(REPORTS)
+    # Identical inputs (preprocessing is exact at S=320), so only float32 round-off that depends on the
+    # batch size may remain (measured: 0 for images, 1.3e-7 for texts).
+    torch.testing.assert_close(img, reference.cxr_images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(txt, reference.texts, atol=1e-5, rtol=0)
+
+
+def test_chexzero_embeddings_equal_the_original_pipeline(chexzero, cxr_repair, images, reference):
+    # Same weights (fp32 file vs CXR-RePaiR's fp16 subset of them) and CheXzero's preprocessing is CXR-RePaiR's.
+    img = chexzero.encode_images(images.canvases, images.boxes)
+    torch.testing.assert_close(img, reference.cxr_images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(chexzero.encode_texts(REPORTS[:3]), reference.texts[:3], atol=1e-5, rtol=0)
+    # The provenance names the file's content, so the two differ although the weights are equal.
+    assert chexzero.spec()["weights"] == hashlib.sha256((Path(chexzero.entry["checkpoint"])).read_bytes()).hexdigest()
+    assert "checkpoint" not in chexzero.spec() and chexzero.spec_hash() != cxr_repair.spec_hash()
+
+
+def test_open_clip_pretrained_from_hub_cache(openai_hub, images, reference):
+    model = openai_hub.model
+    img = model.encode_images(images.canvases, images.boxes)
+    txt = model.encode_texts(REPORTS)
+    torch.testing.assert_close(txt, reference.texts, atol=1e-5, rtol=0)  # measured 0
+    # Inputs differ by PIL-vs-torch rounding (<= 2 grey levels, ~0.5% of pixels; test above), which
+    # moves these unit vectors by 7.8e-5 at most (measured); the bound leaves a 6x margin.
+    torch.testing.assert_close(img, reference.openai_images, atol=5e-4, rtol=0)
+    spec = model.spec()
+    assert spec["weights"] == cf.file_sha256(openai_hub.file) and "checkpoint" not in spec
+    assert spec["pretrained"] == "openai" and spec["preprocess"]["interpolation"] == "bicubic"
+    assert spec["preprocess"]["resize_mode"] == "shortest" and spec["preprocess"]["size"] == [224, 224]
+
+
+# (a) strict loading and bad input ------------------------------------------------------------
+
+
+def test_cxr_repair_load_is_strict(vitb32, tmp_path):
+    state = OrderedDict(vitb32.mixed)
+    state["visual.extra_head.weight"] = torch.zeros(3)
+    del state["ln_final.bias"]
+    path = tmp_path / "clip-imp-pretrained_128_6_after_4.pt"
+    torch.save(state, path)
+    with pytest.raises(
+        MedretError,
+        match=r"1 missing \(first: ln_final\.bias\); 1 unexpected \(first: visual\.extra_head\.weight\); "
+        r"the file looks like an OpenAI-layout CLIP ViT \(width 768, 12 layers, patch 32, 224 px, embed 512\)",
+    ):
+        load_model({"family": "cxr_repair", "checkpoint": str(path)})
+
+
+def test_tiny_open_clip_file_layouts_and_reference(tiny, tiny_arch, tmp_path):
+    paths = write_images(tmp_path, [(347, 419), (90, 60)])
+    canvases, boxes = cache_batch(paths, 64)
+    ref_model, _, ref_pp = open_clip.create_model_and_transforms(tiny_arch, pretrained=str(tiny.dir / "plain.pt"))
+    ref_model.eval()
+    with torch.inference_mode():
+        x = torch.stack([ref_pp(content_pil(c, b)) for c, b in zip(canvases, boxes, strict=True)])
+        ref_img = F.normalize(ref_model.encode_image(x), dim=-1)
+        ref_txt = F.normalize(ref_model.encode_text(original_tokenize(REPORTS)), dim=-1)
+    results = []
+    for name in ("plain.pt", "open_clip_model.safetensors", "epoch_3.pt"):
+        model = load_model({"family": "open_clip", "model": tiny_arch, "checkpoint": str(tiny.dir / name)})
+        results.append((model.encode_images(canvases, boxes), model.encode_texts(REPORTS)))
+    for img, txt in results:
+        torch.testing.assert_close(img, results[0][0], atol=0, rtol=0)
+        torch.testing.assert_close(txt, ref_txt, atol=1e-6, rtol=0)
+    # Same PIL-vs-torch rounding as above at 32 px (measured 1.5e-4).
+    torch.testing.assert_close(results[0][0], ref_img, atol=1e-3, rtol=0)
+
+
+def test_tiny_strict_failures_name_the_keys(tiny, tiny_arch, vitb32, tmp_path):
+    def attempt(state, name="x.pt"):
+        torch.save(state, tmp_path / name)
+        load_model({"family": "open_clip", "model": tiny_arch, "checkpoint": str(tmp_path / name)})
+
+    with pytest.raises(MedretError, match=r"unexpected \(first: surplus\)"):
+        attempt({**tiny.state, "surplus": torch.zeros(1)})
+    with pytest.raises(MedretError, match=r"missing \(first: visual\.proj\)"):
+        attempt({k: v for k, v in tiny.state.items() if k != "visual.proj"})
+    wrong = {**tiny.state, "text_projection": torch.zeros(64, 16)}
+    with pytest.raises(MedretError, match=r"shape mismatches \(first: text_projection \[64, 16\] vs \[64, 32\]"):
+        attempt(wrong)
+    # A ViT-B/32 file of another family (CXR-RePaiR's) given to the tiny architecture says what it is.
+    big = vitb32.dir / "clip-imp-pretrained_128_6_after_4.pt"
+    with pytest.raises(
+        MedretError, match=r"shape mismatches .*i\.e\. ViT-B/32 as in OpenAI CLIP, CXR-RePaiR and CheXzero"
+    ):
+        load_model({"family": "open_clip", "model": tiny_arch, "checkpoint": str(big)})
+
+
+def test_torchscript_archive_is_read_without_running_it(tiny, tiny_arch, tmp_path, monkeypatch):
+    path = tmp_path / "ViT-B-32.pt"
+    make_openai_torchscript(tiny.state, path)
+    canvases, boxes = cache_batch(write_images(tmp_path, [(347, 419), (90, 60)]), 64)
+    with monkeypatch.context() as mp:
+        mp.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load must not be called"))
+        state, torchscript = cf.read_state_dict(path, missing_hint="")
+        model = load_model({"family": "open_clip", "model": tiny_arch, "checkpoint": str(path)})
+        img, txt = model.encode_images(canvases, boxes), model.encode_texts(REPORTS)
+        with pytest.raises(MedretError, match=r"OpenAI TorchScript weights were trained with QuickGELU"):
+            load_model({"family": "open_clip", "model": "medret-tiny", "checkpoint": str(path)})
+    assert torchscript and cf.is_torchscript_archive(path)
+    # The reference reader runs the archive (our own file here): same keys, values and dtypes.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        jit_state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        ref = open_clip.load_openai_model(str(path), precision="fp32", device="cpu").eval()
+    assert set(jit_state) - set(state) == set(cf.NON_WEIGHT_KEYS)
+    for key, value in state.items():
+        assert value.dtype == jit_state[key].dtype and torch.equal(value, jit_state[key]), key
+    fp16 = [k for k, v in state.items() if v.dtype == torch.float16]
+    assert fp16 == [k for k, v in tiny.mixed.items() if v.dtype == torch.float16] and len(fp16) > len(state) / 3
+    # Embeddings: the same as open_clip's OpenAI loader, and as the plain state dict of these weights.
+    with torch.inference_mode():
+        ref_txt = F.normalize(ref.encode_text(original_tokenize(REPORTS)), dim=-1)
+    torch.testing.assert_close(txt, ref_txt, atol=1e-6, rtol=0)
+    plain = load_model({"family": "open_clip", "model": tiny_arch, "checkpoint": str(tiny.dir / "plain.pt")})
+    torch.testing.assert_close(img, plain.encode_images(canvases, boxes), atol=0, rtol=0)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def _torchscript_zip(path: Path, data_pkl: bytes) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", data_pkl)
+        zf.writestr("archive/constants.pkl", pickle.dumps((), protocol=2))
+        zf.writestr("archive/code/__torch__/m.py", "class M(Module):\n  __parameters__ = []\n")
+        zf.writestr("archive/version", "3\n")
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
+def test_bad_files_are_refused(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def load(family, path, **extra):
+        return load_model({"family": family, "checkpoint": str(path), **extra})
+
+    # Missing files name where the weights are published and the config key to set.
+    with pytest.raises(
+        MedretError,
+        match=r"nope\.pt: checkpoint not found; download clip-imp-pretrained_128_6_after_4\.pt from https://stanfordmedicine\.box\.com/.*models\.<name>\.checkpoint",
+    ):
+        load("cxr_repair", tmp_path / "nope.pt")
+    with pytest.raises(
+        MedretError,
+        match=r"checkpoint not found; download a best_\*\.pt .*drive\.google\.com/drive/folders/1makFLiEMbSleYl",
+    ):
+        load("chexzero", tmp_path / "nope.pt")
+    with pytest.raises(
+        MedretError, match=r"not found; download it from https://openaipublic.*ViT-B-32\.pt \(open_clip tag openai\)"
+    ):
+        load("open_clip", tmp_path / "nope.pt", model=ARCH, pretrained="openai")
+    # Truncated files.
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((tiny.dir / "plain.pt").read_bytes()[:4000])
+    with pytest.raises(MedretError, match=r"truncated\.pt: cannot read checkpoint .*truncated, corrupt"):
+        load("cxr_repair", truncated)
+    short = tmp_path / "short.safetensors"
+    short.write_bytes((tiny.dir / "open_clip_model.safetensors").read_bytes()[:4000])
+    with pytest.raises(MedretError, match=r"short\.safetensors: cannot read checkpoint"):
+        load("chexzero", short)
+    # Pickles that would run code: torch.save, a raw pickle, a TorchScript-shaped zip; never executed.
+    evil = tmp_path / "evil.pt"
+    torch.save({"visual.proj": torch.zeros(1), "payload": _Exploit()}, evil)
+    evil_raw = tmp_path / "evil.pkl"
+    evil_raw.write_bytes(pickle.dumps(_Exploit(), protocol=2))
+    evil_raw4 = tmp_path / "evil4.pkl"
+    evil_raw4.write_bytes(pickle.dumps(_Exploit(), protocol=4))
+    evil_ts = _torchscript_zip(tmp_path / "evil_ts.pt", pickle.dumps(_Exploit(), protocol=2))
+    # An archive class called with arguments (REDUCE) only reaches an inert stand-in, which refuses.
+    stub_call = _torchscript_zip(tmp_path / "stub.pt", b"\x80\x02c__torch__.m\nM\n(X\x01\x00\x00\x00xtR.")
+    for path, reason in (
+        (evil, "Unsupported global: GLOBAL exec"),
+        (evil_raw, "Unsupported global: GLOBAL exec"),
+        (evil_raw4, "Unsupported operand"),  # protocol 4 opcodes are outside the weights-only subset
+        (evil_ts, "Unsupported global: GLOBAL exec"),
+        (stub_call, "TypeError: ScriptObject"),
+    ):
+        with pytest.raises(
+            MedretError, match=rf"{re.escape(path.name)}: cannot read checkpoint \({reason}.*nothing in it was run"
+        ):
+            load("cxr_repair", path)
+        assert not (tmp_path / "PWNED").exists()
+    # Checkpoints of other families.
+    from medret.models.local import DEFAULT_TRAIN, LocalCLIP, model_config
+
+    local = {"format": "medret.local/1", "config": model_config(DEFAULT_TRAIN), "vocab": ["a"]}
+    local["state_dict"] = LocalCLIP(local["config"], 1).state_dict()
+    torch.save(local, tmp_path / "checkpoint.pt")
+    with pytest.raises(
+        MedretError, match=r"checkpoint\.pt: not a CLIP checkpoint; .*medret local-family .*family: local"
+    ):
+        load("cxr_repair", tmp_path / "checkpoint.pt")
+    torch.save({"model": {}, "optimizer": {}, "config": {}, "epoch": 1}, tmp_path / "r50_mcc.tar")
+    with pytest.raises(MedretError, match=r"CXR-CLIP \.tar layout"):
+        load("chexzero", tmp_path / "r50_mcc.tar")
+
+
+def test_pretrained_tags_resolve_only_from_the_local_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # open_clip's URL cache is ~/.cache/clip
+    with pytest.raises(
+        MedretError,
+        match=r"ViT-B-32-quickgelu/openai are not in the local cache .*"
+        r"huggingface\.co/timm/vit_base_patch32_clip_224\.openai "
+        r"\(open_clip_model\.safetensors or open_clip_pytorch_model\.bin\) "
+        r"and https://openaipublic.*models\.<name>\.checkpoint",
+    ):
+        load_model({"family": "open_clip", "model": ARCH, "pretrained": "openai"})
+    with pytest.raises(MedretError, match=r"'opneai' is not an open_clip tag of ViT-B-32-quickgelu \(tags: openai,"):
+        load_model({"family": "open_clip", "model": ARCH, "pretrained": "opneai"})
+    with pytest.raises(
+        MedretError, match=r"pretrained tag openai were trained with QuickGELU .*use model ViT-B-32-quickgelu"
+    ):
+        load_model({"family": "open_clip", "model": "ViT-B-32", "pretrained": "openai"})
+    with pytest.raises(MedretError, match=r"needs checkpoint or pretrained"):
+        load_model({"family": "open_clip", "model": ARCH})
+    with pytest.raises(MedretError, match=r"'ViT-B-33' is not an open_clip architecture"):
+        load_model({"family": "open_clip", "model": "ViT-B-33", "checkpoint": "x.pt"})
+    with pytest.raises(MedretError, match=r"'ViT-B-16-SigLIP' has a Hugging Face text tower or tokenizer"):
+        load_model({"family": "open_clip", "model": "ViT-B-16-SigLIP", "checkpoint": "x.pt"})
+    with pytest.raises(MedretError, match=r"models\.m\.model is required by family open_clip"):
+        load_model({"family": "open_clip", "checkpoint": "x.pt"}, "m")
