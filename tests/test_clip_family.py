@@ -8,26 +8,24 @@ archive (tiny architecture). The full-size ViT-B/32 is built once per session.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import html
-import itertools
 import json
-import os
 import pickle
 import re
+import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import ftfy
 import numpy as np
 import open_clip
 import pytest
-import regex
 import torch
 import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
@@ -59,121 +57,47 @@ SIZES = [(640, 480), (347, 419), (1000, 800)]  # (h, w); int() and round() agree
 
 
 # --------------------------------------------------------------------------------------------
-# The original code, vendored for reference: CLIP BPE tokenizer and tokenize() of CXR-RePaiR
-# (rajpurkarlab/CXR-RePaiR@c11fa85 clip/simple_tokenizer.py, clip/clip.py; MIT, from openai/CLIP),
-# and its 320-px image preprocessing (data_preprocessing/create_bootstrapped_testset.py).
+# Independent references. Tokens: transformers' own CLIP BPE tokenizer (a separate implementation)
+# on the BPE vocabulary that CXR-RePaiR, CheXzero and open_clip share (md5 checked), after the
+# original's text cleaning (ftfy, then HTML unescaping twice), which transformers' tokenizer omits.
+# Images: CXR-RePaiR's 320-px step as models.md §2 documents it.
+
+CLIP_BPE_MD5 = "933b7abbbbde62c36f02f0e6ccde464f"
 
 
 @lru_cache
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(2**8):
-        if b not in bs:
-            bs.append(b)
-            cs.append(2**8 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs], strict=True))
+def _reference_tokenizer() -> Any:
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizer
 
-
-def _get_pairs(word: tuple[str, ...]) -> set[tuple[str, str]]:
-    return set(itertools.pairwise(word))
-
-
-class _OriginalTokenizer:
-    def __init__(self, bpe_path: str) -> None:
-        self.byte_encoder = _bytes_to_unicode()
-        with gzip.open(bpe_path) as f:
-            merges = f.read().decode("utf-8").split("\n")
-        merges = [tuple(m.split()) for m in merges[1 : 49152 - 256 - 2 + 1]]
-        vocab = list(_bytes_to_unicode().values())
-        vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
-        vocab.extend(["<|startoftext|>", "<|endoftext|>"])
-        self.encoder = dict(zip(vocab, range(len(vocab)), strict=True))
-        self.bpe_ranks = dict(zip(merges, range(len(merges)), strict=True))
-        self.cache = {"<|startoftext|>": "<|startoftext|>", "<|endoftext|>": "<|endoftext|>"}
-        self.pat = regex.compile(
-            r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-            regex.IGNORECASE,
-        )
-
-    def bpe(self, token: str) -> str:
-        if token in self.cache:
-            return self.cache[token]
-        word = (*token[:-1], token[-1] + "</w>")
-        pairs = _get_pairs(word)
-        if not pairs:
-            return token + "</w>"
-        while True:
-            bigram = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
-            if bigram not in self.bpe_ranks:
-                break
-            first, second = bigram
-            new_word: list[str] = []
-            i = 0
-            while i < len(word):
-                try:
-                    j = word.index(first, i)
-                    new_word.extend(word[i:j])
-                    i = j
-                except ValueError:
-                    new_word.extend(word[i:])
-                    break
-                if word[i] == first and i < len(word) - 1 and word[i + 1] == second:
-                    new_word.append(first + second)
-                    i += 2
-                else:
-                    new_word.append(word[i])
-                    i += 1
-            word = tuple(new_word)
-            if len(word) == 1:
-                break
-            pairs = _get_pairs(word)
-        out = " ".join(word)
-        self.cache[token] = out
-        return out
-
-    def encode(self, text: str) -> list[int]:
-        text = ftfy.fix_text(text)
-        text = html.unescape(html.unescape(text)).strip()
-        text = regex.sub(r"\s+", " ", text).strip().lower()
-        ids: list[int] = []
-        for token in regex.findall(self.pat, text):
-            token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
-            ids.extend(self.encoder[t] for t in self.bpe(token).split(" "))
-        return ids
-
-
-@lru_cache
-def _original_tokenizer() -> _OriginalTokenizer:
-    path = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
-    # The vocab vendored by CXR-RePaiR and CheXzero is byte-identical (models.md §0.4).
-    assert hashlib.md5(Path(path).read_bytes()).hexdigest() == "933b7abbbbde62c36f02f0e6ccde464f"
-    return _OriginalTokenizer(path)
+    path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    assert hashlib.md5(path.read_bytes()).hexdigest() == CLIP_BPE_MD5  # models.md §0.4
+    shared = SimpleTokenizer(str(path))  # used only to read the vocabulary and merge ranks
+    vocab = {**shared.encoder, "<|startoftext|>": 49406, "<|endoftext|>": 49407}
+    merges = sorted(shared.bpe_ranks, key=shared.bpe_ranks.get)
+    d = Path(tempfile.mkdtemp(prefix="clip-bpe-"))
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
 
 
 def original_tokenize(texts: list[str], context_length: int = 77) -> torch.Tensor:
-    tok = _original_tokenizer()
-    sot, eot = tok.encoder["<|startoftext|>"], tok.encoder["<|endoftext|>"]
-    result = torch.zeros(len(texts), context_length, dtype=torch.long)
-    for i, text in enumerate(texts):
-        tokens = [sot, *tok.encode(text), eot]
-        if len(tokens) > context_length:
-            tokens = tokens[:context_length]
-            tokens[context_length - 1] = eot
-        result[i, : len(tokens)] = torch.tensor(tokens)
-    return result
+    """Token ids as the original clip.tokenize(truncate=True): SOT, BPE, EOT forced last, zero padding."""
+    cleaned = [html.unescape(html.unescape(ftfy.fix_text(t))) for t in texts]
+    enc = _reference_tokenizer()(
+        cleaned, max_length=context_length, truncation=True, padding="max_length", return_tensors="pt"
+    )
+    return enc["input_ids"].masked_fill(enc["attention_mask"] == 0, 0)
 
 
 def original_cxr_preprocess(img: Image.Image, desired_size: int = 320) -> Image.Image:
-    old_size = img.size
-    ratio = float(desired_size) / max(old_size)
-    new_size = tuple([int(x * ratio) for x in old_size])
-    img = img.resize(new_size, Image.LANCZOS)  # Image.ANTIALIAS in their Pillow
-    new_img = Image.new("L", (desired_size, desired_size))
-    new_img.paste(img, ((desired_size - new_size[0]) // 2, (desired_size - new_size[1]) // 2))
-    return new_img
+    """Fit the longest side to 320 with int() sizes (Lanczos), paste centred (// 2) on a black 'L' square."""
+    w, h = img.size
+    scale = desired_size / max(w, h)
+    nw, nh = int(w * scale), int(h * scale)
+    canvas = Image.new("L", (desired_size, desired_size), 0)
+    canvas.paste(img.resize((nw, nh), Image.Resampling.LANCZOS), ((desired_size - nw) // 2, (desired_size - nh) // 2))
+    return canvas
 
 
 #: Their load-time transform (data/mimic_image_dataset.py); antialias=False is torchvision <= 0.11 on tensors.
@@ -371,7 +295,7 @@ def test_families_are_registered():
 
 def test_tokens_equal_the_original_tokenizer(tiny_arch):
     expected = original_tokenize(REPORTS)
-    assert len(_original_tokenizer().encode(REPORTS[-1])) > 150  # really truncated
+    assert len(_reference_tokenizer()(REPORTS[-1])["input_ids"]) > 150  # really truncated
     assert expected[-1, -1].item() == 49407 and expected[4, :2].tolist() == [49406, 49407]
     for arch in (ARCH, tiny_arch):  # what every family here uses: open_clip.get_tokenizer(architecture)
         assert torch.equal(open_clip.get_tokenizer(arch)(REPORTS), expected), arch

@@ -40,6 +40,7 @@ import ast
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -349,6 +350,31 @@ def _quiet_open_clip() -> Iterator[None]:
         logging.disable(previous)
 
 
+def resolve_architecture(name: str) -> str:
+    """An architecture name; a path to an open_clip model-config JSON file is registered under its stem.
+
+    The JSON form (``{"embed_dim": ..., "vision_cfg": {...}, "text_cfg": {...}}``, open_clip's own
+    format) lets users evaluate custom architectures, and the workflow tests run tiny ones.
+    """
+    import open_clip
+
+    if not name.endswith(".json"):
+        return name
+    path = Path(name)
+    if not path.is_file():
+        raise MedretError(f"config key models.<name>.model: architecture file {path} not found")
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MedretError(f"config key models.<name>.model: {path} is not valid JSON ({exc})") from None
+    open_clip.add_model_config(path)
+    if open_clip.get_model_config(path.stem) is None:
+        raise MedretError(
+            f"config key models.<name>.model: {path} is not an open_clip model config (embed_dim, vision_cfg, text_cfg)"
+        )
+    return path.stem
+
+
 def model_config(name: str) -> dict[str, Any]:
     """open_clip's built-in config of an architecture, or a MedretError listing what exists."""
     import open_clip
@@ -576,7 +602,7 @@ class OpenClipAdapter(_ClipAdapter):
         from open_clip.transform import merge_preprocess_dict
 
         super().__init__(entry)
-        arch = str(entry["model"])
+        arch = resolve_architecture(str(entry["model"]))
         quick_gelu = bool(model_config(arch).get("quick_gelu", False))
         tag = None if entry.get("pretrained") is None else str(entry["pretrained"])
         tag_cfg = pretrained_config(arch, tag) if tag is not None else {}
