@@ -7,6 +7,7 @@ repository's Snakefile and the reduced config ``tests/configs/mini.yaml``.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MINI = yaml.safe_load((ROOT / "tests" / "configs" / "mini.yaml").read_text())
+#: A tiny open_clip architecture (open_clip's JSON model-config format).
+TINY_CLIP = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 64},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+}
 
 pytestmark = pytest.mark.workflow
 
@@ -129,6 +137,35 @@ def test_adding_a_level_runs_no_text_embedding(demo_run):
     jobs = planned_jobs(demo_run, config)
     assert "embed_texts" not in jobs and "train_model" not in jobs and "image_cache" not in jobs
     assert jobs["embed_images"] == 1 and jobs["corruption_specs"] == 1 and jobs["ranks"] == 1
+
+
+def test_a_pretrained_family_joins_the_study(demo_run, tmp_path):
+    """A tiny open_clip model with random weights, given as a plain state-dict file, runs end to end."""
+    import open_clip
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run, symlinks=True)  # keeps mtimes: the copy is up to date
+    arch = tmp_path / "medret-tiny-wf.json"
+    arch.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(arch)
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("medret-tiny-wf", pretrained=None).state_dict(), tmp_path / "tiny.pt")
+    config = copy.deepcopy(MINI)
+    config["models"]["tiny-clip"] = {"family": "open_clip", "model": str(arch), "checkpoint": str(tmp_path / "tiny.pt")}
+    assert planned_jobs(run, config) == {
+        "embed_texts": 1,
+        "embed_images": 1,
+        "ranks": 1,
+        "metrics": 1,
+        "plot_results": 1,
+        "all": 1,
+    }
+    snakemake(run, config)
+    metrics = pd.read_csv(run / "results" / "demo" / "metrics.csv")
+    assert set(metrics["model"]) == {"local", "tiny-clip"}
+    ranks = pd.read_parquet(run / "results" / "demo" / "ranks" / "tiny-clip" / "occlusion.parquet")
+    assert len(ranks) == 3 * (96 + ranks[ranks.direction == "t2i"]["query_id"].nunique())
 
 
 def test_config_typo_is_one_line(tmp_path):
