@@ -152,6 +152,7 @@ def _load_builtin_families() -> None:
     # Lazy, so that importing medret.models does not import every family's dependencies.
     from medret.models import clip_family as _clip_family  # noqa: F401
     from medret.models import local as _local  # noqa: F401
+    from medret.models import medclip as _medclip  # noqa: F401
 
 
 def list_families() -> dict[str, Family]:
