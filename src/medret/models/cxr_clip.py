@@ -1,0 +1,789 @@
+"""Family ``cxr_clip``: CXR-CLIP (You et al., MICCAI 2023; github.com/kakaobrain/cxr-clip, now Soombit-ai/cxr-clip).
+
+Weights: the six released files ``{r50,swint}_{m,mc,mcc}.tar`` (m = MIMIC-CXR, mc = + CheXpert, mcc = + ChestX-ray14),
+linked from the repository README (``twg.kakaocdn.net/brainrepo/models/cxr-clip/...``); CC BY-NC(-SA) 4.0. Each is a
+torch zip file (despite the name) holding ``{"model", "optimizer", "scheduler", "config", "epoch", "train_loss"}``
+(``cxrclip/trainer.py``). Only ``model`` and ``config`` are used; ``optimizer``, ``scheduler``, ``epoch`` and
+``train_loss`` are training state and ignored (as are any other top-level entries).
+
+Options (``models.<name>.*``):
+
+* ``checkpoint``: the ``.tar`` file (required).
+* ``text_model``: a local directory (or the ``vocab.txt`` in it) holding the Bio_ClinicalBERT tokenizer
+  ``vocab.txt`` and optionally its ``config.json``, from huggingface.co/emilyalsentzer/Bio_ClinicalBERT; no pip
+  package ships that vocabulary (required; ``python -m medret download bio-clinicalbert-vocab`` fetches it).
+  The text tower's architecture is that ``config.json``, else the published Bio_ClinicalBERT one.
+* ``max_length``: report truncation in tokens (default: the checkpoint's ``base.text_max_length``, 256).
+
+Reading the file safely: ``config`` is the Hydra config after ``convert_dictconfig_to_dict``, which converts only
+``DictConfig`` nodes, so OmegaConf ``ListConfig`` values survive (and drag their parent ``DictConfig`` tree along
+through ``_parent``). The file is read with ``torch.load(weights_only=True)`` under ``safe_globals`` with exactly the
+ten globals such a pickle references (:data:`SAFE_GLOBALS`); anything else (a ``__reduce__`` payload anywhere, a
+Lightning or TorchScript file) is refused by torch's weights-only unpickler before it is called. OmegaConf values are
+converted to plain containers without resolving interpolations.
+
+Architecture, from the checkpoint's own ``config["model"]`` (``cxrclip/model/clip.py``, ``modules/*.py``):
+
+* image, ``image_encoder.name: resnet``: torchvision ResNet-50 without ``fc`` (SyncBatchNorm in training: same keys,
+  eval statistics), average pool -> 2048; ImageNet mean/std;
+* image, ``source: huggingface, model_type: swin`` (``microsoft/swin-tiny-patch4-window7-224``): ``SwinModel``
+  ``last_hidden_state[:, 0]`` (768), i.e. the first (top-left) token of the final 7 x 7 grid after the last
+  LayerNorm, as the original does (its comment calls it "[CLS]"; Swin has none); mean/std 0.5;
+* text: Bio_ClinicalBERT ``BertModel`` (with pooler, unused), pooled at the ``[SEP]`` token
+  (``attention_mask.sum(-1) - 1``) for ``pooling: eos`` (``bos`` and ``mean`` as in the original);
+* projections: ``Linear(+bias)`` to ``projection_head.proj_dim`` (512); ``logit_scale`` (unused for embeddings).
+
+Keys: the file uses transformers 4.26 layouts. They are mapped by prefix to this module tree
+(``image_encoder.resnet.`` / ``image_encoder.image_encoder.`` -> ``image.``, ``text_encoder.text_encoder.`` ->
+``text.``, ``image_projection.projection.`` -> ``image_proj.``, ``text_projection.projection.`` -> ``text_proj.``),
+Swin block keys are renamed to the transformers 5 layout (q/k/v/o_proj, ``relative_position_bias.*``, ``mlp.fc1/fc2``;
+never BERT's ``output.dense``), and the state is loaded strictly: every key must be used, none may be missing, every
+shape must match. The only keys dropped are the buffers that transformers 5 made non-persistent (BERT
+``embeddings.position_ids``; Swin's 12 ``relative_position_index``), and only after checking that they equal what
+the model recomputes. The original loaded with ``strict=False``; on a file written by its own code that ignores
+nothing (the module tree is the same), so any other extra key (e.g. an MLM head, which ``mlm_head: true`` in the
+config hints at but the released code never builds) is refused and listed rather than silently dropped.
+
+Preprocessing (eval config ``eval_clip.yaml`` + ``transform/default.yaml``; ``Image.open().convert("RGB")``,
+``Resize(224)``, ``CenterCrop(224)``, ``ToTensor``, ``Normalize``), on tensors: the cache canvas is cropped to its
+content box (the original image at cache resolution); the resize is Pillow's 8-bit bilinear resampler reimplemented
+exactly (``Resample.c``: the same float64 coefficient steps, 22-bit fixed-point taps, horizontal then vertical pass,
+each rounded to 8 bits; Pillow 9.4.0 was the authors' version), in integer arithmetic on the images' device, so the
+network input is bit-identical to the PIL pipeline's and the same on every device; then torchvision's centre crop,
+/255, normalisation, grey repeated to RGB. (The installed Pillow 13 runs the vertical pass first for some tall,
+narrow images, width/height <= 0.4 at 1024 px and more; there the two differ by one grey level on some pixels.)
+
+Tokeniser: Bio_ClinicalBERT has no ``tokenizer_config.json``, so the original ``AutoTokenizer`` built a lower-casing
+``BertTokenizerFast`` (the vocabulary is cased, the checkpoints were trained on lower-cased text). It is rebuilt here
+with the ``tokenizers`` library from ``vocab.txt`` (BERT normaliser with lower-casing and accent stripping, BERT
+pre-tokeniser, WordPiece with ``##`` and 100-character words, ``[CLS] ... [SEP]``, special tokens matched verbatim),
+with ``padding="longest"`` and truncation to ``max_length``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import hashlib
+import json
+import math
+import re
+import typing
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from medret.errors import MedretError
+from medret.models import Family, ModelAdapter, register_family
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+FAMILY = "cxr_clip"
+PUBLISHED = (
+    "the six files r50_{m,mc,mcc}.tar / swint_{m,mc,mcc}.tar linked from the README of "
+    "https://github.com/kakaobrain/cxr-clip (twg.kakaocdn.net/brainrepo/models/cxr-clip/...; CC BY-NC-SA 4.0; "
+    "`python -m medret download cxr-clip-r50-m --dest DIR` fetches one)"
+)
+TEXT_MODEL_HINT = (
+    "a local directory (or its vocab.txt) with the Bio_ClinicalBERT tokenizer vocab.txt and optionally "
+    "config.json from https://huggingface.co/emilyalsentzer/Bio_ClinicalBERT; no pip package ships it "
+    "(`python -m medret download bio-clinicalbert-vocab --dest DIR` writes DIR/Bio_ClinicalBERT/vocab.txt)"
+)
+INPUT_SIZE = 224  # eval_clip.yaml: base.image_size
+DEFAULT_MAX_LENGTH = 256  # train.yaml: base.text_max_length (also the eval dataset's default)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+HUGGINGFACE_MEAN, HUGGINGFACE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+#: ResNets by ``image_encoder.name`` (torchvision Bottleneck blocks per stage); the original only knows ``resnet``.
+RESNET_LAYERS: dict[str, tuple[int, ...]] = {"resnet": (3, 4, 6, 3)}
+#: Swin configurations by ``image_encoder.name`` (SwinConfig keyword arguments; the defaults are swin-tiny).
+SWIN_CONFIGS: dict[str, dict[str, Any]] = {
+    "microsoft/swin-tiny-patch4-window7-224": {
+        "image_size": 224,
+        "patch_size": 4,
+        "num_channels": 3,
+        "embed_dim": 96,
+        "depths": [2, 2, 6, 2],
+        "num_heads": [3, 6, 12, 24],
+        "window_size": 7,
+        "mlp_ratio": 4.0,
+        "qkv_bias": True,
+        "hidden_act": "gelu",
+        "use_absolute_embeddings": False,
+        "layer_norm_eps": 1e-5,
+    }
+}
+#: Text towers by ``text_encoder.name`` (BertConfig keyword arguments; the model's HF config.json).
+BERT_CONFIGS: dict[str, dict[str, Any]] = {
+    "emilyalsentzer/Bio_ClinicalBERT": {
+        "vocab_size": 28996,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "hidden_act": "gelu",
+        "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+    }
+}
+
+#: Checkpoint prefix -> module prefix (this module's tree is flat: image, text, image_proj, text_proj, logit_scale).
+PREFIXES: dict[str, str] = {
+    "image_encoder.resnet.": "image.",
+    "image_encoder.image_encoder.": "image.",
+    "text_encoder.text_encoder.": "text.",
+    "image_projection.projection.": "image_proj.",
+    "text_projection.projection.": "text_proj.",
+}
+#: transformers 4.26 -> 5.x Swin block renames (suffix after ``encoder.layers.N.blocks.M.``; Swin keys only).
+SWIN_RENAMES: dict[str, str] = {
+    "attention.self.relative_position_bias_table": "attention.relative_position_bias.relative_position_bias_table",
+    "attention.self.relative_position_index": "attention.relative_position_bias.relative_position_index",
+    "attention.self.query": "attention.q_proj",
+    "attention.self.key": "attention.k_proj",
+    "attention.self.value": "attention.v_proj",
+    "attention.output.dense": "attention.o_proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+_SWIN_BLOCK = re.compile(r"^(encoder\.layers\.\d+\.blocks\.\d+\.)(.+?)((?:\.(?:weight|bias))?)$")
+_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the file
+
+
+def safe_globals() -> list[Any]:
+    """The allow-list for ``torch.load(weights_only=True)``: what the pickled Hydra config references.
+
+    ``DictConfig``/``ListConfig`` (containers), ``AnyNode`` (every leaf of a YAML-built config), ``Metadata`` /
+    ``ContainerMetadata`` (their dataclass metadata), ``typing.Any`` (ref/key/element types), ``dict``/``list``/``int``
+    (object and key types) and ``collections.defaultdict`` (``Metadata.resolver_cache``). Nothing else: typed nodes
+    (``StringNode``, ``IntegerNode``, ...) come only from structured configs, which cxr-clip does not use, and Hydra's
+    own structured ``hydra`` subtree is deleted before the task function runs.
+    """
+    try:
+        from omegaconf.base import ContainerMetadata, Metadata
+        from omegaconf.dictconfig import DictConfig
+        from omegaconf.listconfig import ListConfig
+        from omegaconf.nodes import AnyNode
+    except ImportError:
+        raise MedretError(
+            "family cxr_clip needs the omegaconf package to read the checkpoint's pickled config; "
+            "pip install omegaconf==2.4.0"
+        ) from None
+    return [
+        DictConfig,
+        ListConfig,
+        ContainerMetadata,
+        Metadata,
+        AnyNode,
+        typing.Any,
+        dict,
+        list,
+        int,
+        collections.defaultdict,
+    ]
+
+
+#: Names of :func:`safe_globals` (for documentation and tests).
+SAFE_GLOBALS = (
+    "omegaconf.dictconfig.DictConfig",
+    "omegaconf.listconfig.ListConfig",
+    "omegaconf.base.ContainerMetadata",
+    "omegaconf.base.Metadata",
+    "omegaconf.nodes.AnyNode",
+    "typing.Any",
+    "builtins.dict",
+    "builtins.list",
+    "builtins.int",
+    "collections.defaultdict",
+)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file (the identity of the weights or vocabulary in the provenance)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe(obj: Any) -> str:
+    """What a loaded file looks like (for "wrong family" messages)."""
+    if isinstance(obj, Mapping):
+        if obj.get("format") == "medret.local/1":
+            return "a medret local-model checkpoint (family local)"
+        if "state_dict" in obj and "hyper_parameters" in obj:
+            return "a PyTorch-Lightning checkpoint (e.g. GLoRIA or MGCA), not a CXR-CLIP file"
+        inner = obj.get("state_dict", obj.get("model", obj))
+        keys = [str(k) for k in inner] if isinstance(inner, Mapping) else []
+        if any(k.startswith("classifier.") for k in keys) and any(k.startswith("image_encoder.") for k in keys):
+            return "a CXR-CLIP fine-tuned classifier (finetune.py), not the contrastive model"
+        if any(k.startswith(p) for k in keys for p in ("image_encoder.resnet.", "image_encoder.image_encoder.")):
+            swin = any(k.startswith("image_encoder.image_encoder.") for k in keys)
+            arch = "Swin-T (swint_*)" if swin else "ResNet-50 (r50_*)"
+            return f"a CXR-CLIP {arch} state dict"
+        if any(k.startswith("visual.trunk.") for k in keys):
+            return "an open_clip state dict with a timm image tower, e.g. BiomedCLIP (family open_clip)"
+        if any(k in ("token_embedding.weight", "visual.conv1.weight", "visual.proj") for k in keys):
+            return "an OpenAI-CLIP-layout state dict, e.g. CheXzero / CXR-RePaiR / ViT-B-32 (open_clip family)"
+        if any(k.startswith("vision_model.") for k in keys) and any(k.startswith("text_model.") for k in keys):
+            return "a MedCLIP state dict"
+        if keys:
+            return f"a dict whose first keys are {keys[:4]}"
+        return "an empty dict"
+    return f"a {type(obj).__name__}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    return next((ln for ln in lines if "Unsupported global" in ln or "Unpickler error" in ln), lines[0])[:300]
+
+
+def checkpoint_not_found(path: Path) -> MedretError:
+    """The error for a missing ``.tar``: which file, where it is published, which config key."""
+    return MedretError(
+        f"{path}: CXR-CLIP checkpoint not found; download one of {PUBLISHED} "
+        "and set config key models.<name>.checkpoint to its path"
+    )
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a CXR-CLIP ``.tar`` without running code; returns its ``model`` state dict and plain ``config``."""
+    path = Path(path)
+    if not path.is_file():
+        raise checkpoint_not_found(path)
+    allowed = safe_globals()
+    try:
+        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+            # torch warns that it would hand a TorchScript archive to torch.jit.load; with weights_only it raises.
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated, foreign or code-carrying files
+        msg = _first_line(exc)
+        hit = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+        if hit:
+            name = hit.group(1)
+            if name.startswith(("pytorch_lightning", "lightning")):
+                looks = "a PyTorch-Lightning checkpoint (e.g. GLoRIA or MGCA)"
+            elif name.startswith("omegaconf."):
+                looks = "a CXR-CLIP-like file whose config holds an OmegaConf type the released files do not use"
+            else:
+                looks = "a pickle that would call or build arbitrary objects (possibly malicious)"
+            raise MedretError(
+                f"{path}: refused to load: the pickle references {name}, which is not a tensor, plain value or "
+                f"one of the OmegaConf config types a CXR-CLIP file needs; it looks like {looks}; nothing was run"
+            ) from None
+        if "TorchScript" in str(exc):
+            raise MedretError(
+                f"{path}: a TorchScript archive (e.g. OpenAI's ViT-B-32.pt, family open_clip), not a CXR-CLIP file"
+            ) from None
+        raise MedretError(
+            f"{path}: not a loadable CXR-CLIP checkpoint ({msg}); the file is truncated or corrupt, download it again"
+        ) from None
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("model"), Mapping) or "config" not in obj:
+        raise MedretError(
+            f"{path}: not a CXR-CLIP checkpoint (expected a dict with model and config); the file looks like "
+            f"{describe(obj)}; use the family that wrote it"
+        )
+    state = obj["model"]
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise MedretError(f"{path}: model entry is not a state dict of tensors (first offending keys {bad[:5]})")
+    try:
+        config = plain(obj["config"])
+    except Exception as exc:  # already unpickled safely; a malformed config may fail in many ways
+        raise MedretError(f"{path}: unreadable config entry ({_first_line(exc)}); download the file again") from None
+    if not isinstance(config, dict):
+        raise MedretError(f"{path}: config entry is a {type(config).__name__}, not a dict; not a CXR-CLIP file")
+    return dict(state), config
+
+
+def plain(value: Any) -> Any:
+    """Convert a config holding OmegaConf containers to dicts, lists and scalars (interpolations not resolved)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):  # before Mapping: DictConfig.items() would resolve
+        value = OmegaConf.to_container(value, resolve=False)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise MedretError(f"unexpected {type(value).__name__} in the config")
+
+
+# --------------------------------------------------------------------------------------------
+# Architecture
+
+
+def _get(config: Mapping[str, Any], dotted: str, path: Path) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise MedretError(f"{path}: config has no {dotted}; not a CXR-CLIP contrastive checkpoint")
+        node = node[part]
+    return node
+
+
+def text_config(config: Mapping[str, Any], text_model: Path, path: Path) -> dict[str, Any]:
+    """BertConfig arguments: ``text_model/config.json`` when present, else the published one for the named model."""
+    name = str(_get(config, "model.text_encoder.name", path))
+    cfg_file = text_model / "config.json"
+    if cfg_file.is_file():
+        try:
+            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise MedretError(f"{cfg_file}: unreadable ({exc}); use the config.json of {name}") from None
+        model_type = cfg.get("model_type", "bert") if isinstance(cfg, dict) else None
+        if model_type != "bert":
+            raise MedretError(f"{cfg_file}: not a BERT config (model_type {model_type!r}); use the one of {name}")
+        return cfg
+    if name not in BERT_CONFIGS:
+        raise MedretError(
+            f"{path}: text encoder {name!r} is not Bio_ClinicalBERT; put its config.json next to vocab.txt in "
+            "config key models.<name>.text_model"
+        )
+    return dict(BERT_CONFIGS[name])
+
+
+def architecture(config: Mapping[str, Any], text_model: Path, path: Path) -> dict[str, Any]:
+    """The model's architecture from the checkpoint config (dispatch as in ``cxrclip/model/modules``)."""
+    model_name = str(_get(config, "model.name", path)).lower()
+    if model_name != "clip_custom":
+        raise MedretError(
+            f"{path}: config model.name is {model_name!r}, not clip_custom; the file looks like "
+            f"{'a CXR-CLIP fine-tuned classifier' if 'classification' in model_name else 'another model'}"
+        )
+    image, head = _get(config, "model.image_encoder", path), _get(config, "model.projection_head", path)
+    if not isinstance(image, Mapping) or not isinstance(head, Mapping):
+        raise MedretError(f"{path}: config model.image_encoder / model.projection_head are not mappings")
+    name, source = str(image.get("name")), str(image.get("source", "")).lower()
+    if source == "huggingface":
+        model_type = str(image.get("model_type", "vit"))
+        if model_type != "swin" or name not in SWIN_CONFIGS:
+            raise MedretError(
+                f"{path}: image encoder {name!r} ({model_type}) is not one of the released ones "
+                f"({', '.join([*RESNET_LAYERS, *SWIN_CONFIGS])})"
+            )
+        kind, image_arch = "swin", dict(SWIN_CONFIGS[name])
+    elif name in RESNET_LAYERS:
+        kind, image_arch = "resnet", {"layers": list(RESNET_LAYERS[name])}
+    else:
+        raise MedretError(f"{path}: image encoder {name!r} ({source}) is not supported")
+    pooling = str(_get(config, "model.text_encoder.pooling", path))
+    if pooling not in ("eos", "bos", "mean"):
+        raise MedretError(f"{path}: text pooling {pooling!r} is not one of eos, bos, mean")
+    if str(head.get("name", "")).lower() != "linear":
+        raise MedretError(f"{path}: projection head {head.get('name')!r} is not the released linear head")
+    proj_dim = head.get("proj_dim")
+    if not isinstance(proj_dim, int) or isinstance(proj_dim, bool) or proj_dim < 1:
+        raise MedretError(f"{path}: projection_head.proj_dim {proj_dim!r} is not a positive integer")
+    return {
+        "image_kind": kind,
+        "image": image_arch,
+        "text": text_config(config, text_model, path),
+        "pooling": pooling,
+        "proj_dim": proj_dim,
+        "temperature": bool(config["model"].get("temperature")),
+    }
+
+
+@contextlib.contextmanager
+def _skip_random_init() -> Iterator[None]:
+    """Skip random initialisation: the strict load that follows overwrites every persistent tensor.
+
+    Buffers computed in ``__init__`` (position ids, Swin's relative position index) are not affected.
+    """
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # another transformers version: initialise normally (slower, same result)
+        no_init_weights = contextlib.nullcontext
+    with no_init_weights():
+        yield
+
+
+class CxrClip(nn.Module):
+    """CXR-CLIP's ``CXRClip`` for inference: image tower, BERT, linear projections (and ``logit_scale``)."""
+
+    def __init__(self, arch: Mapping[str, Any]) -> None:
+        super().__init__()
+        try:
+            from transformers import BertConfig, BertModel, SwinConfig, SwinModel
+        except ImportError:
+            raise MedretError("family cxr_clip needs transformers; pip install transformers==5.23.0") from None
+
+        self.image_kind = arch["image_kind"]
+        if self.image_kind == "resnet":
+            from torchvision.models.resnet import Bottleneck, ResNet
+
+            self.image: nn.Module = ResNet(Bottleneck, list(arch["image"]["layers"]))
+            self.image.fc = nn.Identity()  # the original deletes fc and returns the flattened average pool
+            image_dim = 512 * Bottleneck.expansion
+        else:
+            swin_config = SwinConfig(**arch["image"])
+            self.image = SwinModel(swin_config)
+            image_dim = int(swin_config.hidden_size)
+        bert_config = BertConfig.from_dict(dict(arch["text"]))
+        self.text = BertModel(bert_config, add_pooling_layer=True)
+        self.pooling = arch["pooling"]
+        self.image_proj = nn.Linear(image_dim, arch["proj_dim"])
+        self.text_proj = nn.Linear(int(bert_config.hidden_size), arch["proj_dim"])
+        if arch["temperature"]:
+            self.logit_scale = nn.Parameter(torch.zeros(()))
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, 3, 224, 224) pixels -> projected image features (B, proj_dim)."""
+        if self.image_kind == "resnet":
+            features = self.image(pixels)
+        else:
+            features = self.image(pixel_values=pixels).last_hidden_state[:, 0]
+        return self.image_proj(features)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """Token ids, attention mask and token types (B, L) -> projected text features (B, proj_dim)."""
+        hidden = self.text(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        if self.pooling == "eos":
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(dim=-1) - 1]
+        elif self.pooling == "bos":
+            pooled = hidden[:, 0]
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        return self.text_proj(pooled)
+
+
+# --------------------------------------------------------------------------------------------
+# Keys
+
+
+def map_key(key: str, image_kind: str) -> str | None:
+    """Checkpoint key -> key of :class:`CxrClip` (``None`` when no known prefix applies)."""
+    if key == "logit_scale":
+        return key
+    for old, new in PREFIXES.items():
+        if key.startswith(old):
+            rest = key[len(old) :]
+            if old == "image_encoder.image_encoder.":
+                if image_kind != "swin":
+                    return None
+                hit = _SWIN_BLOCK.match(rest)
+                if hit and hit.group(2) in SWIN_RENAMES:
+                    rest = hit.group(1) + SWIN_RENAMES[hit.group(2)] + hit.group(3)
+            elif old == "image_encoder.resnet." and image_kind != "resnet":
+                return None
+            return new + rest
+    return None
+
+
+def file_key(key: str, image_kind: str) -> str:
+    """Key of :class:`CxrClip` -> the name it has in a released file (inverse of :func:`map_key`, for messages)."""
+    image_prefix = {"resnet": "image_encoder.resnet.", "swin": "image_encoder.image_encoder."}[image_kind]
+    inverse = {v: k for k, v in SWIN_RENAMES.items()}
+    for old, new in PREFIXES.items():
+        if key.startswith(new) and (new != "image." or old == image_prefix):
+            rest = key[len(new) :]
+            hit = _SWIN_BLOCK.match(rest) if old == "image_encoder.image_encoder." else None
+            if hit and hit.group(2) in inverse:
+                rest = hit.group(1) + inverse[hit.group(2)] + hit.group(3)
+            return old + rest
+    return key
+
+
+def convert_state_dict(
+    state: Mapping[str, torch.Tensor], model: CxrClip, path: Path, looks_like: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map a transformers-4.26-layout CXR-CLIP state dict onto ``model``; returns it and the dropped keys.
+
+    Dropped are only buffers the model holds as non-persistent (recomputed, not loaded) and only when the file's
+    values equal the recomputed ones; any other difference raises a MedretError listing the first offending keys.
+    """
+    target = model.state_dict()
+    recomputed = {name: buf for name, buf in model.named_buffers() if name not in target}
+    out: dict[str, torch.Tensor] = {}
+    dropped, unexpected, bad_shape, bad_value = [], [], [], []
+    for key, value in state.items():
+        new = map_key(key, model.image_kind)
+        if new is not None and new in recomputed:
+            expected = recomputed[new].detach().cpu().flatten()
+            if value.numel() == expected.numel() and torch.equal(value.flatten(), expected):
+                dropped.append(key)
+            else:
+                bad_value.append(key)
+        elif new is None or new not in target:
+            unexpected.append(key)
+        elif new in out:
+            unexpected.append(key)  # two file keys for one parameter
+        elif value.shape != target[new].shape:
+            bad_shape.append(f"{key} {tuple(value.shape)} != {tuple(target[new].shape)}")
+        else:
+            out[new] = value
+    missing = [file_key(k, model.image_kind) for k in target if k not in out]
+    if unexpected or missing or bad_shape or bad_value:
+        parts = []
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:5])})")
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:5])})")
+        if bad_shape:
+            parts.append(f"{len(bad_shape)} shape mismatches (first: {'; '.join(bad_shape[:3])})")
+        if bad_value:
+            parts.append(f"buffers that differ from the recomputed ones: {', '.join(bad_value[:5])}")
+        raise MedretError(
+            f"{path}: does not match the CXR-CLIP architecture of its own config ({'; '.join(parts)}); "
+            f"the file looks like {looks_like}; use an unmodified released file ({PUBLISHED})"
+        )
+    return out, dropped
+
+
+# --------------------------------------------------------------------------------------------
+# Tokeniser and preprocessing
+
+
+def read_vocab(path: Path) -> dict[str, int]:
+    """``vocab.txt`` as transformers' ``load_vocab`` reads it: one token a line, id = line number."""
+    with open(path, encoding="utf-8") as f:
+        return {line.rstrip("\n"): i for i, line in enumerate(f)}
+
+
+class ReportTokenizer:
+    """The lower-casing Bio_ClinicalBERT WordPiece tokeniser of transformers 4.26's ``BertTokenizerFast``."""
+
+    def __init__(self, vocab_path: Path, max_length: int) -> None:
+        from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+        from tokenizers.models import WordPiece
+
+        vocab = read_vocab(vocab_path)
+        missing = [t for t in _SPECIAL_TOKENS[:4] if t not in vocab]
+        if missing:
+            raise MedretError(f"{vocab_path}: no {', '.join(missing)} token; not a BERT vocabulary")
+        tok = Tokenizer(
+            WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100)
+        )
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.add_special_tokens([t for t in _SPECIAL_TOKENS if t in vocab])
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS]:0 $A:0 [SEP]:0",
+            pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+        )
+        tok.enable_truncation(max_length=max_length)
+        tok.enable_padding(pad_id=vocab["[PAD]"], pad_token="[PAD]", pad_type_id=0)
+        self.tokenizer: Tokenizer = tok
+        self.vocab_size = max(vocab.values()) + 1  # ids are line numbers
+        self.max_length = max_length
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``input_ids``, ``attention_mask``, ``token_type_ids`` (B, longest) as the original collate made them."""
+        enc = self.tokenizer.encode_batch(list(texts))
+        ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
+        types = torch.tensor([e.type_ids for e in enc], dtype=torch.long)
+        return ids, mask, types
+
+
+def resized_size(height: int, width: int, size: int = INPUT_SIZE) -> tuple[int, int]:
+    """torchvision ``Resize(size)``: the shorter side becomes ``size``, the longer ``int(size * long / short)``."""
+    if width <= height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+@functools.lru_cache(maxsize=64)
+def pil_bilinear_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pillow's 8-bit bilinear filter along one axis (``Resample.c``: precompute_coeffs, normalize_coeffs_8bpc).
+
+    Returns, per output pixel, the input indices (out_size, ksize) and the fixed-point coefficients (int32, scaled
+    by 2**22; 0 for unused taps). The float64 steps follow the C code operation by operation.
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale  # bilinear support 1
+    ksize = math.ceil(support) * 2 + 1
+    center = (torch.arange(out_size, dtype=torch.float64) + 0.5) * scale
+    xmin = torch.trunc(center - support + 0.5).clamp(min=0).long()  # C (int) truncates, then max(0, .)
+    count = torch.trunc(center + support + 0.5).long().clamp(max=in_size) - xmin
+    weights = torch.zeros(out_size, ksize, dtype=torch.float64)
+    total = torch.zeros(out_size, dtype=torch.float64)
+    for x in range(ksize):  # sequential sum, as in C
+        arg = (((x + xmin).double() - center) + 0.5) * (1.0 / filterscale)
+        w = torch.where((x < count) & (arg.abs() < 1.0), 1.0 - arg.abs(), 0.0)
+        weights[:, x] = w
+        total = total + w
+    weights = torch.where(total[:, None] != 0.0, weights / torch.where(total == 0.0, 1.0, total)[:, None], weights)
+    coeffs = torch.floor(0.5 + weights * float(1 << 22)).to(torch.int32)
+    index = (xmin[:, None] + torch.arange(ksize)[None]).clamp(max=in_size - 1)
+    return index, coeffs
+
+
+def _resample(x: torch.Tensor, index: torch.Tensor, coeffs: torch.Tensor, dim: int) -> torch.Tensor:
+    """One 8-bit Pillow pass along ``dim`` (-1 or -2) of int32 grey levels (integer arithmetic, as in C)."""
+    index, coeffs = index.to(x.device), coeffs.to(x.device)
+    shape = (-1,) if dim == -1 else (-1, 1)
+    acc = torch.index_select(x, dim, index[:, 0]) * coeffs[:, 0].view(shape)
+    for t in range(1, index.shape[1]):  # one tap at a time keeps the temporaries small
+        acc.add_(torch.index_select(x, dim, index[:, t]) * coeffs[:, t].view(shape))  # < 255 * 2**22 < 2**31
+    return ((acc + (1 << 21)) >> 22).clamp_(0, 255)  # clip8: + one half, >> PRECISION_BITS
+
+
+def pil_resize_crop(x: torch.Tensor, new_h: int, new_w: int, rows: slice, cols: slice) -> torch.Tensor:
+    """``Image.resize((new_w, new_h), BILINEAR)`` of uint8 images (n, h, w), then ``[rows, cols]``, as int32.
+
+    Pillow's two-pass order (horizontal, then vertical, each rounded to 8 bits); only the pixels inside the crop
+    are computed. Exact integer arithmetic, so the result is the same on every device.
+    """
+    h, w = x.shape[-2:]
+    y = x.to(torch.int32)
+    if new_w != w:
+        index, coeffs = pil_bilinear_taps(w, new_w)
+        y = _resample(y, index[cols], coeffs[cols], dim=-1)
+    else:
+        y = y[..., cols]
+    if new_h != h:
+        index, coeffs = pil_bilinear_taps(h, new_h)
+        y = _resample(y, index[rows], coeffs[rows], dim=-2)
+    else:
+        y = y[..., rows, :]
+    return y
+
+
+def preprocess(
+    images: torch.Tensor,
+    boxes: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    size: int = INPUT_SIZE,
+) -> torch.Tensor:
+    """uint8 canvases (B, S, S) + content boxes -> normalised (B, 3, size, size) float32.
+
+    Crop to the box, Resize(size) (Pillow's bilinear, reimplemented exactly), CenterCrop(size), ToTensor (/255),
+    Normalize; grey broadcast to RGB. Runs on the images' device; images sharing a box are batched.
+    """
+    canvas = images.shape[-1]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, box in enumerate(boxes.tolist()):
+        groups.setdefault(tuple(int(v) for v in box), []).append(i)
+    out = torch.empty(len(images), 1, size, size, device=images.device)
+    for (top, left, height, width), idx in groups.items():
+        if height < 1 or width < 1 or top < 0 or left < 0 or top + height > canvas or left + width > canvas:
+            raise ValueError(f"content box {(top, left, height, width)} outside the {canvas}-pixel canvas")
+        new_h, new_w = resized_size(height, width, size)
+        ct, cl = round((new_h - size) / 2.0), round((new_w - size) / 2.0)  # torchvision CenterCrop (half-even)
+        rows, cols = slice(ct, ct + size), slice(cl, cl + size)
+        chunk = max(1, (1 << 22) // (height * size))  # bounds the (n, h, size) int32 temporaries
+        for start in range(0, len(idx), chunk):
+            part = idx[start : start + chunk]
+            crop = images[part, top : top + height, left : left + width]
+            out[part, 0] = pil_resize_crop(crop, new_h, new_w, rows, cols).float().div_(255.0)
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    return (out - m) / s
+
+
+# --------------------------------------------------------------------------------------------
+# Adapter
+
+
+class CxrClipAdapter(ModelAdapter):
+    """Adapter of the ``cxr_clip`` family."""
+
+    family = FAMILY
+
+    def __init__(self, entry: Mapping[str, Any]) -> None:
+        super().__init__(entry)
+        self.checkpoint = Path(entry["checkpoint"])
+        text_model = Path(entry["text_model"])
+        self.text_model = text_model.parent if text_model.suffix == ".txt" else text_model
+        self.vocab_path = text_model if text_model.suffix == ".txt" else text_model / "vocab.txt"
+        if not self.checkpoint.is_file():
+            raise checkpoint_not_found(self.checkpoint)
+        if not self.vocab_path.is_file():
+            raise MedretError(
+                f"{self.vocab_path}: Bio_ClinicalBERT vocabulary not found; config key models.<name>.text_model "
+                f"must be {TEXT_MODEL_HINT}"
+            )
+        state, config = read_checkpoint(self.checkpoint)
+        arch = architecture(config, self.text_model, self.checkpoint)
+        self.config = config
+        max_positions = int(arch["text"].get("max_position_embeddings", 512))
+        default = config.get("base", {}).get("text_max_length", DEFAULT_MAX_LENGTH)
+        max_length = entry.get("max_length", default)
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or not 2 <= max_length <= max_positions:
+            raise MedretError(
+                f"config key models.<name>.max_length: {max_length!r} must be an integer in [2, {max_positions}]"
+            )
+        self.tokenizer = ReportTokenizer(self.vocab_path, max_length)
+        rows = int(arch["text"].get("vocab_size", 0))
+        if self.tokenizer.vocab_size != rows:
+            raise MedretError(
+                f"{self.vocab_path}: {self.tokenizer.vocab_size} tokens, but the checkpoint's text encoder has "
+                f"{rows}; use the vocab.txt of {config['model']['text_encoder'].get('name')} (28996 tokens)"
+            )
+        with _skip_random_init():
+            self.model = CxrClip(arch)
+        converted, self.dropped_keys = convert_state_dict(state, self.model, self.checkpoint, describe(state))
+        self.model.load_state_dict(converted, strict=True)
+        self.model.eval().to(self.device)
+        if arch["image_kind"] == "resnet":
+            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD  # evaluator: resnet -> normalize "imagenet"
+        else:
+            self.mean, self.std = HUGGINGFACE_MEAN, HUGGINGFACE_STD
+        self.max_length = max_length
+        self.n_keys = len(state)
+        self._embed_dim = int(arch["proj_dim"])
+        self._digests: dict[str, str] = {}
+
+    @property
+    def embed_dim(self) -> int:
+        return self._embed_dim
+
+    def spec(self) -> dict[str, Any]:
+        # The files' contents, not their paths, determine the embeddings.
+        if not self._digests:
+            self._digests = {"weights": file_sha256(self.checkpoint), "vocab": file_sha256(self.vocab_path)}
+            cfg = self.text_model / "config.json"
+            if cfg.is_file():
+                self._digests["text_config"] = file_sha256(cfg)
+        spec = {k: v for k, v in super().spec().items() if k not in ("checkpoint", "text_model")}
+        return {**spec, **self._digests, "max_length": self.max_length}
+
+    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, enabled=False):
+            pixels = preprocess(images, boxes, self.mean, self.std)
+        return self.model.encode_image(pixels)
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        ids, mask, types = self.tokenizer(texts)
+        return self.model.encode_text(ids.to(self.device), mask.to(self.device), types.to(self.device))
+
+
+register_family(
+    Family(
+        name=FAMILY,
+        build=CxrClipAdapter,
+        options={
+            "checkpoint": "released CXR-CLIP file r50_{m,mc,mcc}.tar or swint_{m,mc,mcc}.tar "
+            "(github.com/kakaobrain/cxr-clip)",
+            "text_model": "local directory with Bio_ClinicalBERT's vocab.txt (and optionally config.json) from "
+            "huggingface.co/emilyalsentzer/Bio_ClinicalBERT",
+            "max_length": "report truncation in tokens (default: the checkpoint's base.text_max_length, 256)",
+        },
+        description="CXR-CLIP (You et al. 2023): ResNet-50 or Swin-T + Bio_ClinicalBERT, 512-d",
+        required=("checkpoint", "text_model"),
+    )
+)
