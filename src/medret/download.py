@@ -146,7 +146,7 @@ PUBLIC_FILES: dict[str, PublicFile] = {
                 "biomedclip",
                 "models.<name>.checkpoint (the directory)",
             )
-            for fname in ("open_clip_pytorch_model.bin", "open_clip_config.json")
+            for fname in ("open_clip_pytorch_model.bin", "open_clip_config.json", "vocab.txt")
         ],
     ]
 }
