@@ -43,10 +43,9 @@ import torch
 
 from medret.errors import MedretError
 from medret.models import Family, ModelAdapter, register_family
+from medret.models.checkpoints import error_line, file_sha256
 from medret.models.clip_family import (
-    _first_line,
     _quiet_open_clip,
-    file_sha256,
     load_strict,
     open_clip_preprocess,
     read_state_dict,
@@ -106,7 +105,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise MedretError(f"{path}: not valid JSON ({_first_line(exc)}); get the file again from {REPO_URL}") from None
+        raise MedretError(f"{path}: not valid JSON ({error_line(exc)}); get the file again from {REPO_URL}") from None
 
 
 def read_open_clip_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -164,7 +163,7 @@ def bert_config(directory: Path) -> Any:
     try:
         return BertConfig(**values)
     except (TypeError, ValueError) as exc:
-        raise MedretError(f"{path}: malformed BERT config ({_first_line(exc)})") from None
+        raise MedretError(f"{path}: malformed BERT config ({error_line(exc)})") from None
 
 
 def build_biomedclip(model_cfg: Mapping[str, Any], bert: Any, source: Path) -> torch.nn.Module:
@@ -184,7 +183,7 @@ def build_biomedclip(model_cfg: Mapping[str, Any], bert: Any, source: Path) -> t
                 model = CustomTextCLIP(**cfg)
         except Exception as exc:  # unknown timm name, bad pooler/proj type, unknown keys, ...
             raise MedretError(
-                f"{source}: malformed BiomedCLIP config, open_clip cannot build it offline ({_first_line(exc)})"
+                f"{source}: malformed BiomedCLIP config, open_clip cannot build it offline ({error_line(exc)})"
             ) from None
     return model.eval()
 
@@ -209,7 +208,7 @@ class BiomedBertTokenizer:
         try:
             text = self.vocab_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise MedretError(f"{self.vocab_path}: cannot read ({_first_line(exc)})") from None
+            raise MedretError(f"{self.vocab_path}: cannot read ({error_line(exc)})") from None
         specials = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
         lines = text.split("\n")
         present = {line.rstrip("\r") for line in lines}

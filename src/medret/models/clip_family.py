@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -57,6 +56,7 @@ from torch import _weights_only_unpickler
 
 from medret.errors import MedretError
 from medret.models import Family, ModelAdapter, register_family
+from medret.models.checkpoints import error_line, file_sha256, key_problems
 
 #: Keys of OpenAI's TorchScript state dict that are not weights (deleted by OpenAI's and open_clip's loaders).
 NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -81,25 +81,6 @@ _CONVERT_HINT = (
 
 # --------------------------------------------------------------------------------------------
 # Reading checkpoints
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file (the identity of the weights in the provenance; OpenAI URLs embed it)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _first_line(exc: BaseException) -> str:
-    """The informative line of a loader exception (torch wraps the reason in paragraphs of advice)."""
-    text = str(exc)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1]
-        text = text.split(" Please use `torch.serialization", 1)[0]  # not advice to follow here
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(exc).__name__]
-    return lines[0][:300]
 
 
 def is_torchscript_archive(path: str | Path) -> bool:
@@ -297,7 +278,7 @@ def read_state_dict(path: str | Path, *, missing_hint: str) -> tuple[dict[str, t
         hint = "the file is truncated, corrupt or not a weights file"
         if isinstance(exc, pickle.UnpicklingError) or "Unsupported global" in str(exc):
             hint = "the weights-only reader refused it (it holds more than tensors); nothing in it was run"
-        raise MedretError(f"{path}: cannot read checkpoint ({_first_line(exc)}); {hint}") from None
+        raise MedretError(f"{path}: cannot read checkpoint ({error_line(exc)}); {hint}") from None
     if isinstance(obj, Mapping) and str(obj.get("format", "")).startswith("medret."):
         raise MedretError(f"{path}: not a CLIP checkpoint; the file looks like {describe_checkpoint(obj)}")
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
@@ -314,19 +295,7 @@ def read_state_dict(path: str | Path, *, missing_hint: str) -> tuple[dict[str, t
 
 def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, arch: str) -> None:
     """Load ``state`` into ``model`` only if names and shapes match exactly; else say what the file is."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} {list(state[k].shape)} vs {list(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = [
-        f"{len(items)} {label} (first: {', '.join(items[:4])})"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes))
-        if items
-    ]
+    problems = key_problems(model.state_dict(), state)
     if problems:
         raise MedretError(
             f"{path}: does not load strictly into {arch}: {'; '.join(problems)}; "
@@ -410,7 +379,7 @@ def create_open_clip(name: str) -> torch.nn.Module:
             model = open_clip.create_model(name, pretrained=None, pretrained_text=False)
     except Exception as exc:  # e.g. HF text towers that need transformers or the network
         raise MedretError(
-            f"config key models.<name>.model: cannot build {name!r} offline ({_first_line(exc)})"
+            f"config key models.<name>.model: cannot build {name!r} offline ({error_line(exc)})"
         ) from None
     return model.eval()
 

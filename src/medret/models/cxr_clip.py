@@ -65,7 +65,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import hashlib
 import json
 import math
 import re
@@ -80,6 +79,7 @@ from torch import nn
 
 from medret.errors import MedretError
 from medret.models import Family, ModelAdapter, register_family
+from medret.models.checkpoints import error_line, file_sha256
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -210,15 +210,6 @@ SAFE_GLOBALS = (
 )
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file (the identity of the weights or vocabulary in the provenance)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def describe(obj: Any) -> str:
     """What a loaded file looks like (for "wrong family" messages)."""
     if isinstance(obj, Mapping):
@@ -246,11 +237,6 @@ def describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-    return next((ln for ln in lines if "Unsupported global" in ln or "Unpickler error" in ln), lines[0])[:300]
-
-
 def checkpoint_not_found(path: Path) -> MedretError:
     """The error for a missing ``.tar``: which file, where it is published, which config key."""
     return MedretError(
@@ -271,7 +257,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive", category=UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated, foreign or code-carrying files
-        msg = _first_line(exc)
+        msg = error_line(exc)
         hit = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
         if hit:
             name = hit.group(1)
@@ -304,7 +290,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         config = plain(obj["config"])
     except Exception as exc:  # already unpickled safely; a malformed config may fail in many ways
-        raise MedretError(f"{path}: unreadable config entry ({_first_line(exc)}); download the file again") from None
+        raise MedretError(f"{path}: unreadable config entry ({error_line(exc)}); download the file again") from None
     if not isinstance(config, dict):
         raise MedretError(f"{path}: config entry is a {type(config).__name__}, not a dict; not a CXR-CLIP file")
     return dict(state), config

@@ -39,6 +39,7 @@ from medret.corruptions import occlude
 from medret.errors import MedretError
 from medret.io import atomic_output, digest
 from medret.models import Family, ModelAdapter, register_family, resolve_device
+from medret.models.checkpoints import error_line
 
 FORMAT = "medret.local/1"
 DEFAULT_TRAIN: dict[str, Any] = {
@@ -183,9 +184,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/foreign/pickled-code files
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-        first = next((ln for ln in lines if "Unpickler error" in ln), lines[0])
-        raise MedretError(f"{path}: not a loadable local-model checkpoint ({first}); retrain it") from exc
+        raise MedretError(f"{path}: not a loadable local-model checkpoint ({error_line(exc)}); retrain it") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise MedretError(f"{path}: not a {FORMAT} checkpoint (wrong family?); use the family that wrote it")
     return ckpt

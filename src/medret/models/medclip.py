@@ -74,7 +74,6 @@ Padding to the batch's longest text would give each text many different embeddin
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import pickle
@@ -90,6 +89,7 @@ from torch import nn
 
 from medret.errors import MedretError
 from medret.models import Family, ModelAdapter, register_family
+from medret.models.checkpoints import error_line, file_sha256, key_problems
 
 FAMILY = "medclip"
 VARIANTS = {"vit": "Swin-T", "resnet": "ResNet-50"}
@@ -258,24 +258,6 @@ def build_medclip(variant: str) -> MedCLIP:
 # Checkpoint
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file (the identity of weights and vocabulary in the provenance)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-    for marker in ("GLOBAL", "Unsupported", "Unpickler error", "Trying to", "Can only"):
-        hit = next((ln for ln in lines if marker in ln), None)
-        if hit:
-            return hit.split(". Please use")[0][:300]  # not torch's advice to allow-list the global
-    return lines[0][:300]
-
-
 def medclip_variant(keys: Sequence[str]) -> str | None:
     """The MedCLIP variant whose image tower these state-dict keys have, if any."""
     if any(k.startswith("vision_model.model.encoder.layers.") for k in keys):
@@ -367,7 +349,7 @@ def read_checkpoint(path: str | Path, variant: str) -> dict[str, torch.Tensor]:
             hint = "it references objects other than tensors, so it was refused without running it"
         else:
             hint = f"the file is truncated, corrupt or not a weights file; download it again ({_missing_hint(variant)})"
-        raise MedretError(f"{path}: cannot read checkpoint ({_first_line(exc)}); {hint}") from None
+        raise MedretError(f"{path}: cannot read checkpoint ({error_line(exc)}); {hint}") from None
     if not (
         isinstance(obj, Mapping)
         and obj
@@ -432,20 +414,10 @@ def convert_state_dict(
 def _check_keys(
     model: nn.Module, state: Mapping[str, torch.Tensor], origin: Mapping[str, str], path: Path, variant: str
 ) -> None:
-    expected = model.state_dict()
     old_file = any(".attention.self." in k for k in origin.values())
-    missing = [old_layout_key(k) if old_file else k for k in expected if k not in state]
-    unexpected = [origin[k] for k in state if k not in expected]
-    shapes = [
-        f"{origin[k]} {list(state[k].shape)} vs {list(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = [
-        f"{len(items)} {label} (first: {', '.join(items[:4])})"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes))
-        if items
-    ]
+    problems = key_problems(
+        model.state_dict(), state, file_name=origin.__getitem__, model_name=old_layout_key if old_file else str
+    )
     if problems:
         names = list(origin.values())
         found = medclip_variant(names) if any(k.startswith("text_model.model.") for k in names) else None
