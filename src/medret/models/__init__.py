@@ -151,6 +151,7 @@ def register_family(family: Family) -> Family:
 def _load_builtin_families() -> None:
     # Lazy, so that importing medret.models does not import every family's dependencies.
     from medret.models import biomedclip as _biomedclip  # noqa: F401
+    from medret.models import biovil as _biovil  # noqa: F401
     from medret.models import clip_family as _clip_family  # noqa: F401
     from medret.models import cxr_clip as _cxr_clip  # noqa: F401
     from medret.models import local as _local  # noqa: F401

@@ -1,12 +1,15 @@
-"""Helpers every family's loader shares: file identity, readable loader errors, strict key checks."""
+"""Helpers every family's loader shares: file identity, readable loader errors, strict key checks, vocabularies."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
+
+from medret.errors import MedretError
 
 #: Lines of torch's loader messages that carry the reason, most specific first.
 _REASON_MARKERS = ("GLOBAL", "Unsupported", "Unpickler error", "Trying to", "Can only")
@@ -58,3 +61,29 @@ def key_problems(
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes))
         if items
     ]
+
+
+@contextlib.contextmanager
+def skip_random_init() -> Iterator[None]:
+    """Build transformers modules without random initialisation.
+
+    Every persistent tensor is overwritten by the strict load that follows; buffers computed in
+    ``__init__`` (position ids, Swin's relative position index) are unaffected.
+    """
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # another transformers version: initialise normally (slower, same result)
+        no_init_weights = contextlib.nullcontext
+    with no_init_weights():
+        yield
+
+
+def read_vocab(path: Path) -> dict[str, int]:
+    """Token -> id from a BERT ``vocab.txt``: one token a line, id = line number (transformers' ``load_vocab``)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MedretError(f"config key models.<name>.text_model: cannot read {path} ({exc})") from None
+    if lines and lines[-1] == "":
+        lines.pop()
+    return {token.rstrip("\r"): i for i, token in enumerate(lines)}

@@ -63,14 +63,13 @@ with ``padding="longest"`` and truncation to ``max_length``.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import json
 import math
 import re
 import typing
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +78,7 @@ from torch import nn
 
 from medret.errors import MedretError
 from medret.models import Family, ModelAdapter, register_family
-from medret.models.checkpoints import error_line, file_sha256
+from medret.models.checkpoints import error_line, file_sha256, read_vocab, skip_random_init
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -387,20 +386,6 @@ def architecture(config: Mapping[str, Any], text_model: Path, path: Path) -> dic
     }
 
 
-@contextlib.contextmanager
-def _skip_random_init() -> Iterator[None]:
-    """Skip random initialisation: the strict load that follows overwrites every persistent tensor.
-
-    Buffers computed in ``__init__`` (position ids, Swin's relative position index) are not affected.
-    """
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # another transformers version: initialise normally (slower, same result)
-        no_init_weights = contextlib.nullcontext
-    with no_init_weights():
-        yield
-
-
 class CxrClip(nn.Module):
     """CXR-CLIP's ``CXRClip`` for inference: image tower, BERT, linear projections (and ``logit_scale``)."""
 
@@ -536,12 +521,6 @@ def convert_state_dict(
 
 # --------------------------------------------------------------------------------------------
 # Tokeniser and preprocessing
-
-
-def read_vocab(path: Path) -> dict[str, int]:
-    """``vocab.txt`` as transformers' ``load_vocab`` reads it: one token a line, id = line number."""
-    with open(path, encoding="utf-8") as f:
-        return {line.rstrip("\n"): i for i, line in enumerate(f)}
 
 
 class ReportTokenizer:
@@ -720,7 +699,7 @@ class CxrClipAdapter(ModelAdapter):
                 f"{self.vocab_path}: {self.tokenizer.vocab_size} tokens, but the checkpoint's text encoder has "
                 f"{rows}; use the vocab.txt of {config['model']['text_encoder'].get('name')} (28996 tokens)"
             )
-        with _skip_random_init():
+        with skip_random_init():
             self.model = CxrClip(arch)
         converted, self.dropped_keys = convert_state_dict(state, self.model, self.checkpoint, describe(state))
         self.model.load_state_dict(converted, strict=True)

@@ -73,13 +73,12 @@ Padding to the batch's longest text would give each text many different embeddin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import pickle
 import re
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +88,7 @@ from torch import nn
 
 from medret.errors import MedretError
 from medret.models import Family, ModelAdapter, register_family
-from medret.models.checkpoints import error_line, file_sha256, key_problems
+from medret.models.checkpoints import error_line, file_sha256, key_problems, read_vocab, skip_random_init
 
 FAMILY = "medclip"
 VARIANTS = {"vit": "Swin-T", "resnet": "ResNet-50"}
@@ -234,23 +233,9 @@ class MedCLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
 
-@contextlib.contextmanager
-def _skip_random_init() -> Iterator[None]:
-    """Skip random initialisation (every persistent tensor is overwritten by the strict load next).
-
-    Buffers computed in ``__init__`` (position ids, Swin's relative position index) are unaffected.
-    """
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # another transformers version: initialise normally (slower, same result)
-        no_init_weights = contextlib.nullcontext
-    with no_init_weights():
-        yield
-
-
 def build_medclip(variant: str) -> MedCLIP:
     """MedCLIP's module tree for ``variant`` with uninitialised weights, in eval mode on the CPU."""
-    with _skip_random_init():
+    with skip_random_init():
         return MedCLIP(variant).eval()
 
 
@@ -499,17 +484,6 @@ def _vocab_file(text_model: str | Path) -> Path:
             "DIR/Bio_ClinicalBERT/vocab.txt) and set models.<name>.text_model to that directory"
         )
     return vocab
-
-
-def read_vocab(path: Path) -> dict[str, int]:
-    """Token -> id from a BERT ``vocab.txt`` (one token a line; as transformers' ``load_vocab``)."""
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MedretError(f"config key models.<name>.text_model: cannot read {path} ({exc})") from None
-    if lines and lines[-1] == "":
-        lines.pop()
-    return {token.rstrip("\r"): i for i, token in enumerate(lines)}
 
 
 def _check_bert_config(directory: Path) -> None:
