@@ -12,7 +12,11 @@ from medret.config import load_schema, validate_config
 from medret.errors import MedretError
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = [ROOT / "config" / "config.yaml", *sorted((ROOT / "tests" / "configs").glob("*.yaml"))]
+CONFIGS = [
+    ROOT / "config" / "config.yaml",
+    *sorted((ROOT / "config" / "examples").glob("*.yaml")),
+    *sorted((ROOT / "tests" / "configs").glob("*.yaml")),
+]
 
 
 @pytest.fixture

@@ -168,6 +168,30 @@ def test_a_pretrained_family_joins_the_study(demo_run, tmp_path):
     assert len(ranks) == 3 * (96 + ranks[ranks.direction == "t2i"]["query_id"].nunique())
 
 
+@pytest.mark.parametrize("example", ["mimic-paper.yaml", "mimic-all.yaml"])
+def test_mimic_examples_dry_run_on_a_fixture_tree(tmp_path, example):
+    """The shipped MIMIC-CXR configs plan the whole study against a layout-faithful fixture tree."""
+    from test_mimic import _build  # MIMIC-CXR-JPG files, CSVs and reports zip, as published
+
+    _build(tmp_path)
+    config = yaml.safe_load((ROOT / "config" / "examples" / example).read_text())
+    config["datasets"]["mimic"].update(
+        root=str(tmp_path / "mimic-cxr-jpg"), reports=str(tmp_path / "mimic-cxr-reports.zip")
+    )
+    for entry in config["models"].values():  # a dry run only needs the weights to exist
+        path = tmp_path / entry["checkpoint"]
+        if entry["family"] == "biomedclip":
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        entry["checkpoint"] = str(path)
+    jobs = planned_jobs(tmp_path, config)
+    n = len(config["models"])
+    assert jobs["manifest"] == 1 and jobs["image_cache"] == 1 and "train_model" not in jobs
+    assert jobs["embed_texts"] == jobs["embed_images"] == jobs["ranks"] == n
+
+
 def test_config_typo_is_one_line(tmp_path):
     config = copy.deepcopy(MINI)
     config["models"]["local"]["train"]["epocs"] = 3

@@ -74,3 +74,4 @@ def load_pairs(name: str, entry: Mapping[str, Any], sources: list[str]) -> pd.Da
 def _load_builtin_adapters() -> None:
     # Imported lazily so that `import medret.datasets` stays cheap and cycle-free.
     from medret.datasets import csv as _csv  # noqa: F401
+    from medret.datasets import mimic as _mimic  # noqa: F401

@@ -1,0 +1,430 @@
+"""The MIMIC-CXR adapter on a small fixture tree with the real layout, file names and columns."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medret.datasets import get_adapter, load_pairs
+from medret.datasets.mimic import CHEXPERT_LABELS, choose_section, label_column, report_sections
+from medret.errors import MedretError
+from medret.manifest import select_pairs
+
+SEP = " " + "_" * 78
+
+R_PLAIN = """                                 FINAL REPORT
+ EXAMINATION:  CHEST (PA AND LAT)
+
+ INDICATION:  ___F with cough  // eval for pneumonia
+
+ TECHNIQUE:  Chest PA and lateral
+
+ COMPARISON:  None.
+
+ FINDINGS:
+
+ There is no focal consolidation, pleural effusion or pneumothorax.  The
+ cardiomediastinal silhouette is normal.
+
+ IMPRESSION:
+
+ No acute cardiopulmonary process.
+"""
+
+R_WET_READ = f""" WET READ: ___ ___ ___ 3:52 PM
+  Possible left lower lobe pneumonia.
+ IMPRESSION:  Preliminary, not the final impression.
+{SEP}
+                                 FINAL REPORT
+ INDICATION:  Fever.
+
+ FINDINGS:  Left lower lobe opacity.
+
+ IMPRESSION:  Left lower lobe pneumonia.
+"""
+
+R_ADDENDUM = f"""                                 FINAL ADDENDUM
+ ADDENDUM:  Findings discussed with Dr. ___ at 4:10 PM.
+ IMPRESSION:  Addendum text, excluded.
+{SEP}
+                                 FINAL REPORT
+ FINDINGS:  Small right pleural effusion.
+
+ IMPRESSION:  Small right
+ effusion.
+
+ ADDENDUM:  Later note,
+ IMPRESSION:  also excluded.
+"""
+
+R_NO_IMPRESSION = """                                 FINAL REPORT
+ EXAMINATION:  CHEST (PORTABLE AP)
+ FINDINGS:  Endotracheal tube terminates 4 cm above the carina.
+ Lungs are clear.
+ NOTIFICATION:  The findings were discussed with Dr. ___.
+"""
+
+R_NO_HEADERS = """ Comparison to prior study.
+
+ Heart size is normal.  Lungs are
+ clear.
+
+ No acute
+   process.
+
+"""
+
+R_CASE = """                                 FINAL REPORT
+ HISTORY:  Dyspnea.
+ FINDINGS:  Mild pulmonary edema.  Impression: not a header.
+ impression: a lower-case line, not a header either
+ CONCLUSION:  Mild Edema,
+ NG tube in place.
+"""
+
+
+def _as_written(text: str) -> str:
+    """MIMIC-CXR's blank lines hold one space, and headers alone on a line end with ': '."""
+    text = re.sub(r"(?m)^$", " ", text)
+    return re.sub(r"(?m)^( [A-Z]+):$", r"\1: ", text)
+
+
+R_PLAIN, R_WET_READ, R_ADDENDUM, R_NO_HEADERS = map(_as_written, (R_PLAIN, R_WET_READ, R_ADDENDUM, R_NO_HEADERS))
+
+# study -> (subject, report text or None for no report file)
+STUDIES = {
+    "50000001": ("10000001", R_PLAIN),
+    "50000002": ("10000001", R_WET_READ),
+    "50000003": ("11000002", R_ADDENDUM),
+    "50000004": ("11000002", R_NO_IMPRESSION),
+    "50000005": ("12000003", R_NO_HEADERS),
+    "50000006": ("12000003", R_CASE),
+    "50000007": ("13000004", None),
+}
+
+# dicom_id, study, ViewPosition, split
+IMAGES = [
+    ("0a1b2c3d-11111111-22222222-33333333-44444444", "50000001", "PA", "train"),
+    ("0a1b2c3d-55555555-66666666-77777777-88888888", "50000001", "LATERAL", "train"),
+    ("1f2e3d4c-aaaaaaaa-bbbbbbbb-cccccccc-dddddddd", "50000002", "AP", "validate"),
+    ("2b3c4d5e-00000000-11111111-22222222-33333333", "50000003", "AP", "test"),
+    ("3c4d5e6f-00000000-11111111-22222222-33333333", "50000004", "", "test"),
+    ("4d5e6f7a-00000000-11111111-22222222-33333333", "50000005", "PA", "test"),
+    ("5e6f7a8b-00000000-11111111-22222222-33333333", "50000006", "LL", "test"),
+    ("5e6f7a8b-99999999-11111111-22222222-33333333", "50000006", "AP", "test"),
+    ("6f7a8b9c-00000000-11111111-22222222-33333333", "50000007", "PA", "test"),
+]
+
+# CheXpert labels per study as written in the CSV ("" = missing); study 50000005 has no row.
+LABELS = {
+    "50000001": {"No Finding": "1.0"},
+    "50000002": {"Pneumonia": "1.0", "Consolidation": "-1.0", "Pleural Effusion": "0.0"},
+    "50000003": {"Pleural Effusion": "1.0"},
+    "50000004": {"Support Devices": "1.0", "No Finding": "1.0"},
+    "50000006": {"Edema": "1.0", "Support Devices": "1.0", "Enlarged Cardiomediastinum": "-1.0"},
+    "50000007": {"Lung Opacity": "0.0"},
+}
+
+EXPECTED = {  # study -> (findings, impression)
+    "50000001": (
+        "There is no focal consolidation, pleural effusion or pneumothorax. "
+        "The cardiomediastinal silhouette is normal.",
+        "No acute cardiopulmonary process.",
+    ),
+    "50000002": ("Left lower lobe opacity.", "Left lower lobe pneumonia."),
+    "50000003": ("Small right pleural effusion.", "Small right effusion."),
+    "50000004": ("Endotracheal tube terminates 4 cm above the carina. Lungs are clear.", ""),
+    "50000005": ("", "No acute process."),
+    "50000006": (
+        "Mild pulmonary edema. Impression: not a header. impression: a lower-case line, not a header either",
+        "Mild Edema, NG tube in place.",
+    ),
+    "50000007": ("", ""),
+}
+
+META_COLUMNS = [
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "PerformedProcedureStepDescription",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "StudyDate",
+    "StudyTime",
+    "ProcedureCodeSequence_CodeMeaning",
+    "ViewCodeSequence_CodeMeaning",
+    "PatientOrientationCodeSequence_CodeMeaning",
+]
+
+
+def _write_csv(rows: list[dict], columns: list[str], path: Path, gz: bool) -> None:
+    frame = pd.DataFrame(rows, columns=columns)
+    if gz:
+        frame.to_csv(path.with_name(path.name + ".gz"), index=False, compression="gzip")
+    else:
+        frame.to_csv(path, index=False)
+
+
+def _build(tmp_path: Path, *, gz: bool = True) -> Path:
+    """MIMIC-CXR-JPG under tmp/mimic-cxr-jpg, reports as tmp/mimic-cxr-reports.zip and tmp/reports/."""
+    root = tmp_path / "mimic-cxr-jpg"
+    meta, split = [], []
+    for dicom, study, view, part in IMAGES:
+        subject = STUDIES[study][0]
+        folder = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((12, 10), 100, np.uint8)).save(folder / f"{dicom}.jpg", quality=90)
+        meta.append(
+            {
+                "dicom_id": dicom,
+                "subject_id": subject,
+                "study_id": study,
+                "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
+                "ViewPosition": view,
+                "Rows": 12,
+                "Columns": 10,
+                "StudyDate": 21800506,
+                "StudyTime": 213014.531,
+                "ProcedureCodeSequence_CodeMeaning": "CHEST (PA AND LAT)",
+                "ViewCodeSequence_CodeMeaning": "postero-anterior",
+                "PatientOrientationCodeSequence_CodeMeaning": "Erect",
+            }
+        )
+        split.append({"dicom_id": dicom, "study_id": study, "subject_id": subject, "split": part})
+    chexpert = [
+        {"subject_id": STUDIES[study][0], "study_id": study, **{f: values.get(f, "") for f in CHEXPERT_LABELS}}
+        for study, values in LABELS.items()
+    ]
+    _write_csv(meta, META_COLUMNS, root / "mimic-cxr-2.0.0-metadata.csv", gz)
+    _write_csv(split, ["dicom_id", "study_id", "subject_id", "split"], root / "mimic-cxr-2.0.0-split.csv", gz)
+    _write_csv(chexpert, ["subject_id", "study_id", *CHEXPERT_LABELS], root / "mimic-cxr-2.0.0-chexpert.csv", gz)
+    with zipfile.ZipFile(tmp_path / "mimic-cxr-reports.zip", "w") as archive:
+        archive.writestr("cxr-study-list.csv.gz", gzip.compress(b"subject_id,study_id,path\n"))
+        for study, (subject, text) in STUDIES.items():
+            if text is None:
+                continue
+            member = f"files/p{subject[:2]}/p{subject}/s{study}.txt"
+            archive.writestr(member, text)
+            out = tmp_path / "reports" / member
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+    return root
+
+
+def _entry(tmp_path: Path, **extra) -> dict:
+    return {
+        "adapter": "mimic_cxr",
+        "root": str(tmp_path / "mimic-cxr-jpg"),
+        "reports": str(tmp_path / "mimic-cxr-reports.zip"),
+        **extra,
+    }
+
+
+def _load(entry: dict) -> pd.DataFrame:
+    adapter = get_adapter("mimic_cxr")
+    return load_pairs("mimic", entry, adapter.source_files("mimic", entry))
+
+
+@pytest.mark.parametrize("study", sorted(EXPECTED))
+def test_report_sections(study):
+    text = STUDIES[study][1] or ""
+    findings, impression = EXPECTED[study]
+    assert report_sections(text) == {"findings": findings, "impression": impression}
+    assert choose_section(text, "impression") == impression
+    assert choose_section(text, "findings") == findings
+    assert choose_section(text, "longest") == (findings if len(findings) > len(impression) else impression)
+
+
+def test_section_rules_details():
+    # FINDINGS AND IMPRESSION counts as both; CRLF line ends; a section ends at a separator line.
+    text = "FINAL REPORT\r\n FINDINGS AND IMPRESSION:  Clear\r\n lungs.\r\n" + SEP + "\r\n trailing text\r\n"
+    assert report_sections(text) == {"findings": "Clear lungs.", "impression": "Clear lungs."}
+    # IMPRESSION wins over CONCLUSION; repeated sections are joined in order.
+    text = " IMPRESSION:  One.\n CONCLUSION:  Other.\n IMPRESSION:  Two.\n"
+    assert report_sections(text)["impression"] == "One. Two."
+    # No headers: the last paragraph, whether blank lines are empty or hold spaces.
+    assert report_sections("One.\n\nTwo\n three.\n\n\n")["impression"] == "Two three."
+    assert report_sections("Only one paragraph.\n")["impression"] == "Only one paragraph."
+    # A wet read alone is not a report.
+    assert report_sections(" WET READ: ___ 1:00 AM\n  Clear lungs.\n")["impression"] == ""
+    assert label_column("Enlarged Cardiomediastinum") == "label_enlarged_cardiomediastinum"
+
+
+def test_pairs_table_row_by_row(tmp_path):
+    root = _build(tmp_path)
+    entry = _entry(tmp_path)
+    sources = get_adapter("mimic_cxr").source_files("mimic", entry)
+    assert sources == [
+        str(root / "mimic-cxr-2.0.0-metadata.csv.gz"),
+        str(root / "mimic-cxr-2.0.0-split.csv.gz"),
+        str(root / "mimic-cxr-2.0.0-chexpert.csv.gz"),
+        str(tmp_path / "mimic-cxr-reports.zip"),
+    ]
+    table = load_pairs("mimic", entry, sources)
+    labels = [label_column(f) for f in CHEXPERT_LABELS]
+    assert list(table.columns) == [
+        "pair_id",
+        "image_path",
+        "report",
+        "split",
+        "patient_id",
+        "study_id",
+        "view",
+        *sorted(labels),
+    ]
+    assert len(labels) == 14 and "label_no_finding" in labels and "label_pleural_effusion" in labels
+    assert table["pair_id"].tolist() == sorted(d for d, *_ in IMAGES)
+    by_id = table.set_index("pair_id")
+    for dicom, study, view, part in IMAGES:
+        row = by_id.loc[dicom]
+        subject = STUDIES[study][0]
+        assert row["image_path"] == str(
+            root.resolve() / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg"
+        )
+        assert Path(row["image_path"]).is_file()
+        assert row["report"] == EXPECTED[study][1]  # impression by default
+        assert (row["split"], row["patient_id"], row["study_id"], row["view"]) == (part, subject, study, view)
+        for finding in CHEXPERT_LABELS:
+            value = row[label_column(finding)]
+            written = LABELS.get(study, {}).get(finding, "")
+            if written == "":
+                assert math.isnan(value), (dicom, finding)
+            else:
+                assert value == float(written), (dicom, finding)
+    for col in ("pair_id", "image_path", "report", "split", "patient_id", "study_id", "view"):
+        assert all(isinstance(v, str) for v in table[col]), col
+    assert set(table[labels].stack().dropna()) <= {1.0, 0.0, -1.0}
+
+    # The manifest rules downstream: empty reports dropped, one image per study (PA, then AP).
+    manifest = select_pairs(table, "test")
+    assert dict(zip(manifest["study_id"], manifest["pair_id"], strict=True)) == {
+        "50000003": IMAGES[3][0],
+        "50000005": IMAGES[5][0],
+        "50000006": IMAGES[7][0],  # AP preferred over LL
+    }
+
+
+def test_reports_directory_and_plain_csv_match_zip_and_gz(tmp_path):
+    zipped = _load(_entry(_build(tmp_path / "a").parent))
+    root = _build(tmp_path / "b", gz=False)
+    for entry in (
+        _entry(tmp_path / "b", reports=str(tmp_path / "b" / "reports")),
+        _entry(tmp_path / "b", reports=str(tmp_path / "b" / "reports" / "files")),
+    ):
+        sources = get_adapter("mimic_cxr").source_files("mimic", entry)
+        assert sources[:3] == [str(root / f"mimic-cxr-2.0.0-{s}.csv") for s in ("metadata", "split", "chexpert")]
+        plain = load_pairs("mimic", entry, sources)
+        pd.testing.assert_frame_equal(plain.drop(columns="image_path"), zipped.drop(columns="image_path"))
+
+
+def test_plain_csv_preferred_over_gz(tmp_path):
+    root = _build(tmp_path)
+    (root / "mimic-cxr-2.0.0-split.csv").write_text("dicom_id,study_id,subject_id,split\n", encoding="utf-8")
+    sources = get_adapter("mimic_cxr").source_files("mimic", _entry(tmp_path))
+    assert sources[1] == str(root / "mimic-cxr-2.0.0-split.csv")
+    assert sources[0] == str(root / "mimic-cxr-2.0.0-metadata.csv.gz")
+
+
+def test_sections_findings_and_longest(tmp_path):
+    _build(tmp_path)
+    for section in ("findings", "longest"):
+        table = _load(_entry(tmp_path, section=section)).drop_duplicates("study_id").set_index("study_id")
+        for study, (findings, impression) in EXPECTED.items():
+            want = findings if section == "findings" or len(findings) > len(impression) else impression
+            assert table.loc[study, "report"] == want, (section, study)
+    longest = _load(_entry(tmp_path, section="longest")).drop_duplicates("study_id").set_index("study_id")["report"]
+    assert longest["50000004"] == EXPECTED["50000004"][0]  # findings when the impression is missing
+    assert longest["50000001"] == EXPECTED["50000001"][0]  # findings longer than impression
+    assert longest["50000006"] == EXPECTED["50000006"][0]
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["s50000001\n\n50000006  # a comment\n", "subject_id,study_id\n10000001,50000001\n12000003,s50000006\n"],
+)
+def test_study_list(tmp_path, content):
+    _build(tmp_path)
+    (tmp_path / "studies.txt").write_text(content, encoding="utf-8")
+    entry = _entry(tmp_path, study_list=str(tmp_path / "studies.txt"))
+    sources = get_adapter("mimic_cxr").source_files("mimic", entry)
+    assert sources[-1] == str(tmp_path / "studies.txt")
+    table = load_pairs("mimic", entry, sources)
+    assert sorted(table["study_id"].unique()) == ["50000001", "50000006"]
+    assert len(table) == 4
+
+
+def test_study_list_errors(tmp_path):
+    _build(tmp_path)
+    path = tmp_path / "studies.txt"
+    path.write_text("59999999\n", encoding="utf-8")
+    with pytest.raises(MedretError, match="none of its 1 study ids"):
+        _load(_entry(tmp_path, study_list=str(path)))
+    path.write_text("study-one\n", encoding="utf-8")
+    with pytest.raises(MedretError, match="'study-one' is not a study id"):
+        _load(_entry(tmp_path, study_list=str(path)))
+    with pytest.raises(MedretError, match=r"nope\.txt: study list not found; .* datasets\.mimic\.study_list"):
+        _load(_entry(tmp_path, study_list=str(tmp_path / "nope.txt")))
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_files(tmp_path):
+    root = _build(tmp_path)
+    sources = get_adapter("mimic_cxr").source_files
+    with pytest.raises(MedretError) as exc:
+        sources("cxr", _entry(tmp_path, root=str(tmp_path / "absent")))
+    assert "absent" in _one_line(exc) and "datasets.cxr.root" in str(exc.value)
+    with pytest.raises(MedretError) as exc:
+        sources("cxr", _entry(tmp_path, reports=str(tmp_path / "absent.zip")))
+    assert "absent.zip" in _one_line(exc) and "datasets.cxr.reports" in str(exc.value)
+    with pytest.raises(MedretError, match=r"datasets\.cxr\.reports is missing"):
+        sources("cxr", {"adapter": "mimic_cxr", "root": str(root)})
+    with pytest.raises(MedretError, match=r"datasets\.cxr\.section is 'summary'; use one of"):
+        sources("cxr", _entry(tmp_path, section="summary"))
+    (root / "mimic-cxr-2.0.0-chexpert.csv.gz").unlink()
+    with pytest.raises(MedretError) as exc:
+        sources("cxr", _entry(tmp_path))
+    assert "mimic-cxr-2.0.0-chexpert.csv(.gz): MIMIC-CXR-JPG file not found" in _one_line(exc)
+    assert "datasets.cxr.root" in str(exc.value)
+
+
+def test_bad_inputs_at_load(tmp_path):
+    root = _build(tmp_path)
+    entry = _entry(tmp_path)
+    sources = get_adapter("mimic_cxr").source_files("mimic", entry)
+    # A file deleted between planning and loading.
+    with pytest.raises(MedretError) as exc:
+        load_pairs("mimic", entry, [str(root / "gone.csv"), *sources[1:]])
+    assert "gone.csv: MIMIC-CXR-JPG file not found" in _one_line(exc)
+    # Wrong columns (e.g. the 1.0 metadata or another CSV).
+    bad = tmp_path / "bad.csv"
+    bad.write_text("dicom_id,study\nx,1\n", encoding="utf-8")
+    with pytest.raises(MedretError, match=r"missing column.*subject_id.*MIMIC-CXR-JPG 2\.x"):
+        load_pairs("mimic", entry, [str(bad), *sources[1:]])
+    # Reports that hold none of the studies, and a file that is not a zip.
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as archive:
+        archive.writestr("files/p99/p99999999/s59999999.txt", "IMPRESSION: x")
+    with pytest.raises(MedretError, match="holds no report of the 7 studies"):
+        load_pairs("mimic", entry, [*sources[:3], str(empty)])
+    with pytest.raises(MedretError, match="not a zip file"):
+        load_pairs("mimic", entry, [*sources[:3], sources[0]])
+    # A label value that is not 1, 0, -1 or empty.
+    chexpert = pd.read_csv(sources[2], dtype=str, keep_default_na=False)
+    chexpert.loc[0, "Edema"] = "yes"
+    chexpert.to_csv(tmp_path / "chexpert.csv", index=False)
+    with pytest.raises(MedretError, match="'Edema' holds 'yes'"):
+        load_pairs("mimic", entry, [*sources[:2], str(tmp_path / "chexpert.csv"), sources[3]])
