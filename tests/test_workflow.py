@@ -140,7 +140,7 @@ def test_adding_a_level_runs_no_text_embedding(demo_run):
 
 
 def test_a_pretrained_family_joins_the_study(demo_run, tmp_path):
-    """A tiny open_clip model with random weights, given as a plain state-dict file, runs end to end."""
+    """Tiny open_clip and BiomedCLIP models (random weights, published file layouts) run end to end."""
     import open_clip
     import torch
 
@@ -151,19 +151,23 @@ def test_a_pretrained_family_joins_the_study(demo_run, tmp_path):
     open_clip.add_model_config(arch)
     torch.manual_seed(0)
     torch.save(open_clip.create_model("medret-tiny-wf", pretrained=None).state_dict(), tmp_path / "tiny.pt")
+    # A tiny BiomedCLIP directory in the published hub layout (config, weights, vocabulary).
+    from test_biomedclip import TINY_CFG as BIOMEDCLIP_CFG
+    from test_biomedclip import _write_layout
+
+    ref = copy.deepcopy(BIOMEDCLIP_CFG)
+    ref["model_cfg"]["text_cfg"].update(hf_model_name=str(tmp_path / "bmc"), hf_tokenizer_name=str(tmp_path / "bmc"))
+    _write_layout(tmp_path / "bmc", ref, None)
+    weights = open_clip.create_model(f"local-dir:{tmp_path / 'bmc'}", pretrained_text=False).state_dict()
+    biomedclip = _write_layout(tmp_path / "BiomedCLIP", BIOMEDCLIP_CFG, weights)
     config = copy.deepcopy(MINI)
     config["models"]["tiny-clip"] = {"family": "open_clip", "model": str(arch), "checkpoint": str(tmp_path / "tiny.pt")}
-    assert planned_jobs(run, config) == {
-        "embed_texts": 1,
-        "embed_images": 1,
-        "ranks": 1,
-        "metrics": 1,
-        "plot_results": 1,
-        "all": 1,
-    }
+    config["models"]["tiny-biomedclip"] = {"family": "biomedclip", "checkpoint": str(biomedclip)}
+    expected = {"embed_texts": 2, "embed_images": 2, "ranks": 2, "metrics": 1, "plot_results": 1, "all": 1}
+    assert planned_jobs(run, config) == expected
     snakemake(run, config)
     metrics = pd.read_csv(run / "results" / "demo" / "metrics.csv")
-    assert set(metrics["model"]) == {"local", "tiny-clip"}
+    assert set(metrics["model"]) == {"local", "tiny-clip", "tiny-biomedclip"}
     ranks = pd.read_parquet(run / "results" / "demo" / "ranks" / "tiny-clip" / "occlusion.parquet")
     assert len(ranks) == 3 * (96 + ranks[ranks.direction == "t2i"]["query_id"].nunique())
 
