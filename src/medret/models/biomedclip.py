@@ -43,7 +43,7 @@ import torch
 
 from medret.errors import MedretError
 from medret.models import Family, ModelAdapter, register_family
-from medret.models.checkpoints import error_line, file_sha256
+from medret.models.checkpoints import BERT_BASE, error_line, file_sha256
 from medret.models.clip_family import (
     _quiet_open_clip,
     load_strict,
@@ -64,19 +64,7 @@ PUBLISHED = {
     VOCAB_FILE: f"{REPO_URL} or {BIOMEDBERT_URL}",
 }
 #: BiomedBERT-base uncased, used when the directory has no BERT ``config.json``.
-BIOMEDBERT_CONFIG: dict[str, Any] = {
-    "model_type": "bert",
-    "vocab_size": 30522,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "hidden_act": "gelu",
-    "max_position_embeddings": 512,
-    "type_vocab_size": 2,
-    "layer_norm_eps": 1e-12,
-    "pad_token_id": 0,
-}
+BIOMEDBERT_CONFIG: dict[str, Any] = {"model_type": "bert", "vocab_size": 30522, **BERT_BASE}
 #: Old persistent buffer of transformers < 4.31; open_clip's ``load_checkpoint`` deletes it too.
 POSITION_IDS_KEY = "text.transformer.embeddings.position_ids"
 _KEY = "config key models.<name>.checkpoint"

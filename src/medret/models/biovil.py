@@ -83,7 +83,7 @@ from torch import nn
 
 from medret.errors import MedretError
 from medret.models import Family, ModelAdapter, register_family
-from medret.models.checkpoints import error_line, file_sha256, key_problems, read_vocab, skip_random_init
+from medret.models.checkpoints import BERT_BASE, error_line, file_sha256, key_problems, read_vocab, skip_random_init
 from medret.models.cxr_clip import pil_resize_crop, resized_size
 from medret.models.medclip import describe_checkpoint
 
@@ -355,18 +355,7 @@ def _read_json(path: Path, version: str) -> dict[str, Any]:
 
 
 #: config.json entries that define the architecture (BertConfig names), with the published CXR-BERT values.
-BERT_KEYS = {
-    "vocab_size": 30522,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "hidden_act": "gelu",
-    "max_position_embeddings": 512,
-    "type_vocab_size": 2,
-    "layer_norm_eps": 1e-12,
-    "pad_token_id": 0,
-}
+BERT_KEYS = {"vocab_size": 30522, **BERT_BASE}
 
 
 def text_config(directory: Path, version: str) -> tuple[Any, int]:

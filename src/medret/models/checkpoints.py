@@ -6,10 +6,25 @@ import contextlib
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from medret.errors import MedretError
+
+#: The BERT-base architecture (BertConfig names) of Bio_ClinicalBERT, BiomedBERT and CXR-BERT, which
+#: differ only in ``vocab_size``.
+BERT_BASE: dict[str, Any] = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+}
 
 #: Lines of torch's loader messages that carry the reason, most specific first.
 _REASON_MARKERS = ("GLOBAL", "Unsupported", "Unpickler error", "Trying to", "Can only")

@@ -78,7 +78,7 @@ from torch import nn
 
 from medret.errors import MedretError
 from medret.models import Family, ModelAdapter, register_family
-from medret.models.checkpoints import error_line, file_sha256, read_vocab, skip_random_init
+from medret.models.checkpoints import BERT_BASE, error_line, file_sha256, read_vocab, skip_random_init
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -119,20 +119,7 @@ SWIN_CONFIGS: dict[str, dict[str, Any]] = {
     }
 }
 #: Text towers by ``text_encoder.name`` (BertConfig keyword arguments; the model's HF config.json).
-BERT_CONFIGS: dict[str, dict[str, Any]] = {
-    "emilyalsentzer/Bio_ClinicalBERT": {
-        "vocab_size": 28996,
-        "hidden_size": 768,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "intermediate_size": 3072,
-        "hidden_act": "gelu",
-        "max_position_embeddings": 512,
-        "type_vocab_size": 2,
-        "layer_norm_eps": 1e-12,
-        "pad_token_id": 0,
-    }
-}
+BERT_CONFIGS: dict[str, dict[str, Any]] = {"emilyalsentzer/Bio_ClinicalBERT": {"vocab_size": 28996, **BERT_BASE}}
 
 #: Checkpoint prefix -> module prefix (this module's tree is flat: image, text, image_proj, text_proj, logit_scale).
 PREFIXES: dict[str, str] = {
