@@ -69,8 +69,18 @@ class ModelAdapter(ABC):
         """Size of the joint embedding space."""
 
     def spec(self) -> dict[str, Any]:
-        """Everything that determines this model's embeddings (hashed into the provenance)."""
-        return {k: v for k, v in self.entry.items() if k not in ("batch_size", "device")}
+        """Everything that determines this model's embeddings (hashed into the provenance).
+
+        The config entry without the keys that cannot change an embedding (batch size, device) or
+        that only name files (``checkpoint``, ``text_model``), plus the family's :meth:`identity`:
+        the files' content, not their paths, identifies a model.
+        """
+        skip = ("batch_size", "device", "checkpoint", "text_model")
+        return {**{k: v for k, v in self.entry.items() if k not in skip}, **self.identity()}
+
+    def identity(self) -> dict[str, Any]:
+        """Content digests of the model's files and the preprocessing/tokenising settings they imply."""
+        return {}
 
     def spec_hash(self) -> str:
         """Digest of :meth:`spec`, stored in every embedding file this model writes."""

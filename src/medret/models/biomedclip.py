@@ -268,11 +268,8 @@ class BiomedClipAdapter(ModelAdapter):
     def embed_dim(self) -> int:
         return self._embed_dim
 
-    def spec(self) -> dict[str, Any]:
-        # The files' content, not the directory's path, determines the embeddings.
-        spec = super().spec()
-        spec.pop("checkpoint", None)
-        return {**spec, **self._spec}
+    def identity(self) -> dict[str, Any]:
+        return self._spec
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids (B, context_length) as open_clip's tokenizer for BiomedCLIP makes them."""

@@ -540,11 +540,8 @@ class BioViLAdapter(ModelAdapter):
     def embed_dim(self) -> int:
         return JOINT_DIM
 
-    def spec(self) -> dict[str, Any]:
-        # Contents, not paths, of the weights and the vocabulary determine the embeddings.
-        spec = {k: v for k, v in super().spec().items() if k not in ("checkpoint", "text_model")}
+    def identity(self) -> dict[str, Any]:
         return {
-            **spec,
             **self._hashes,
             "tokenizer": {
                 "do_lower_case": self.tokenizer.do_lower_case,

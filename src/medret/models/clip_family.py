@@ -544,11 +544,8 @@ class _ClipAdapter(ModelAdapter):
     def embed_dim(self) -> int:
         return self._embed_dim
 
-    def spec(self) -> dict[str, Any]:
-        # The weights' content and the preprocessing, not the checkpoint's path, determine embeddings.
-        spec = super().spec()
-        spec.pop("checkpoint", None)
-        return {**spec, "weights": self._weights, "preprocess": self._preprocess_spec}
+    def identity(self) -> dict[str, Any]:
+        return {"weights": self._weights, "preprocess": self._preprocess_spec}
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids (B, context_length) as the model's original tokenizer makes them."""

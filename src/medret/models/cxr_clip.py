@@ -704,15 +704,13 @@ class CxrClipAdapter(ModelAdapter):
     def embed_dim(self) -> int:
         return self._embed_dim
 
-    def spec(self) -> dict[str, Any]:
-        # The files' contents, not their paths, determine the embeddings.
+    def identity(self) -> dict[str, Any]:
         if not self._digests:
             self._digests = {"weights": file_sha256(self.checkpoint), "vocab": file_sha256(self.vocab_path)}
             cfg = self.text_model / "config.json"
             if cfg.is_file():
                 self._digests["text_config"] = file_sha256(cfg)
-        spec = {k: v for k, v in super().spec().items() if k not in ("checkpoint", "text_model")}
-        return {**spec, **self._digests, "max_length": self.max_length}
+        return {**self._digests, "max_length": self.max_length}
 
     def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, enabled=False):

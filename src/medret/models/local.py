@@ -215,10 +215,8 @@ class LocalAdapter(ModelAdapter):
     def embed_dim(self) -> int:
         return self._embed_dim
 
-    def spec(self) -> dict[str, Any]:
-        spec = super().spec()
-        spec.pop("checkpoint", None)
-        return {**spec, "weights": self._train_digest}
+    def identity(self) -> dict[str, Any]:
+        return {"weights": self._train_digest}
 
     def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         return self.model.image(self.model.preprocess(images))

@@ -581,11 +581,8 @@ class MedCLIPAdapter(ModelAdapter):
     def embed_dim(self) -> int:
         return EMBED_DIM
 
-    def spec(self) -> dict[str, Any]:
-        # Contents, not paths, of the weights and the vocabulary determine the embeddings.
-        spec = {k: v for k, v in super().spec().items() if k not in ("checkpoint", "text_model")}
+    def identity(self) -> dict[str, Any]:
         return {
-            **spec,
             "max_length": self.max_length,
             "padding": PADDING,
             "weights": self._weights,
