@@ -30,4 +30,4 @@ lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/snakefmt --check Snakefile workflow/rules && $(BIN)/snakemake --lint
 
 clean:
-	rm -rf results resources logs benchmarks/train_model benchmarks/embed_images .snakemake
+	rm -rf results resources logs .snakemake

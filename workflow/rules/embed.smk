@@ -32,7 +32,7 @@ rule embed_images:
     log:
         "logs/embed_images/{dataset}/{model}/{corruption}.log",
     benchmark:
-        "benchmarks/embed_images/{dataset}/{model}/{corruption}.tsv"
+        "logs/benchmarks/embed_images/{dataset}/{model}/{corruption}.tsv"
     conda:
         "../../envs/medret.yaml"
     threads: 1

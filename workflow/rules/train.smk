@@ -9,7 +9,7 @@ rule train_model:
     log:
         "logs/train_model/{model}.log",
     benchmark:
-        "benchmarks/train_model/{model}.tsv"
+        "logs/benchmarks/train_model/{model}.tsv"
     wildcard_constraints:
         model=_alternatives(TRAINED_MODELS),
     conda:
