@@ -125,11 +125,12 @@ def randomise(module: torch.nn.Module, seed: int, std: float | None = None) -> N
                 t.copy_(torch.randn(t.shape, generator=gen) * (std or 0.1))
 
 
-@pytest.fixture(scope="session")
-def published(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("biovil")
+def write_published(root: Path, versions: tuple[str, ...] = tuple(bv.VERSIONS)) -> dict:
+    """The released files (image ``.pt`` per version, CXR-BERT directory) under ``root``, with their references."""
     out: dict = {"root": root}
     for i, version in enumerate(bv.VERSIONS):
+        if version not in versions:
+            continue
         torch.manual_seed(i)
         ref = HimlImageModel(img_encoder_type=ENCODER[version], joint_feature_size=128)
         randomise(ref, seed=i)
@@ -160,6 +161,11 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out["text"] = (text, text_ref)
     out["vocab"] = text / "vocab.txt"
     return out
+
+
+@pytest.fixture(scope="session")
+def published(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return write_published(tmp_path_factory.mktemp("biovil"))
 
 
 def entry(published: dict, version: str = "biovil", **over) -> dict:

@@ -193,7 +193,12 @@ def _perturb(module: torch.nn.Module, gen: torch.Generator) -> None:
 
 @pytest.fixture(scope="session")
 def towers() -> SimpleNamespace:
-    """MedCLIP's towers with random weights, built once (HF default SwinConfig() is swin-tiny)."""
+    """MedCLIP's towers with random weights, built once."""
+    return build_towers()
+
+
+def build_towers() -> SimpleNamespace:
+    """MedCLIP's towers with random weights (HF default SwinConfig() is swin-tiny)."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     swin = SwinModel(SwinConfig()).eval()

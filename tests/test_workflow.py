@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -170,6 +171,94 @@ def test_a_pretrained_family_joins_the_study(demo_run, tmp_path):
     assert set(metrics["model"]) == {"local", "tiny-clip", "tiny-biomedclip"}
     ranks = pd.read_parquet(run / "results" / "demo" / "ranks" / "tiny-clip" / "occlusion.parquet")
     assert len(ranks) == 3 * (96 + ranks[ranks.direction == "t2i"]["query_id"].nunique())
+
+
+def _published_checkpoints(root: Path) -> dict[str, dict]:
+    """Config entries of CXR-RePaiR, CheXzero, MedCLIP, CXR-CLIP and BioViL files in their published layouts.
+
+    Random weights, written by the builders the family tests use. Image towers are full size (the
+    released architectures are fixed); CXR-CLIP's and BioViL's text towers are tiny, which their
+    loaders take from the text directory's config.json as they do for the released files.
+    """
+    import open_clip
+    import torch
+    import test_biovil
+    import test_cxr_clip as tc
+    import test_medclip as tm
+    from test_clip_family import ARCH, openai_fp16
+
+    torch.manual_seed(0)
+    clip = open_clip.create_model(ARCH, pretrained=None)
+    torch.save(openai_fp16(clip), root / "clip-imp-pretrained_128_6_after_4.pt")  # CXR-RePaiR: fp16 subset
+    torch.save(clip.state_dict(), root / "best_64_5e-05_original_22000_0.864.pt")  # CheXzero: fp32
+    del clip
+    towers = tm.build_towers()
+    (root / "medclip-vit").mkdir()
+    torch.save(tm.old_layout(tm.new_layout(towers, "vit")), root / "medclip-vit" / "pytorch_model.bin")
+    del towers
+    bio = tm.write_vocab(root / "Bio_ClinicalBERT").parent
+    tiny_bio = tc.write_text_model(root / "Bio_tiny", tc.WORDS, tc.TINY_BERT)
+    ref = tc.Reference("resnet", (3, 4, 6, 3), tc.TINY_BERT, seed=0)
+    tc.save_tar(root / "r50_mcc.tar", tc.old_layout(ref), tc.hydra_config(tc.image_encoder("resnet", True)))
+    del ref
+    biovil = test_biovil.write_published(root, ("biovil",))
+    return {
+        "cxr-repair": {"family": "cxr_repair", "checkpoint": str(root / "clip-imp-pretrained_128_6_after_4.pt")},
+        "chexzero": {"family": "chexzero", "checkpoint": str(root / "best_64_5e-05_original_22000_0.864.pt")},
+        "medclip": {
+            "family": "medclip",
+            "variant": "vit",
+            "checkpoint": str(root / "medclip-vit" / "pytorch_model.bin"),
+            "text_model": str(bio),
+        },
+        "cxr-clip": {"family": "cxr_clip", "checkpoint": str(root / "r50_mcc.tar"), "text_model": str(tiny_bio)},
+        "biovil": {
+            "family": "biovil",
+            "biovil_version": "biovil",
+            "checkpoint": str(biovil["biovil"][0]),
+            "text_model": str(biovil["text"][0]),
+        },
+    }
+
+
+def test_every_published_family_runs_end_to_end(demo_run, tmp_path):
+    """CXR-RePaiR, CheXzero, MedCLIP, CXR-CLIP and BioViL (published file layouts) through the whole workflow.
+
+    A 16-pair subset of the demo's test split and two levels keep the full-size image towers cheap.
+    """
+    pairs = pd.read_csv(demo_run / "resources" / "demo" / "pairs.csv", dtype=str, keep_default_na=False)
+    subset = pairs[pairs["split"] == "test"].head(16).copy()
+    subset["image"] = [str(demo_run / "resources" / "demo" / p) for p in subset["image"]]
+    subset.to_csv(tmp_path / "pairs.csv", index=False)
+    models = _published_checkpoints(tmp_path)
+    config = {
+        "datasets": {"sub": {"adapter": "csv", "csv": str(tmp_path / "pairs.csv"), "image_size": 64}},
+        "models": models,
+        "corruptions": {"occlusion": {"kind": "occlusion", "levels": [0.0, 0.5]}},
+        "evaluation": {"bootstrap": 20, "examples": 1},
+    }
+    run = tmp_path / "run"
+    run.mkdir()
+    snakemake(run, config)
+    res = run / "results" / "sub"
+    metrics = pd.read_csv(res / "metrics.csv")
+    assert set(metrics["model"]) == set(models)
+    dims = {"cxr-repair": 512, "chexzero": 512, "medclip": 512, "cxr-clip": 512, "biovil": 128}
+    n_texts = subset["report"].str.strip().nunique()
+    for name, dim in dims.items():
+        with h5py.File(res / "embeddings" / name / "images" / "occlusion.h5") as f:
+            emb = f["embeddings"][()]
+        assert emb.shape == (2, 16, dim)
+        assert np.allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-4)
+        assert not np.allclose(emb[0], emb[1]), f"{name}: occlusion changed nothing"
+        ranks = pd.read_parquet(res / "ranks" / name / "occlusion.parquet")
+        assert len(ranks) == 2 * (16 + n_texts) and ranks["rank"].between(1, 16).all()
+    # Same weights, same architecture and preprocessing: CXR-RePaiR and CheXzero differ only by the fp16 rounding.
+    with (
+        h5py.File(res / "embeddings" / "cxr-repair" / "text.h5") as a,
+        h5py.File(res / "embeddings" / "chexzero" / "text.h5") as b,
+    ):
+        assert np.abs(a["embeddings"][()] - b["embeddings"][()]).max() < 0.05
 
 
 @pytest.mark.parametrize("example", ["mimic-paper.yaml", "mimic-all.yaml"])
