@@ -181,10 +181,10 @@ def _published_checkpoints(root: Path) -> dict[str, dict]:
     loaders take from the text directory's config.json as they do for the released files.
     """
     import open_clip
-    import torch
     import test_biovil
     import test_cxr_clip as tc
     import test_medclip as tm
+    import torch
     from test_clip_family import ARCH, openai_fp16
 
     torch.manual_seed(0)
