@@ -12,8 +12,9 @@ from PIL import Image
 from medret.datasets import load_pairs
 from medret.datasets.csv import read_pairs_csv
 from medret.errors import MedretError
-from medret.imaging import ImageCache, build_image_cache, decode_to_canvas
-from medret.manifest import Manifest, manifest_digest, select_pairs, write_table
+from medret.imaging import ImageCache, build_image_cache, decode_to_canvas, image_problem
+from medret.manifest import Manifest, manifest_digest, screen_images, select_pairs, write_table
+from medret.progress import progress
 
 
 def _write_csv(tmp_path: Path, rows: list[dict], images: bool = True) -> Path:
@@ -202,6 +203,64 @@ def test_missing_and_corrupt_images_fail_cleanly(tmp_path):
         build_image_cache(pairs["pair_id"].tolist(), pairs["image_path"].tolist(), out, size=16, manifest_digest="x")
     # No half-written cache, no temporary file left behind.
     assert not out.exists() and not list(tmp_path.glob(".cache.h5*"))
+
+
+def _jpeg(path: Path, size: tuple[int, int] = (96, 64)) -> bytes:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(path, quality=90)
+    return path.read_bytes()
+
+
+def test_image_problem_reads_the_whole_file(tmp_path):
+    data = _jpeg(tmp_path / "ok.jpg")
+    assert image_problem(tmp_path / "ok.jpg") is None
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])  # header intact, entropy data truncated
+    assert image_problem(tmp_path / "cut.jpg", decode=False) is None  # the header alone looks fine
+    assert image_problem(tmp_path / "cut.jpg").startswith("unreadable: ")
+    png = tmp_path / "ok.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8)).save(png)
+    (tmp_path / "cut.png").write_bytes(png.read_bytes()[:-30])  # last IDAT bytes and IEND lost
+    assert image_problem(png) is None and image_problem(tmp_path / "cut.png").startswith("unreadable: ")
+    (tmp_path / "text.jpg").write_text("not an image")
+    assert image_problem(tmp_path / "text.jpg").startswith("unreadable: cannot identify image file")
+    assert image_problem(tmp_path / "gone.jpg") == "not found"
+    assert image_problem(tmp_path) == "is a directory"
+
+
+def test_bad_images_policy(tmp_path):
+    pairs = read_pairs_csv(_write_csv(tmp_path, _rows()))
+    (tmp_path / "img" / "b.png").unlink()  # the PA image of study s1
+    (tmp_path / "img" / "c.png").write_bytes(b"garbage")
+    (tmp_path / "img" / "e.png").unlink()  # a training image: not screened here
+    key = "datasets.mine.bad_images"
+    with pytest.raises(MedretError) as err:
+        screen_images(pairs, split="test", policy="fail", key=key)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("2 of 4 images missing or unreadable (first: ")
+    assert "b.png (not found)" in message and "c.png (unreadable: " in message
+    assert message.endswith("fix the files, or set datasets.mine.bad_images: skip to leave those pairs out")
+    kept, skipped = screen_images(pairs, split="test", policy="skip", key=key)
+    assert kept["pair_id"].tolist() == ["a", "d", "e"]
+    assert skipped.columns.tolist() == ["pair_id", "split", "image_path", "problem"]
+    assert skipped["pair_id"].tolist() == ["b", "c"] and skipped["problem"][0] == "not found"
+    # The study whose PA image is broken is evaluated on its AP image.
+    assert select_pairs(kept, "test")["pair_id"].tolist() == ["a"]
+    for name in "ad":
+        (tmp_path / "img" / f"{name}.png").unlink()
+    with pytest.raises(MedretError, match=r"^all 4 images of split 'test' are missing or unreadable \(first: "):
+        screen_images(pairs, split="test", policy="skip", key=key)
+    with pytest.raises(MedretError, match=r"^config key datasets.mine.bad_images: 'ignore'; use fail or skip$"):
+        screen_images(pairs, split="test", policy="ignore", key=key)
+
+
+def test_progress_lines_in_a_log_file(tmp_path, monkeypatch):
+    clock = iter(range(0, 1000, 10))  # each perf_counter() call advances 10 s
+    monkeypatch.setattr("medret.progress.time.perf_counter", lambda: next(clock))
+    with open(tmp_path / "job.log", "w") as log:
+        assert list(progress(range(5), 5, "decode eval.h5", unit="img", interval=25, file=log)) == list(range(5))
+    lines = (tmp_path / "job.log").read_text().splitlines()
+    # start=0; items end at 10, 20, 30 (report: 3/5 after 30 s), 40, 50 (last item, no interim line); end at 60.
+    assert lines == ["decode eval.h5: 3/5 img (60%) in 30 s, ~20 s left", "decode eval.h5: 5/5 img in 60 s"]
 
 
 def test_truncated_cache_is_reported(tmp_path):

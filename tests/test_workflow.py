@@ -303,9 +303,17 @@ def test_missing_image_fails_with_one_line_and_no_artifact(tmp_path, demo_run):
     config["models"]["local"]["train"]["dataset"] = "mine"
     proc = snakemake(tmp_path, config, "results/mine/images/eval.h5", check=False)
     assert proc.returncode != 0
-    assert re.search(r"medret error: 1 of \d+ images not found \(first: .*p000260\.png\)", proc.stderr + proc.stdout)
-    assert not (tmp_path / "results" / "mine" / "images" / "eval.h5").exists()
+    message = r"medret error: 1 of 96 images missing or unreadable \(first: \S*p000260\.png \(not found\)\); fix"
+    assert re.search(message, proc.stderr + proc.stdout)
+    assert not (tmp_path / "results" / "mine" / "manifest.parquet").exists()
     assert not list((tmp_path / "results").rglob("*.partial"))
+    # Policy skip: the pair is left out and listed.
+    config["datasets"]["mine"]["bad_images"] = "skip"
+    snakemake(tmp_path, config, "results/mine/images/eval.h5")
+    skipped = pd.read_csv(tmp_path / "results" / "mine" / "skipped.csv")
+    assert skipped["pair_id"].tolist() == ["p000260"] and skipped["problem"].tolist() == ["not found"]
+    with h5py.File(tmp_path / "results" / "mine" / "images" / "eval.h5") as f:
+        assert len(f["ids"]) == 95 and b"p000260" not in f["ids"][()].tolist()
 
 
 def test_snakemake_lint():

@@ -14,18 +14,17 @@ All models and all corruption levels read this file; nothing decodes the source 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 import medret
 from medret.errors import MedretError
 from medret.io import atomic_output
+from medret.progress import progress
 
 
 def decode_to_canvas(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -52,14 +51,53 @@ def decode_to_canvas(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int
     return canvas, (top, left, nh, nw)
 
 
+def image_problem(path: str | Path, *, decode: bool = True) -> str | None:
+    """Why the image at ``path`` cannot be used (``"not found"``, the decoder's message), or None.
+
+    ``decode=False`` only opens the file and parses its header (a few hundred bytes). ``decode=True``
+    also reads all of its compressed data: JPEGs are decoded at 1/8 scale (DCT scaling still walks
+    every entropy-coded block, so truncation shows, at a fraction of the cost), other formats are
+    checked by PIL's ``verify`` (PNG: every chunk's CRC up to IEND).
+    """
+    try:
+        with Image.open(path) as img:
+            if decode:
+                if img.format == "JPEG":
+                    img.draft("L", (max(1, img.width // 8), max(1, img.height // 8)))
+                    img.load()
+                else:
+                    img.verify()
+    except FileNotFoundError:
+        return "not found"
+    except IsADirectoryError:
+        return "is a directory"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"unreadable: {exc}".replace("\n", " ")
+    return None
+
+
+def scan_images(paths: Sequence[str], *, decode: bool, desc: str = "check images") -> dict[int, str]:
+    """Problems of every image in ``paths`` (see :func:`image_problem`), by position; {} when all are usable."""
+    found = {}
+    for i, path in enumerate(progress(paths, len(paths), desc, unit="img")):
+        problem = image_problem(path, decode=decode)
+        if problem is not None:
+            found[i] = problem
+    return found
+
+
+def describe_problems(paths: Sequence[str], problems: dict[int, str], n: int = 3) -> str:
+    """``"<path> (<problem>), ..."`` for the first ``n`` offenders, for one-line messages."""
+    return ", ".join(f"{paths[i]} ({problems[i]})" for i in sorted(problems)[:n])
+
+
 def check_files_exist(paths: Sequence[str]) -> None:
     """Fail with a count and the first offenders when any source image is missing."""
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
-        first = ", ".join(missing[:3])
         raise MedretError(
-            f"{len(missing)} of {len(paths)} images not found (first: {first}); "
-            "check the image paths in the dataset CSV (relative to the CSV's directory)"
+            f"{len(missing)} of {len(paths)} images not found (first: {', '.join(missing[:3])}); restore them, "
+            "or re-run the manifest rule (its bad_images policy screens the evaluated images)"
         )
 
 
@@ -81,18 +119,8 @@ def build_image_cache(
             compression_opts=4,
         )
         boxes = np.zeros((n, 4), dtype=np.int32)
-        bar = tqdm(
-            total=n,
-            desc=f"decode {Path(out_path).name}",
-            unit="img",
-            file=sys.stderr,
-            mininterval=5,
-            ascii=True,
-        )
-        for i, path in enumerate(paths):
+        for i, path in enumerate(progress(paths, n, f"decode {Path(out_path).name}", unit="img")):
             images[i], boxes[i] = decode_to_canvas(path, size)
-            bar.update()
-        bar.close()
         f.create_dataset("boxes", data=boxes)
         f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype())
         f.attrs.update(manifest_digest=manifest_digest, size=size, medret_version=medret.__version__)

@@ -7,10 +7,16 @@ Rules (DESIGN §4, this project's protocol):
 * one image per study: frontal views first (PA, then AP), then the smallest pair id;
 * identical report strings are one retrieval candidate (``text_id``), so an image query has
   exactly one relevant text and a report query may have several relevant images.
+
+Before these rules, :func:`screen_images` finds pairs whose image is missing or unreadable: the
+dataset's ``bad_images`` policy either stops the workflow (``fail``, the default) or leaves those
+pairs out and lists them in ``skipped.csv`` (``skip``). Screening comes first, so a study whose PA
+image is broken is evaluated on its AP image.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +29,46 @@ from medret.errors import MedretError
 from medret.io import atomic_output, digest
 
 _VIEW_ORDER = {"PA": 0, "AP": 1}
+SKIPPED_COLUMNS = ["pair_id", "split", "image_path", "problem"]
+BAD_IMAGE_POLICIES = ("fail", "skip")
+
+
+def screen_images(pairs: pd.DataFrame, *, split: str, policy: str, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read every image of ``split`` through; return (usable pairs, skipped pairs).
+
+    ``policy`` ``fail`` raises one MedretError with the count and the first offenders; ``skip``
+    drops those pairs and returns them with their problem (columns :data:`SKIPPED_COLUMNS`); a split
+    left without pairs is an error either way. ``key`` names the policy's config key in messages.
+    """
+    from medret.imaging import describe_problems, scan_images
+
+    if policy not in BAD_IMAGE_POLICIES:
+        raise MedretError(f"config key {key}: {policy!r}; use fail or skip")
+    rows = np.flatnonzero((pairs["split"] == split).to_numpy())
+    found = scan_images(pairs["image_path"].to_numpy()[rows].tolist(), decode=True, desc=f"check {split} images")
+    problems = {int(rows[i]): reason for i, reason in found.items()}
+    checked = len(rows)
+    all_paths = pairs["image_path"].tolist()
+    first = describe_problems(all_paths, problems)
+    if problems and len(problems) == checked:
+        raise MedretError(
+            f"all {checked} images of split {split!r} are missing or unreadable "
+            f"(first: {first}); check the dataset's image paths"
+        )
+    if problems and policy == "fail":
+        raise MedretError(
+            f"{len(problems)} of {checked} images missing or unreadable (first: {first}); "
+            f"fix the files, or set {key}: skip to leave those pairs out"
+        )
+    bad = np.zeros(len(pairs), dtype=bool)
+    bad[list(problems)] = True
+    skipped = pairs.loc[bad, ["pair_id", "split", "image_path"]].assign(problem=[problems[i] for i in sorted(problems)])
+    if problems:
+        print(
+            f"skipped {len(problems)} of {checked} pairs with missing or unreadable images (first: {first})",
+            file=sys.stderr,
+        )
+    return pairs.loc[~bad].reset_index(drop=True), skipped.reset_index(drop=True)
 
 
 def select_pairs(pairs: pd.DataFrame, split: str, *, one_per_study: bool = True) -> pd.DataFrame:

@@ -67,12 +67,22 @@ def build_manifest(
     sources: Sequence[str],
     out_manifest: str | Path,
     out_train: str | Path,
+    out_skipped: str | Path,
 ) -> None:
-    """Read a dataset through its adapter; write the evaluated manifest and the training table."""
+    """Read a dataset through its adapter; write the evaluated manifest, the training table and the skipped pairs.
+
+    The images of the evaluated split are screened under the dataset's ``bad_images`` policy; those of
+    the training split are checked when a model's training cache is built (a missing one stops it).
+    """
     from medret.datasets import load_pairs
-    from medret.manifest import manifest_digest, select_pairs, write_table
+    from medret.io import atomic_output
+    from medret.manifest import manifest_digest, screen_images, select_pairs, write_table
 
     pairs = load_pairs(name, entry, list(sources))
+    key = f"datasets.{name}.bad_images"
+    pairs, skipped = screen_images(pairs, split=entry["split"], policy=entry["bad_images"], key=key)
+    with atomic_output(out_skipped) as tmp:
+        skipped.to_csv(tmp, index=False)
     manifest = select_pairs(pairs, entry["split"])
     write_table(manifest, out_manifest, digest=manifest_digest(manifest), dataset=name, split=entry["split"])
     if (pairs["split"] == entry["train_split"]).any():

@@ -24,6 +24,7 @@ rule manifest:
     output:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
         train=f"{RESULTS}/{{dataset}}/train.parquet",
+        skipped=f"{RESULTS}/{{dataset}}/skipped.csv",
     log:
         "logs/manifest/{dataset}.log",
     conda:

@@ -7,4 +7,5 @@ with script_context(snakemake.log[0]):
         snakemake.input.sources,
         snakemake.output.manifest,
         snakemake.output.train,
+        snakemake.output.skipped,
     )
