@@ -73,5 +73,7 @@ def load_pairs(name: str, entry: Mapping[str, Any], sources: list[str]) -> pd.Da
 
 def _load_builtin_adapters() -> None:
     # Imported lazily so that `import medret.datasets` stays cheap and cycle-free.
+    from medret.datasets import chexpert_plus as _chexpert_plus  # noqa: F401
     from medret.datasets import csv as _csv  # noqa: F401
+    from medret.datasets import iu_xray as _iu_xray  # noqa: F401
     from medret.datasets import mimic as _mimic  # noqa: F401
