@@ -72,7 +72,7 @@ def test_every_schema_key_is_documented():
             lambda c: c["corruptions"]["occlusion"].update(levels=[0.5, 2]),
             r"corruptions\.occlusion\.levels\.1",
         ),
-        (lambda c: c["corruptions"]["occlusion"].update(kind="blur"), r"corruptions\.occlusion\.kind"),
+        (lambda c: c["corruptions"]["occlusion"].update(kind="smudge"), r"corruptions\.occlusion\.kind"),
         (lambda c: c["datasets"].update(mine={"adapter": "csv"}), r"datasets\.mine.*'csv' is a required"),
         (lambda c: c["models"].update({"bad name": {"family": "local"}}), r"name 'bad name' must be"),
         (lambda c: c["models"].update(x={"family": "local"}), r"models\.x: family local needs either"),
