@@ -205,6 +205,61 @@ def test_missing_and_corrupt_images_fail_cleanly(tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".cache.h5*"))
 
 
+def _labelled_manifest() -> Manifest:
+    """Five pairs, four report strings; labels (effusion, edema) chosen so each rule shows."""
+    rows = [
+        # pair, report, effusion, edema
+        ("p1", "Effusion.", 1, 0),
+        ("p2", "Small effusion.", 1, ""),  # missing edema counts as absent: same vector as p1
+        ("p3", "Effusion.", -1, 0),  # uncertain effusion: like p1 under positive, like p4 under negative
+        ("p4", "Clear.", 0, 0),
+        ("p5", "Unlabelled.", "", ""),  # no labels at all: matches only its own report
+    ]
+    table = pd.DataFrame(
+        {
+            "pair_id": [r[0] for r in rows],
+            "image_path": "x.png",
+            "report": [r[1] for r in rows],
+            "split": "test",
+            "patient_id": [r[0] for r in rows],
+            "study_id": [r[0] for r in rows],
+            "view": "PA",
+            "label_effusion": [r[2] for r in rows],
+            "label_edema": [r[3] for r in rows],
+        }
+    )
+    return Manifest(select_pairs(table, "test"), "d")
+
+
+def test_relevance_modes_hand_checked():
+    manifest = _labelled_manifest()
+    assert manifest.texts == ["Effusion.", "Small effusion.", "Clear.", "Unlabelled."]  # text ids 0..3
+    as_lists = lambda rel: [r.tolist() for r in rel]  # noqa: E731
+    i2t, t2i = manifest.relevance("exact")
+    assert as_lists(i2t) == [[0], [1], [0], [2], [3]] and as_lists(t2i) == [[0, 2], [1], [3], [4]]
+    i2t, t2i = manifest.relevance("labels")  # uncertain positive: p1, p2, p3 share (1, 0)
+    assert as_lists(i2t) == [[0, 1], [0, 1], [0, 1], [2], [3]]
+    assert as_lists(t2i) == [[0, 1, 2], [0, 1, 2], [3], [4]]
+    i2t, t2i = manifest.relevance("labels", uncertain="negative")  # p3 = (0, 0) joins p4
+    assert as_lists(i2t) == [[0, 1], [0, 1], [0, 2], [0, 2], [3]]
+    # "Effusion." is carried by p1 (1, 0) and p3 (0, 0): images of both vectors are relevant to it.
+    assert as_lists(t2i) == [[0, 1, 2, 3], [0, 1], [2, 3], [4]]
+
+
+def test_relevance_bad_input():
+    manifest = _labelled_manifest()
+    with pytest.raises(MedretError, match=r"^config key k: unknown relevance mode 'fuzzy'; use one of exact, labels$"):
+        manifest.relevance("fuzzy", key="k")
+    no_labels = Manifest(manifest.table.drop(columns=["label_effusion", "label_edema"]), "d")
+    with pytest.raises(MedretError, match=r"^config key k: 'labels' needs label_\* columns and this dataset has none"):
+        no_labels.relevance("labels", key="k")
+    odd = Manifest(manifest.table.assign(label_edema=[0, 2, 0, 0, 0]), "d")
+    with pytest.raises(
+        MedretError, match=r"^column label_edema: value 2 \(pair p2\); labels must be 1, 0, -1 or empty$"
+    ):
+        odd.relevance("labels")
+
+
 def _jpeg(path: Path, size: tuple[int, int] = (96, 64)) -> bytes:
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(path, quality=90)

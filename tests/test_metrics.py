@@ -40,8 +40,9 @@ def block(
     n_candidates=100,
     n_relevant=1,
     query_ids=None,
+    relevance="exact",
 ) -> pd.DataFrame:
-    """Rows of a ranks table for one (model, corruption, level, repeat, direction)."""
+    """Rows of a ranks table for one (model, corruption, level, repeat, relevance, direction)."""
     ranks = np.asarray(ranks)
     ids = [f"q{i:04d}" for i in range(len(ranks))] if query_ids is None else list(query_ids)
     return pd.DataFrame(
@@ -50,6 +51,7 @@ def block(
             "corruption": corruption,
             "level": level,
             "repeat": repeat,
+            "relevance": relevance,
             "direction": direction,
             "query_id": ids,
             "rank": ranks.astype(np.int64),
@@ -435,6 +437,22 @@ def _good() -> pd.DataFrame:
     return table(block([1, 2, 3], level=0.0), block([2, 3, 4], level=0.5))
 
 
+def test_relevance_modes_are_separate_rows_with_their_own_chance():
+    # The same 4 image queries ranked twice: among 10 texts with one relevant (exact), and with 3
+    # relevant texts (labels). Hand-computed: exact R@1 = 2/4 (ranks 1, 1, 3, 5); labels R@1 = 3/4.
+    exact = block([1, 1, 3, 5], n_candidates=10, n_relevant=1)
+    labels = block([1, 1, 1, 2], n_candidates=10, n_relevant=3, relevance="labels")
+    metrics, robustness = evaluate(table(exact, labels), None, dataset="toy", n_boot=20)
+    assert sorted(metrics["relevance"].unique()) == ["exact", "labels"]
+    assert row(metrics, "R@1", relevance="exact").value == pytest.approx(50.0)
+    assert row(metrics, "R@1", relevance="labels").value == pytest.approx(75.0)
+    # chance R@1 = m/N: 1/10 and 3/10; chance R@5 with m = 3 = 1 - C(7,5)/C(10,5) = 1 - 21/252
+    assert row(metrics, "R@1", relevance="exact").chance == pytest.approx(10.0)
+    assert row(metrics, "R@1", relevance="labels").chance == pytest.approx(30.0)
+    assert row(metrics, "R@5", relevance="labels").chance == pytest.approx(100 * (1 - 21 / 252))
+    assert robustness.empty  # one level only: no curve to summarise
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
@@ -448,6 +466,7 @@ def _good() -> pd.DataFrame:
         (lambda t: t.assign(n_relevant=100, rank=2), "'rank'"),  # rank > N - m + 1
         (lambda t: t.assign(n_relevant=0), "'n_relevant'"),
         (lambda t: t.assign(direction="x2y"), "'direction'"),
+        (lambda t: t.assign(relevance="fuzzy"), "'relevance'"),
         (lambda t: t.assign(level=-0.1), "'level'"),
         (lambda t: t.drop(index=4), "query_id"),
         (lambda t: pd.concat([t, t.iloc[:1]]), "duplicate"),

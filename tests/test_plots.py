@@ -48,6 +48,7 @@ def make_metrics(n_queries: int = 200) -> pd.DataFrame:
                             "model": model,
                             "corruption": CORRUPTION,
                             "level": level,
+                            "relevance": "exact",
                             "direction": direction,
                             "metric": metric,
                             "value": value,
@@ -66,6 +67,7 @@ def make_robustness() -> pd.DataFrame:
     base = {
         "dataset": "toy",
         "corruption": CORRUPTION,
+        "relevance": "exact",
         "metric": "R@5",
     }
     for i, model in enumerate(MODELS):
@@ -150,6 +152,21 @@ def test_recall_figure_structure(plots: ModuleType) -> None:
     assert "toy" in suptitle and CORRUPTION in suptitle and "n = 200 queries" in suptitle
 
 
+def test_label_relevance_rows_get_panels_of_their_own(plots: ModuleType) -> None:
+    exact = make_metrics()
+    both = pd.concat([exact, exact.assign(relevance="labels", value=exact["value"] / 2)], ignore_index=True)
+    fig = plots._recall_figure(both, CORRUPTION, ["R@5"])
+    titles = [ax.get_title() for ax in fig.get_axes()]
+    assert titles == [
+        "image → report: R@5",
+        "report → image: R@5",
+        "image → report, label match: R@5",
+        "report → image, label match: R@5",
+    ]
+    first, third = fig.get_axes()[0], fig.get_axes()[2]
+    assert np.allclose(third.get_lines()[0].get_ydata(), first.get_lines()[0].get_ydata() / 2)
+
+
 def test_recall_colours_follow_sorted_model_names(plots: ModuleType) -> None:
     fig = plots._recall_figure(make_metrics(), CORRUPTION, ["R@5"])
     colours = plots.model_colors(MODELS)
@@ -161,11 +178,11 @@ def test_recall_colours_follow_sorted_model_names(plots: ModuleType) -> None:
 
 
 def test_recall_other_corruption_and_metrics(plots: ModuleType) -> None:
-    metrics = make_metrics().assign(corruption="gaussian_blur")
-    fig = plots._recall_figure(metrics, "gaussian_blur", ["R@5", "MRR"])
+    metrics = make_metrics().assign(corruption="strong_blur")
+    fig = plots._recall_figure(metrics, "strong_blur", ["R@5", "MRR"], kind="gaussian_noise")
     axes = fig.get_axes()
     assert len(axes) == 4
-    assert axes[-1].get_xlabel() == "corruption level"
+    assert axes[-1].get_xlabel() == "gaussian noise severity (0 = clean)"
     assert axes[1].get_ylabel() == "MRR" and axes[1].get_ylim() == (0.0, 1.0)
 
 

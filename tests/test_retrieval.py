@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
-from medret.retrieval import pessimistic_ranks, rank_table, relevance_from_labels
+from medret.retrieval import pessimistic_ranks, rank_table
 
 
 def _unit(x):
@@ -70,9 +72,10 @@ def test_matches_brute_force_on_random_data(block):
     np.testing.assert_array_equal(got, brute_force_ranks(q, c, relevant))
 
 
-def test_relevance_from_labels():
-    rel = relevance_from_labels(np.array([0, 1, 2]), np.array([1, 0, 1, 2]))
-    assert [r.tolist() for r in rel] == [[1], [0, 2], [3]]
+def _exact(text_ids: np.ndarray) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
+    """Exact-report relevance of pairs with these text ids (what Manifest.relevance("exact") gives)."""
+    u = int(text_ids.max()) + 1
+    return {"exact": ([np.array([t]) for t in text_ids], [np.flatnonzero(text_ids == t) for t in range(u)])}
 
 
 def test_rank_table_duplicate_reports():
@@ -81,7 +84,7 @@ def test_rank_table_duplicate_reports():
     texts = _unit([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
     # Images: pair 0 and 2 look like A, pair 1 like B, pair 3 looks like A too (a model error).
     images = _unit([[1, 0.1, 0], [0, 1, 0.1], [1, 0, 0.1], [1, 0, 0]])[None]
-    table = rank_table(images, np.array([0.0]), np.array([0]), texts, text_ids, ["a", "b", "c", "d"])
+    table = rank_table(images, np.array([0.0]), np.array([0]), texts, ["a", "b", "c", "d"], _exact(text_ids))
     i2t = table[table.direction == "i2t"].set_index("query_id")
     t2i = table[table.direction == "t2i"].set_index("query_id")
     # i2t: 3 unique candidates; pair d's text C (score 0) is beaten by A (1.0) and B (0) ties -> 3.
@@ -96,6 +99,7 @@ def test_rank_table_duplicate_reports():
     assert list(table.columns) == [
         "level",
         "repeat",
+        "relevance",
         "direction",
         "query_id",
         "rank",
@@ -110,7 +114,7 @@ def test_rank_table_full_occlusion_floors():
     text_ids = np.concatenate([np.arange(u), rng.integers(0, u, n - u)])
     texts = _unit(rng.normal(size=(u, 8)))
     constant = np.tile(_unit(rng.normal(size=(1, 8))), (n, 1))[None]
-    table = rank_table(constant, np.array([1.0]), np.array([0]), texts, text_ids, [f"q{i}" for i in range(n)])
+    table = rank_table(constant, np.array([1.0]), np.array([0]), texts, [f"q{i}" for i in range(n)], _exact(text_ids))
     t2i = table[table.direction == "t2i"]
     # Every image identical: text->image ranks are n - m + 1 for every query (no information).
     assert len(t2i) == u
@@ -121,3 +125,91 @@ def test_rank_table_full_occlusion_floors():
     order = np.argsort(-(texts @ constant[0, 0]))
     position = {t: r + 1 for r, t in enumerate(order)}
     assert i2t["rank"].tolist() == [position[t] for t in text_ids]
+
+
+def test_rank_table_label_relevance_rows():
+    # Same data as test_rank_table_duplicate_reports; under "labels", texts A and C are one class
+    # (pairs a, c, d), B another (pair b).
+    text_ids = np.array([0, 1, 0, 2])
+    texts = _unit([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    images = _unit([[1, 0.1, 0], [0, 1, 0.1], [1, 0, 0.1], [1, 0, 0]])[None]
+    labels = ([np.array([0, 2]), np.array([1]), np.array([0, 2]), np.array([0, 2])], [[0, 2, 3], [1], [0, 2, 3]])
+    relevance = _exact(text_ids) | {"labels": labels}
+    table = rank_table(images, np.array([0.0]), np.array([0]), texts, ["a", "b", "c", "d"], relevance)
+    assert table.groupby(["relevance", "direction"]).size().to_dict() == {
+        ("exact", "i2t"): 4,
+        ("exact", "t2i"): 3,
+        ("labels", "i2t"): 4,
+        ("labels", "t2i"): 3,
+    }
+    lab = table[table.relevance == "labels"].set_index(["direction", "query_id"])
+    # Pair d now retrieves A (relevant, score 1.0) first; text A's best relevant image is d itself.
+    assert lab.loc[("i2t", "d"), "rank"] == 1 and lab.loc[("i2t", "d"), "n_relevant"] == 2
+    # Text C: its best relevant image is c (0.0995), tied by the non-relevant b: pessimistic rank 2.
+    assert lab.loc["t2i", "rank"].to_dict() == {"text:0": 1, "text:1": 1, "text:2": 2}
+    assert lab.loc[("t2i", "text:2"), "n_relevant"] == 3
+    exact = table[table.relevance == "exact"].drop(columns="relevance").reset_index(drop=True)
+    alone = rank_table(images, np.array([0.0]), np.array([0]), texts, ["a", "b", "c", "d"], _exact(text_ids))
+    pd.testing.assert_frame_equal(exact, alone.drop(columns="relevance"))
+
+
+def _tied_problem(nq: int, nc: int, dim: int, seed: int = 3):
+    """Quantised embeddings (many exact ties), duplicated candidates and relevant sets of every size."""
+    rng = np.random.default_rng(seed)
+    c = _unit(rng.integers(-1, 2, size=(nc, dim)) + 1e-3 * (np.arange(dim) == 0))
+    c[5] = c[2]
+    q = _unit(rng.integers(-1, 2, size=(nq, dim)) + 1e-3 * (np.arange(dim) == 0))
+    sizes = rng.choice([1, 2, 7, nc - 3, nc], size=nq)  # including sets that cover (almost) everything
+    relevant = [rng.choice(nc, size=s, replace=False) for s in sizes]
+    return q, c, relevant
+
+
+@pytest.mark.parametrize("block", [1, 5, 6, 13, 100, 1000])
+def test_tiny_blocks_give_the_ranks_of_one_huge_block(block):
+    # D = 6: blocks below D score one row at a time; 13 and 100 split the candidates into chunks.
+    q, c, relevant = _tied_problem(nq=70, nc=90, dim=6)
+    huge = pessimistic_ranks(q, c, relevant, block=1 << 30)
+    np.testing.assert_array_equal(huge, brute_force_ranks(q, c, relevant))
+    np.testing.assert_array_equal(pessimistic_ranks(q, c, relevant, block=block), huge)
+
+
+class _LargestTensor(torch.overrides.TorchFunctionMode):
+    """Records the element count of the largest tensor any torch call returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor):
+            self.largest = max(self.largest, out.numel())
+        return out
+
+
+def test_scoring_memory_is_bounded_by_the_block():
+    # 200 queries × 300 candidates = 60,000 scores; relevant sets of up to all 300 candidates.
+    q, c, relevant = _tied_problem(nq=200, nc=300, dim=8)
+    with _LargestTensor() as full:
+        expected = pessimistic_ranks(q, c, relevant, block=1 << 30)
+    assert full.largest >= 200 * 300  # the recorder sees the whole matrix when it exists
+    for block in (64, 1000):
+        with _LargestTensor() as tiled:
+            got = pessimistic_ranks(q, c, relevant, block=block)
+        np.testing.assert_array_equal(got, expected)
+        assert tiled.largest <= block
+
+
+def test_scoring_device_argument():
+    q, c, relevant = _tied_problem(nq=20, nc=30, dim=4)
+    expected = brute_force_ranks(q, c, relevant)
+    for device in ("cpu", torch.device("cpu")):
+        np.testing.assert_array_equal(pessimistic_ranks(q, c, relevant, block=50, device=device), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_scoring_on_cuda_equals_cpu():
+    q, c, relevant = _tied_problem(nq=70, nc=90, dim=6)
+    np.testing.assert_array_equal(
+        pessimistic_ranks(q, c, relevant, block=100, device="cuda"), brute_force_ranks(q, c, relevant)
+    )

@@ -83,6 +83,7 @@ def test_full_run_outputs(demo_run):
         "model",
         "corruption",
         "level",
+        "relevance",
         "direction",
         "metric",
         "value",
@@ -92,22 +93,35 @@ def test_full_run_outputs(demo_run):
         "chance",
     ]
     assert set(metrics["metric"]) == {"R@1", "R@5", "R@10", "MRR", "median_rank"}
-    assert set(metrics["direction"]) == {"i2t", "t2i"}
-    assert sorted(metrics["level"].unique()) == [0.0, 0.5, 1.0]
+    assert set(metrics["direction"]) == {"i2t", "t2i"} and set(metrics["relevance"]) == {"exact", "labels"}
+    assert set(metrics["corruption"]) == {"occlusion", "noise"}
+    occ = metrics[metrics.corruption == "occlusion"]
+    assert sorted(occ["level"].unique()) == [0.0, 0.5, 1.0]
+    assert sorted(metrics.loc[metrics.corruption == "noise", "level"].unique()) == [0.0, 3.0, 5.0]
+    # Level 0 is the clean image under every corruption: identical metrics.
+    clean = metrics[metrics.level == 0.0].set_index(["model", "relevance", "direction", "metric", "corruption"])
+    assert np.allclose(clean["value"].unstack()["noise"], clean["value"].unstack()["occlusion"])
     assert (metrics["ci_low"] <= metrics["value"] + 1e-9).all() and (
         metrics["value"] <= metrics["ci_high"] + 1e-9
     ).all()
     ranks = pd.read_parquet(res / "ranks" / "local" / "occlusion.parquet")
-    assert list(ranks.columns)[:5] == ["level", "repeat", "direction", "query_id", "rank"]
+    assert list(ranks.columns)[:6] == ["level", "repeat", "relevance", "direction", "query_id", "rank"]
     assert ranks["rank"].min() >= 1
     # Text->image at full occlusion: every image identical, pessimistic ties -> recall 0.
-    r5 = metrics.set_index(["level", "direction", "metric"])["value"]
+    r5 = occ[occ.relevance == "exact"].set_index(["level", "direction", "metric"])["value"]
     assert r5[(1.0, "t2i", "R@5")] == 0.0
+    # Label match can only add relevant items: every query's rank is at most its exact-report rank.
+    exact, labels = (
+        ranks[ranks.relevance == m].set_index(["level", "direction", "query_id"]) for m in ("exact", "labels")
+    )
+    assert (labels["rank"] <= exact.loc[labels.index, "rank"]).all()
+    assert (labels["n_relevant"] >= exact.loc[labels.index, "n_relevant"]).all()
     robustness = pd.read_csv(res / "robustness.csv")
     assert {"auc", "nauc", "relative_drop"} <= set(robustness["quantity"])
-    for plot in ("recall", "robustness", "examples"):
-        for ext, magic in (("png", b"\x89PNG"), ("pdf", b"%PDF")):
-            assert (res / "plots" / f"occlusion_{plot}.{ext}").read_bytes()[:4] == magic
+    for corruption in ("occlusion", "noise"):
+        for plot in ("recall", "robustness", "examples"):
+            for ext, magic in (("png", b"\x89PNG"), ("pdf", b"%PDF")):
+                assert (res / "plots" / f"{corruption}_{plot}.{ext}").read_bytes()[:4] == magic
     with h5py.File(res / "embeddings" / "local" / "images" / "occlusion.h5") as f:
         assert f["embeddings"].shape[:2] == (3, 96)
         assert {"model_spec_hash", "manifest_digest", "corruption_spec_digest", "medret_version"} <= set(f.attrs)
@@ -121,13 +135,13 @@ def test_adding_a_model_runs_only_its_jobs(demo_run):
     config = copy.deepcopy(MINI)
     config["models"]["local-b"] = copy.deepcopy(config["models"]["local"])
     config["models"]["local-b"]["train"]["seed"] = 1
-    assert planned_jobs(demo_run, config) == {
+    assert planned_jobs(demo_run, config) == {  # mini.yaml has two corruptions
         "train_model": 1,
         "embed_texts": 1,
-        "embed_images": 1,
-        "ranks": 1,
+        "embed_images": 2,
+        "ranks": 2,
         "metrics": 1,
-        "plot_results": 1,
+        "plot_results": 2,
         "all": 1,
     }
 
@@ -164,13 +178,13 @@ def test_a_pretrained_family_joins_the_study(demo_run, tmp_path):
     config = copy.deepcopy(MINI)
     config["models"]["tiny-clip"] = {"family": "open_clip", "model": str(arch), "checkpoint": str(tmp_path / "tiny.pt")}
     config["models"]["tiny-biomedclip"] = {"family": "biomedclip", "checkpoint": str(biomedclip)}
-    expected = {"embed_texts": 2, "embed_images": 2, "ranks": 2, "metrics": 1, "plot_results": 1, "all": 1}
+    expected = {"embed_texts": 2, "embed_images": 4, "ranks": 4, "metrics": 1, "plot_results": 2, "all": 1}
     assert planned_jobs(run, config) == expected
     snakemake(run, config)
     metrics = pd.read_csv(run / "results" / "demo" / "metrics.csv")
     assert set(metrics["model"]) == {"local", "tiny-clip", "tiny-biomedclip"}
     ranks = pd.read_parquet(run / "results" / "demo" / "ranks" / "tiny-clip" / "occlusion.parquet")
-    assert len(ranks) == 3 * (96 + ranks[ranks.direction == "t2i"]["query_id"].nunique())
+    assert len(ranks) == 2 * 3 * (96 + ranks[ranks.direction == "t2i"]["query_id"].nunique())  # 2 relevance modes
 
 
 def _published_checkpoints(root: Path) -> dict[str, dict]:

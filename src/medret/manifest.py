@@ -4,9 +4,23 @@ Rules (DESIGN §4, this project's protocol):
 
 * the evaluated split only (config ``split``, default ``test``);
 * reports that are empty after stripping whitespace are dropped;
-* one image per study: frontal views first (PA, then AP), then the smallest pair id;
+* one image per study: frontal views first (PA, then AP, then FRONTAL), then the smallest pair id;
 * identical report strings are one retrieval candidate (``text_id``), so an image query has
   exactly one relevant text and a report query may have several relevant images.
+
+Relevance (:meth:`Manifest.relevance`), each mode reported on its own rows:
+
+* ``exact`` (default): a report is relevant to an image when it is that image's report string;
+  an image is relevant to a report string when that string is its report.
+* ``labels``: pairs are grouped by their label vector (the dataset's ``label_*`` columns, the 14
+  CheXpert findings for MIMIC-CXR). A label is *present* when it is 1, *absent* when it is 0 or
+  missing (the CheXpert labeller leaves findings the report does not mention blank), and an
+  uncertain label (-1) counts as present (``uncertain_labels: positive``, CheXpert's U-Ones
+  policy) or absent (``negative``). A report string is relevant to an image query when some pair
+  carrying that string has the image's label vector; an image is relevant to a report query when
+  its label vector is that of some pair carrying the report. A pair whose labels are all missing
+  (a study the labeller did not cover) has an unknown vector: only its own report string is
+  relevant to it, as in ``exact``.
 
 Before these rules, :func:`screen_images` finds pairs whose image is missing or unreadable: the
 dataset's ``bad_images`` policy either stops the workflow (``fail``, the default) or leaves those
@@ -28,7 +42,9 @@ import pyarrow.parquet as pq
 from medret.errors import MedretError
 from medret.io import atomic_output, digest
 
-_VIEW_ORDER = {"PA": 0, "AP": 1}
+_VIEW_ORDER = {"PA": 0, "AP": 1, "FRONTAL": 2}  # FRONTAL: a frontal view of unknown kind
+RELEVANCE_MODES = ("exact", "labels")
+UNCERTAIN_POLICIES = ("positive", "negative")
 SKIPPED_COLUMNS = ["pair_id", "split", "image_path", "problem"]
 BAD_IMAGE_POLICIES = ("fail", "skip")
 
@@ -97,6 +113,31 @@ def select_pairs(pairs: pd.DataFrame, split: str, *, one_per_study: bool = True)
     return table
 
 
+def label_groups(table: pd.DataFrame, *, uncertain: str = "positive", key: str = "relevance") -> np.ndarray:
+    """Group id of every pair's label vector (see the module doc); pairs without labels get their own group.
+
+    ``key`` names the config key in messages.
+    """
+    columns = sorted(c for c in table.columns if c.startswith("label_"))
+    if not columns:
+        raise MedretError(f"config key {key}: 'labels' needs label_* columns and this dataset has none; remove it")
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise MedretError(f"config key {key}: uncertain labels {uncertain!r}; use positive or negative")
+    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    odd = ~np.isnan(values) & ~np.isin(values, (-1.0, 0.0, 1.0))
+    if odd.any():
+        row, col = np.argwhere(odd)[0]
+        raise MedretError(
+            f"column {columns[col]}: value {values[row, col]:g} (pair {table['pair_id'].iloc[row]}); labels must be "
+            "1, 0, -1 or empty"
+        )
+    present = (values == 1.0) | ((values == -1.0) & (uncertain == "positive"))
+    codes, _ = pd.factorize(pd.Series([row.tobytes() for row in present]), sort=True)
+    unknown = np.isnan(values).all(axis=1)
+    codes[unknown] = codes.max(initial=-1) + 1 + np.arange(int(unknown.sum()))
+    return codes.astype(np.int64)
+
+
 def manifest_digest(table: pd.DataFrame) -> str:
     """Digest of the evaluated pairs: ids, reports, patients, studies, views and labels.
 
@@ -160,6 +201,34 @@ class Manifest:
     @property
     def text_ids(self) -> np.ndarray:
         return self.table["text_id"].to_numpy(np.int64)
+
+    def relevance(
+        self, mode: str, *, uncertain: str = "positive", key: str = "relevance"
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Relevant candidates of every query under relevance ``mode`` (module doc).
+
+        Returns (text ids relevant to each pair's image, pair positions relevant to each unique
+        text), sorted; ``key`` names the config key in messages.
+        """
+        if mode not in RELEVANCE_MODES:
+            raise MedretError(
+                f"config key {key}: unknown relevance mode {mode!r}; use one of {', '.join(RELEVANCE_MODES)}"
+            )
+        text_ids = self.text_ids
+        groups = text_ids if mode == "exact" else label_groups(self.table, uncertain=uncertain, key=key)
+        texts_of_group: dict[int, set[int]] = {}
+        groups_of_text: dict[int, set[int]] = {}
+        pairs_of_group: dict[int, list[int]] = {}
+        for i, (g, t) in enumerate(zip(groups.tolist(), text_ids.tolist(), strict=True)):
+            texts_of_group.setdefault(g, set()).add(t)
+            groups_of_text.setdefault(t, set()).add(g)
+            pairs_of_group.setdefault(g, []).append(i)
+        i2t = [np.asarray(sorted(texts_of_group[g]), dtype=np.int64) for g in groups.tolist()]
+        t2i = [
+            np.asarray(sorted(i for g in groups_of_text[t] for i in pairs_of_group[g]), dtype=np.int64)
+            for t in range(len(groups_of_text))
+        ]
+        return i2t, t2i
 
     def clusters(self) -> dict[str, str | None]:
         """Bootstrap cluster of every query id.

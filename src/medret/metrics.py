@@ -1,7 +1,9 @@
 """Retrieval metrics, chance levels, cluster-bootstrap CIs and robustness summaries.
 
 Everything here starts from the per-query ranks table (one row per model, corruption, level, repeat,
-direction and query). ``rank`` is the 1-based *pessimistic* rank of the best relevant candidate,
+relevance mode, direction and query; see :data:`RANK_COLUMNS`). Relevance modes (``exact`` report,
+``labels`` match; :mod:`medret.manifest`) are kept apart like directions: their own rows, curves and
+chance levels. ``rank`` is the 1-based *pessimistic* rank of the best relevant candidate,
 computed upstream: 1 + the number of non-relevant candidates scoring >= the best relevant one. So
 ties count against the query (a constant-score model gets rank N - m + 1 and R@K = 0 for
 K < N - m + 1), and a query with several relevant candidates is judged by its best-ranked one; the
@@ -22,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from medret.errors import MedretError
+from medret.manifest import RELEVANCE_MODES
 
 KS = (1, 5, 10)
 METRICS = ("R@1", "R@5", "R@10", "MRR", "median_rank")
@@ -33,6 +36,7 @@ RANK_COLUMNS = (
     "corruption",
     "level",
     "repeat",
+    "relevance",
     "direction",
     "query_id",
     "rank",
@@ -44,6 +48,7 @@ METRICS_COLUMNS = (
     "model",
     "corruption",
     "level",
+    "relevance",
     "direction",
     "metric",
     "value",
@@ -56,6 +61,7 @@ ROBUSTNESS_COLUMNS = (
     "dataset",
     "model",
     "corruption",
+    "relevance",
     "direction",
     "metric",
     "quantity",
@@ -64,8 +70,8 @@ ROBUSTNESS_COLUMNS = (
     "ci_low",
     "ci_high",
 )
-_CURVE = ["model", "corruption", "direction"]  # one value-vs-level curve
-_CELL = ["model", "corruption", "level", "direction"]  # one point of a curve: a metrics row per metric
+_CURVE = ["model", "corruption", "relevance", "direction"]  # one value-vs-level curve
+_CELL = ["model", "corruption", "level", "relevance", "direction"]  # one point of a curve: a metrics row per metric
 _MEANS = METRICS[:4]  # metrics that are means of per-query values (median_rank is not)
 
 
@@ -265,6 +271,9 @@ def _validate(ranks: pd.DataFrame) -> None:
     for col in ("level", "repeat", "rank", "n_relevant", "n_candidates"):
         if not pd.api.types.is_numeric_dtype(ranks[col]) or pd.api.types.is_bool_dtype(ranks[col]):
             raise MedretError(f"ranks table column '{col}' must be numeric, got dtype {ranks[col].dtype}")
+    bad = sorted(set(ranks["relevance"].unique()) - set(RELEVANCE_MODES))
+    if bad:
+        raise MedretError(f"ranks table column 'relevance' has unknown value(s) {bad}; use {RELEVANCE_MODES}")
     bad = sorted(set(ranks["direction"].unique()) - set(DIRECTIONS))
     if bad:
         raise MedretError(f"ranks table column 'direction' has unknown value(s) {bad}; use 'i2t' or 't2i'")
@@ -288,7 +297,8 @@ def _validate(ranks: pd.DataFrame) -> None:
         row = ranks[dup].iloc[0]
         raise MedretError(
             f"ranks table has duplicate rows for query '{row['query_id']}' ({row['model']}, "
-            f"{row['corruption']}, level {row['level']}, repeat {row['repeat']}, {row['direction']})"
+            f"{row['corruption']}, level {row['level']}, repeat {row['repeat']}, {row['relevance']}, "
+            f"{row['direction']})"
         )
 
 
@@ -316,13 +326,16 @@ def _check_same_queries(per_query: pd.DataFrame) -> None:
     short = per_query[n_cell < n_curve]
     if short.empty:
         return
-    model, corruption, level, direction = short.iloc[0][_CELL]
+    model, corruption, level, relevance, direction = short.iloc[0][_CELL]
     curve = per_query[
-        (per_query["model"] == model) & (per_query["corruption"] == corruption) & (per_query["direction"] == direction)
+        (per_query["model"] == model)
+        & (per_query["corruption"] == corruption)
+        & (per_query["relevance"] == relevance)
+        & (per_query["direction"] == direction)
     ]
     absent = sorted(set(curve["query_id"]) - set(curve.loc[curve["level"] == level, "query_id"]))
     raise MedretError(
-        f"ranks table column 'query_id': query '{absent[0]}' of {model}/{corruption}/{direction} "
+        f"ranks table column 'query_id': query '{absent[0]}' of {model}/{corruption}/{relevance}/{direction} "
         f"is missing at level {level} ({len(absent)} missing there)"
     )
 
@@ -353,7 +366,8 @@ def evaluate(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (metrics, robustness) tables with paired cluster-bootstrap CIs.
 
-    Metrics, one row per (model, corruption, level, direction, metric), columns ``METRICS_COLUMNS``:
+    Metrics, one row per (model, corruption, level, relevance, direction, metric), columns
+    ``METRICS_COLUMNS``:
 
     - ``R@K`` (K in 1, 5, 10), percent: a query is a hit if its best relevant candidate has
       pessimistic rank <= K (ties count against it; several relevant items: any one in the top K).
@@ -368,7 +382,7 @@ def evaluate(
     (percent) or of E[1/R], and for median_rank the median of (N+1)/(m+1).
 
     Robustness, columns ``ROBUSTNESS_COLUMNS``, for R@1, R@5, R@10 and MRR of every (model,
-    corruption, direction) curve with a level-0 point and at least two levels: ``auc`` = trapezoid
+    corruption, relevance, direction) curve with a level-0 point and at least two levels: ``auc`` = trapezoid
     area under value-vs-level divided by the level range (metric units, level NaN); ``nauc`` = auc /
     value(0); ``relative_drop`` = 1 − value(level)/value(0) for each level > 0. Ratios are NaN where
     value(0) is 0, and such replicates are left out of the CI. All use the metrics' replicates, so
@@ -406,7 +420,7 @@ def evaluate(
 
 
 def _cells(per_query: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, corruption, level, direction), in ngroup order, with n_queries and chance."""
+    """One row per (model, corruption, level, relevance, direction), in ngroup order, with n_queries and chance."""
     n, m = per_query["n_candidates"].to_numpy(), per_query["n_relevant"].to_numpy()
     chance = {f"R@{k}": 100.0 * chance_recall_at_k(n, m, k) for k in KS}
     chance |= {"MRR": chance_reciprocal_rank(n, m), "median_rank": expected_rank(n, m)}
@@ -437,7 +451,7 @@ def _robustness_table(
     n = len(ROBUSTNESS_METRICS)  # the leading metrics in METRICS order
     samples = np.concatenate([point[None, :, :n], reps[:, :, :n]])  # (1 + B, cells, n)
     rows: list[dict] = []
-    for (model, corruption, direction), curve in cells.groupby(_CURVE, sort=True, observed=True):
+    for (model, corruption, relevance, direction), curve in cells.groupby(_CURVE, sort=True, observed=True):
         curve = curve.sort_values("level")
         levels = curve["level"].to_numpy(float)
         if levels[0] != 0.0 or len(levels) < 2:
@@ -451,7 +465,8 @@ def _robustness_table(
         for j, metric in enumerate(ROBUSTNESS_METRICS):
             for (quantity, level, s), (low, high) in zip(summaries, intervals, strict=True):
                 rows.append(
-                    {"dataset": dataset, "model": model, "corruption": corruption, "direction": direction}
+                    {"dataset": dataset, "model": model, "corruption": corruption}
+                    | {"relevance": relevance, "direction": direction}
                     | {"metric": metric, "quantity": quantity, "level": level}
                     | {"value": s[0, j], "ci_low": low[j], "ci_high": high[j]}
                 )

@@ -29,13 +29,19 @@ from medret.errors import MedretError
 from medret.io import atomic_output
 from medret.metrics import METRICS_COLUMNS, ROBUSTNESS_COLUMNS
 
-DIRECTIONS: dict[str, str] = {"i2t": "image → report", "t2i": "report → image"}
-"""Retrieval directions in plotting order, with their human-readable labels."""
+DIRECTIONS: dict[str, str] = {
+    "i2t": "image → report",
+    "t2i": "report → image",
+    "i2t:labels": "image → report, label match",
+    "t2i:labels": "report → image, label match",
+}
+"""Retrieval directions in plotting order, with their human-readable labels. A relevance mode other
+than ``exact`` is plotted as a direction of its own (``<direction>:<mode>``): its own row of panels."""
 
 DPI = 150
 CI_ALPHA = 0.2
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
-_DIRECTION_STYLES = {"i2t": "-", "t2i": "--"}
+_DIRECTION_STYLES = {"i2t": "-", "t2i": "--", "i2t:labels": ":", "t2i:labels": "-."}
 # Deterministic vector output: no creation timestamps embedded in the file.
 _SAVE_METADATA: dict[str, dict[str, Any]] = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
 
@@ -65,11 +71,12 @@ def metric_label(metric: str) -> str:
     return {"MRR": "MRR", "median_rank": "median rank"}.get(metric, metric)
 
 
-def level_label(corruption: str) -> str:
-    """x-axis label for corruption levels; occlusion levels are fractions of the image area."""
-    if corruption.startswith("occlusion"):
+def level_label(kind: str) -> str:
+    """x-axis label for the levels of a corruption ``kind``: occlusion levels are fractions of the image
+    area, the others severities (:mod:`medret.corruptions`)."""
+    if kind == "occlusion":
         return "occlusion level (fraction of image area)"
-    return "corruption level"
+    return f"{kind.replace('_', ' ')} severity (0 = clean)"
 
 
 def _format_level(level: float) -> str:
@@ -106,6 +113,9 @@ def _select_corruption(df: pd.DataFrame, corruption: str, what: str) -> pd.DataF
         raise MedretError(
             f"{what} table mixes datasets {', '.join(datasets)} for corruption {corruption!r}; pass one dataset's table"
         )
+    if "relevance" in sub.columns:  # fold the relevance mode into the direction (see DIRECTIONS)
+        mode = sub["relevance"].astype(str)
+        sub = sub.assign(direction=sub["direction"].where(mode == "exact", sub["direction"] + ":" + mode))
     unknown = sorted(set(map(str, sub["direction"].unique())) - set(DIRECTIONS))
     if unknown:
         raise MedretError(
@@ -218,7 +228,10 @@ def _model_handles(models: Sequence[str], colors: Mapping[str, Any], markers: Ma
 
 
 def _recall_figure(
-    metrics: pd.DataFrame, corruption: str, metrics_to_plot: Sequence[str] = ("R@1", "R@5", "R@10")
+    metrics: pd.DataFrame,
+    corruption: str,
+    metrics_to_plot: Sequence[str] = ("R@1", "R@5", "R@10"),
+    kind: str = "occlusion",
 ) -> Figure:
     """Build the recall-vs-level figure (rows = directions, columns = metrics) without saving it."""
     _require_columns(metrics, METRICS_COLUMNS, "metrics")
@@ -285,7 +298,7 @@ def _recall_figure(
             elif metric == "MRR":
                 ax.set_ylim(0, 1)
             if r == nrows - 1:
-                ax.set_xlabel(level_label(corruption))
+                ax.set_xlabel(level_label(kind))
             ax.grid(True, alpha=0.3, linewidth=0.6)
             if len(levels) > 1:
                 pad = 0.02 * (levels[-1] - levels[0])
@@ -309,15 +322,17 @@ def plot_recall_curves(
     out_paths: Sequence[PathLike] | PathLike,
     *,
     metrics_to_plot: Sequence[str] = ("R@1", "R@5", "R@10"),
+    kind: str = "occlusion",
 ) -> None:
     """Plot retrieval metrics against corruption level and save to every path in ``out_paths``.
 
-    Rows are retrieval directions (image → report, report → image), columns the metrics in
-    ``metrics_to_plot``; one line per model with a shaded confidence band, plus the chance level.
+    Rows are retrieval directions (image → report, report → image; label-match rows as directions
+    of their own), columns the metrics in ``metrics_to_plot``; one line per model with a shaded
+    confidence band, plus the chance level. ``kind`` (the corruption's kind) labels the level axis.
     Raises :class:`MedretError` if columns or rows for ``corruption``/``metrics_to_plot`` are missing.
     """
     _normalise_paths(out_paths)  # fail on a bad suffix before doing any work
-    save_figure(_recall_figure(metrics, corruption, metrics_to_plot), out_paths)
+    save_figure(_recall_figure(metrics, corruption, metrics_to_plot, kind), out_paths)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,7 +340,9 @@ def plot_recall_curves(
 # --------------------------------------------------------------------------------------------------
 
 
-def _robustness_figure(robustness: pd.DataFrame, corruption: str, metric: str = "R@5") -> Figure:
+def _robustness_figure(
+    robustness: pd.DataFrame, corruption: str, metric: str = "R@5", kind: str = "occlusion"
+) -> Figure:
     """Build the two-panel robustness figure (relative drop curves, nAUC bars) without saving it."""
     _require_columns(robustness, ROBUSTNESS_COLUMNS, "robustness")
     sub = _select_corruption(robustness, corruption, "robustness")
@@ -383,7 +400,7 @@ def _robustness_figure(robustness: pd.DataFrame, corruption: str, metric: str = 
     x_lo, x_hi = min(0.0, float(drop["level"].min())), float(drop["level"].max())
     pad = 0.02 * (x_hi - x_lo) if x_hi > x_lo else 0.05
     ax_drop.set_xlim(x_lo - pad, x_hi + pad)
-    ax_drop.set_xlabel(level_label(corruption))
+    ax_drop.set_xlabel(level_label(kind))
     ax_drop.set_ylabel(f"relative drop in {label} (%)")
     ax_drop.set_title(f"(a) relative drop in {metric} vs clean", fontsize=10, loc="left")
     ax_drop.grid(True, alpha=0.3, linewidth=0.6)
@@ -441,14 +458,16 @@ def plot_robustness(
     out_paths: Sequence[PathLike] | PathLike,
     *,
     metric: str = "R@5",
+    kind: str = "occlusion",
 ) -> None:
     """Plot (a) relative drop vs level and (b) nAUC per model and direction; save to ``out_paths``.
 
+    ``kind`` (the corruption's kind) labels the level axis.
     Raises :class:`MedretError` if columns are missing or there are no ``relative_drop``/``nauc``
     rows for ``corruption`` and ``metric``.
     """
     _normalise_paths(out_paths)
-    save_figure(_robustness_figure(robustness, corruption, metric), out_paths)
+    save_figure(_robustness_figure(robustness, corruption, metric, kind), out_paths)
 
 
 # --------------------------------------------------------------------------------------------------

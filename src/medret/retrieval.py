@@ -15,28 +15,34 @@ Definitions (DESIGN §4):
 * Scores are cosine similarities of L2-normalised float32 embeddings, computed in float64 (every
   product is exact) and compared with a tolerance ``tol`` (default 1e-6, about 16 float32 ulps),
   so embeddings that are equal up to rounding noise from different batch shapes still tie.
-* Memory: scores are computed for ``block`` query×candidate entries at a time (a block of query
-  rows against all candidates), never for the whole N×M matrix at once.
+* Memory and device: scores are computed in tiles of at most ``block`` query×candidate entries
+  (blocks of query rows against chunks of candidates), on the device given, never for the whole
+  N×M matrix at once. The best relevant score of each query is found first, from its relevant
+  (query, candidate) pairs alone, so the candidates can be split into chunks. Every temporary
+  (score tile, its comparison mask, query and candidate rows in float64, a chunk of relevant
+  pairs) holds at most ``block`` elements (or one embedding row when ``block`` is smaller than D),
+  so the working memory is about 30 bytes × ``block``, whatever N, M and the sizes of the relevant
+  sets; only the index lists of a block's relevant pairs can be larger, when several relevant
+  sets cover most candidates (at most ``block / D`` queries' worth). Ranks do not depend on ``block``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-DEFAULT_BLOCK = 1 << 22  # score entries per block: 4M × (8 + 1) bytes ≈ 36 MB
+DEFAULT_BLOCK = 1 << 22  # score entries per tile: a 4M-entry float64 tile is 32 MB
 DEFAULT_TOL = 1e-6
 
 
-def relevance_from_labels(query_labels: np.ndarray, candidate_labels: np.ndarray) -> list[np.ndarray]:
-    """Relevant candidate indices of each query: the candidates that carry the query's label."""
-    by_label: dict[int, list[int]] = {}
-    for j, lab in enumerate(candidate_labels.tolist()):
-        by_label.setdefault(lab, []).append(j)
-    return [np.asarray(by_label.get(lab, []), dtype=np.int64) for lab in query_labels.tolist()]
+def _relevant_pairs(relevant: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The relevance lists of a block of queries as flat (query, candidate) index arrays, by query."""
+    counts = np.fromiter((len(r) for r in relevant), dtype=np.int64, count=len(relevant))
+    rows = np.repeat(np.arange(len(relevant), dtype=np.int64), counts)
+    return rows, np.concatenate([np.asarray(r, dtype=np.int64) for r in relevant])
 
 
 def pessimistic_ranks(
@@ -51,7 +57,8 @@ def pessimistic_ranks(
     """Pessimistic 1-based rank of the best relevant candidate for each query (see module doc).
 
     ``queries`` (Nq, D) and ``candidates`` (Nc, D) are L2-normalised embeddings; ``relevant[i]``
-    holds the candidate indices relevant to query i (at least one each).
+    holds the candidate indices relevant to query i (at least one each). Scores are computed on
+    ``device`` (one with float64 support: the CPU or CUDA) in tiles of at most ``block`` entries.
     """
     nq, nc = len(queries), len(candidates)
     if len(relevant) != nq:
@@ -59,21 +66,42 @@ def pessimistic_ranks(
     empty = [i for i, r in enumerate(relevant) if len(r) == 0]
     if empty:
         raise ValueError(f"query {empty[0]} has no relevant candidate")
-    cand = torch.as_tensor(candidates, device=device).double()
     ranks = np.empty(nq, dtype=np.int64)
-    rows = max(1, block // max(nc, 1))
-    for lo in range(0, nq, rows):
-        hi = min(lo + rows, nq)
-        scores = torch.as_tensor(queries[lo:hi], device=device).double() @ cand.T
-        rel = torch.zeros_like(scores, dtype=torch.bool)
-        row_idx = np.repeat(np.arange(hi - lo), [len(r) for r in relevant[lo:hi]])
-        rel[
-            torch.as_tensor(row_idx, device=device),
-            torch.as_tensor(np.concatenate(relevant[lo:hi]), device=device),
-        ] = True
-        best = scores.masked_fill(~rel, -torch.inf).amax(dim=1, keepdim=True)
-        beaten = (scores >= best - tol) & ~rel
-        ranks[lo:hi] = (1 + beaten.sum(dim=1)).cpu().numpy()
+    if nq == 0:
+        return ranks
+    device = torch.device(device)
+    dim = queries.shape[1]
+    block = max(1, int(block))
+    # Tile: `rows` queries against `cols` candidates; scores, query rows and candidate rows each <= block.
+    cols = min(nc, max(1, block // dim))
+    rows = max(1, block // max(cols, dim))
+    step = max(1, block // (2 * dim))  # relevant pairs scored at a time: two (step, D) operands
+    whole = torch.as_tensor(candidates, device=device).double() if cols == nc else None
+    for r0 in range(0, nq, rows):
+        r1 = min(r0 + rows, nq)
+        q = torch.as_tensor(queries[r0:r1], device=device).double()
+        rel_rows, rel_cols = _relevant_pairs(relevant[r0:r1])
+        # The best relevant score of each query, from its relevant pairs alone, so that the
+        # candidates can then be scored chunk by chunk.
+        best = torch.full((r1 - r0,), -torch.inf, dtype=torch.float64, device=device)
+        for lo in range(0, len(rel_rows), step):
+            idx = torch.as_tensor(rel_rows[lo : lo + step], device=device)
+            cand = torch.as_tensor(candidates[rel_cols[lo : lo + step]], device=device).double()
+            best.scatter_reduce_(0, idx, (q[idx] * cand).sum(dim=1), "amax")
+        threshold = (best - tol)[:, None]
+        beaten = torch.zeros(r1 - r0, dtype=torch.int64, device=device)
+        for c0 in range(0, nc, cols):
+            c1 = min(c0 + cols, nc)
+            cand = whole if whole is not None else torch.as_tensor(candidates[c0:c1], device=device).double()
+            scores = q @ cand.T
+            inside = (rel_cols >= c0) & (rel_cols < c1)
+            # Relevant items never count against their query.
+            scores[
+                torch.as_tensor(rel_rows[inside], device=device),
+                torch.as_tensor(rel_cols[inside] - c0, device=device),
+            ] = -torch.inf
+            beaten += (scores >= threshold).sum(dim=1)
+        ranks[r0:r1] = (1 + beaten).cpu().numpy()
     return ranks
 
 
@@ -87,42 +115,43 @@ def rank_table(
     levels: np.ndarray,
     repeats: np.ndarray,
     text_emb: np.ndarray,
-    text_ids: np.ndarray,
     pair_ids: Sequence[str],
+    relevance: Mapping[str, tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
     *,
     block: int = DEFAULT_BLOCK,
     tol: float = DEFAULT_TOL,
+    device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
-    """Ranks in both directions at every (level, repeat) condition.
+    """Ranks in both directions at every (level, repeat) condition and relevance mode, scored on ``device``.
 
     ``image_emb`` is (C, N, D) for C conditions and the N manifest pairs; ``text_emb`` is (U, D)
-    for the unique texts and ``text_ids`` (N,) maps each pair to its text. Returns the tidy table
-    ``level, repeat, direction, query_id, rank, n_relevant, n_candidates``; image queries are named
-    by their pair id, text queries by :func:`text_query_ids`.
+    for the unique texts. ``relevance`` maps each mode to (text ids relevant to each pair's image,
+    pair positions relevant to each text), as :meth:`medret.manifest.Manifest.relevance` returns.
+    Returns the tidy table ``level, repeat, relevance, direction, query_id, rank, n_relevant,
+    n_candidates``; image queries are named by their pair id, text queries by :func:`text_query_ids`.
     """
     n, u = len(pair_ids), len(text_emb)
-    i2t_rel = [np.asarray([t], dtype=np.int64) for t in text_ids.tolist()]
-    t2i_rel = relevance_from_labels(np.arange(u), text_ids)
-    t2i_nrel = np.asarray([len(r) for r in t2i_rel], dtype=np.int64)
     frames = []
     for c in range(len(levels)):
-        i2t = pessimistic_ranks(image_emb[c], text_emb, i2t_rel, block=block, tol=tol)
-        t2i = pessimistic_ranks(text_emb, image_emb[c], t2i_rel, block=block, tol=tol)
-        for direction, queries, ranks, nrel, ncand in (
-            ("i2t", list(pair_ids), i2t, np.ones(n, np.int64), u),
-            ("t2i", text_query_ids(u), t2i, t2i_nrel, n),
-        ):
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "level": float(levels[c]),
-                        "repeat": int(repeats[c]),
-                        "direction": direction,
-                        "query_id": queries,
-                        "rank": ranks,
-                        "n_relevant": nrel,
-                        "n_candidates": ncand,
-                    }
+        for mode, (i2t_rel, t2i_rel) in relevance.items():
+            i2t = pessimistic_ranks(image_emb[c], text_emb, i2t_rel, block=block, tol=tol, device=device)
+            t2i = pessimistic_ranks(text_emb, image_emb[c], t2i_rel, block=block, tol=tol, device=device)
+            for direction, queries, ranks, rel, ncand in (
+                ("i2t", list(pair_ids), i2t, i2t_rel, u),
+                ("t2i", text_query_ids(u), t2i, t2i_rel, n),
+            ):
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "level": float(levels[c]),
+                            "repeat": int(repeats[c]),
+                            "relevance": mode,
+                            "direction": direction,
+                            "query_id": queries,
+                            "rank": ranks,
+                            "n_relevant": np.fromiter((len(r) for r in rel), dtype=np.int64, count=len(rel)),
+                            "n_candidates": ncand,
+                        }
+                    )
                 )
-            )
     return pd.concat(frames, ignore_index=True)

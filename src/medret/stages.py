@@ -219,8 +219,13 @@ def compute_ranks(
     specs_path: str | Path,
     out_path: str | Path,
     block: int,
+    dataset: str,
+    relevance: Mapping[str, Any],
 ) -> None:
-    """Rank both directions at every level from one model's text and image embeddings."""
+    """Rank both directions at every level and relevance mode from one model's text and image embeddings.
+
+    ``relevance``: the dataset's ``relevance`` (modes) and ``uncertain_labels`` settings.
+    """
     from medret.embeddings import EmbeddingFile, check_provenance
     from medret.manifest import Manifest, read_table, write_table
     from medret.retrieval import rank_table
@@ -232,14 +237,17 @@ def compute_ranks(
     check_provenance([images], {"corruption_spec_digest": spec_meta["digest"]})
     if list(images.arrays["ids"]) != manifest.pair_ids or list(text.arrays["texts"]) != manifest.texts:
         raise MedretError(f"{image_path}: ids do not match {manifest_path}; delete it and re-run the workflow")
+    key = f"datasets.{dataset}.relevance"
+    uncertain = relevance["uncertain_labels"]
+    sets = {mode: manifest.relevance(mode, uncertain=uncertain, key=key) for mode in relevance["relevance"]}
     start = time.perf_counter()
     ranks = rank_table(
         images.arrays["embeddings"],
         images.arrays["levels"],
         images.arrays["repeats"],
         text.arrays["embeddings"],
-        manifest.text_ids,
         manifest.pair_ids,
+        sets,
         block=block,
     )
     print(f"ranked {len(ranks)} queries in {time.perf_counter() - start:.1f} s", file=sys.stderr)
@@ -293,13 +301,14 @@ def plot_results(
     corruption: str,
     recall_paths: Sequence[str | Path],
     robustness_paths: Sequence[str | Path],
+    kind: str = "occlusion",
 ) -> None:
-    """Recall-vs-level curves and robustness summaries of one corruption."""
+    """Recall-vs-level curves and robustness summaries of one corruption (of kind ``kind``)."""
     from medret import plots
 
     table = pd.read_csv(metrics_path)
-    plots.plot_recall_curves(table, corruption, recall_paths)
-    plots.plot_robustness(pd.read_csv(robustness_path), corruption, robustness_paths)
+    plots.plot_recall_curves(table, corruption, recall_paths, kind=kind)
+    plots.plot_robustness(pd.read_csv(robustness_path), corruption, robustness_paths, kind=kind)
 
 
 def plot_examples(

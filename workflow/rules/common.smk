@@ -102,6 +102,12 @@ def dataset_entry(wildcards):
     return DATASETS[wildcards.dataset]
 
 
+def dataset_relevance(wildcards):
+    """The dataset's relevance settings (only these re-run the ranks when edited)."""
+    entry = DATASETS[wildcards.dataset]
+    return {k: entry[k] for k in ("relevance", "uncertain_labels")}
+
+
 def dataset_image_size(wildcards):
     return DATASETS[wildcards.dataset]["image_size"]
 

@@ -27,6 +27,8 @@ rule plot_results:
     localrule: True
     conda:
         "../../envs/medret.yaml"
+    params:
+        entry=corruption_entry,
     script:
         "../scripts/plot_results.py"
 

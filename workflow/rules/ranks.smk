@@ -16,5 +16,6 @@ rule ranks:
     threads: 1
     params:
         block=config["evaluation"]["block"],
+        relevance=dataset_relevance,
     script:
         "../scripts/ranks.py"

@@ -8,4 +8,6 @@ with script_context(snakemake.log[0], snakemake.threads):
         snakemake.input.specs,
         snakemake.output[0],
         block=snakemake.params.block,
+        dataset=snakemake.wildcards.dataset,
+        relevance=snakemake.params.relevance,
     )
