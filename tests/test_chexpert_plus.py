@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 
 from medret.datasets import get_adapter, load_pairs
-from medret.datasets.chexpert_plus import chosen_section, clean_text, pick_section
-from medret.datasets.mimic import CHEXPERT_LABELS, label_column
+from medret.datasets.common import CHEXPERT_LABELS, chosen_section, clean_text, label_column, pick_section
 from medret.errors import MedretError
 from medret.manifest import select_pairs
 

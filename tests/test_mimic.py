@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from medret.datasets import get_adapter, load_pairs
-from medret.datasets.mimic import CHEXPERT_LABELS, choose_section, label_column, report_sections
+from medret.datasets.common import CHEXPERT_LABELS, label_column
+from medret.datasets.mimic import choose_section, report_sections
 from medret.errors import MedretError
 from medret.manifest import select_pairs
 
@@ -412,7 +413,7 @@ def test_bad_inputs_at_load(tmp_path):
     # Wrong columns (e.g. the 1.0 metadata or another CSV).
     bad = tmp_path / "bad.csv"
     bad.write_text("dicom_id,study\nx,1\n", encoding="utf-8")
-    with pytest.raises(MedretError, match=r"missing column.*subject_id.*MIMIC-CXR-JPG 2\.x"):
+    with pytest.raises(MedretError, match=r"missing column.*subject_id.*expected the MIMIC-CXR-JPG file"):
         load_pairs("mimic", entry, [str(bad), *sources[1:]])
     # Reports that hold none of the studies, and a file that is not a zip.
     empty = tmp_path / "empty.zip"

@@ -39,7 +39,7 @@ from typing import Any
 import pandas as pd
 
 from medret.datasets import DatasetAdapter, register_adapter
-from medret.datasets.chexpert_plus import (
+from medret.datasets.common import (
     check_section,
     clean_text,
     find_table,
@@ -47,6 +47,7 @@ from medret.datasets.chexpert_plus import (
     pick_section,
     read_csv_columns,
     read_study_ids,
+    study_list_source,
     unique_rows,
 )
 from medret.errors import MedretError
@@ -76,12 +77,7 @@ def _iu_sources(name: str, entry: Mapping[str, Any]) -> list[str]:
             f"{root / IMAGES}: image directory not found; set {key} to the Kaggle chest-xrays-indiana-university "
             "directory as downloaded (it holds images/images_normalized/)"
         )
-    if entry.get("study_list"):
-        study_list = Path(entry["study_list"])
-        if not study_list.is_file():
-            raise MedretError(f"{study_list}: study list not found; check the config key datasets.{name}.study_list")
-        sources.append(str(study_list))
-    return sources
+    return sources + study_list_source(entry, name)
 
 
 def load_iu_xray(entry: Mapping[str, Any], sources: list[str]) -> pd.DataFrame:

@@ -50,40 +50,30 @@ from typing import Any
 import pandas as pd
 
 from medret.datasets import DatasetAdapter, register_adapter
+from medret.datasets.common import (
+    CHEXPERT_LABELS,
+    check_section,
+    find_table,
+    keep_studies,
+    label_column,
+    pick_section,
+    read_csv_columns,
+    read_study_ids,
+    study_list_source,
+)
 from medret.errors import MedretError
 
 METADATA = "mimic-cxr-2.0.0-metadata"
 SPLIT = "mimic-cxr-2.0.0-split"
 CHEXPERT = "mimic-cxr-2.0.0-chexpert"
-CHEXPERT_LABELS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
-SECTIONS = ("impression", "findings", "longest")
-
+WHAT = "MIMIC-CXR-JPG file"
+_DIGITS = re.compile(r"\d+")
 _SEPARATOR = re.compile(r"^\s*_{3,}\s*$")
 _BANNER = re.compile(r"^\s*FINAL\s+(REPORT|ADDENDUM)\s*$")
 _WET_READ = re.compile(r"^\s*WET\s+READ\b")
 _ADDENDUM = re.compile(r"^\s*ADDENDUM\b")
 _HEADER = re.compile(r"^\s*([A-Z][A-Z ()/,&'-]*[A-Z)])\s*:(.*)$")
 _REPORT_MEMBER = re.compile(r"(?:^|/)p(\d+)/s(\d+)\.txt$")
-
-
-def label_column(finding: str) -> str:
-    """``Enlarged Cardiomediastinum`` -> ``label_enlarged_cardiomediastinum``."""
-    return "label_" + re.sub(r"[^a-z0-9]+", "_", finding.lower()).strip("_")
 
 
 # --- report sectioning ---------------------------------------------------------------------------
@@ -147,59 +137,29 @@ def report_sections(text: str) -> dict[str, str]:
 def choose_section(text: str, section: str) -> str:
     """The configured ``section`` of a report: impression, findings or the longer of the two."""
     parts = report_sections(text)
-    if section == "longest":
-        # Ties go to the impression.
-        return parts["findings"] if len(parts["findings"]) > len(parts["impression"]) else parts["impression"]
-    return parts[section]
+    return pick_section(parts["findings"], parts["impression"], section)
 
 
 # --- files ---------------------------------------------------------------------------------------
-
-
-def _table_path(root: Path, stem: str, key: str) -> Path:
-    for suffix in (".csv", ".csv.gz"):
-        if (root / f"{stem}{suffix}").is_file():
-            return root / f"{stem}{suffix}"
-    raise MedretError(f"{root / stem}.csv(.gz): MIMIC-CXR-JPG file not found; check the config key {key}")
 
 
 def _mimic_sources(name: str, entry: Mapping[str, Any]) -> list[str]:
     for key in ("root", "reports"):
         if key not in entry:
             raise MedretError(f"config key datasets.{name}.{key} is missing; see the mimic_cxr adapter's options")
-    section = entry.get("section", "impression")
-    if section not in SECTIONS:
-        raise MedretError(f"config key datasets.{name}.section is {section!r}; use one of: {', '.join(SECTIONS)}")
+    check_section(entry, f"datasets.{name}.section")
     root = Path(entry["root"])
     if not root.is_dir():
         raise MedretError(f"{root}: MIMIC-CXR-JPG directory not found; check the config key datasets.{name}.root")
-    tables = [str(_table_path(root, stem, f"datasets.{name}.root")) for stem in (METADATA, SPLIT, CHEXPERT)]
+    key = f"datasets.{name}.root"
+    tables = [str(find_table(root, f"{stem}.csv", WHAT, key)) for stem in (METADATA, SPLIT, CHEXPERT)]
     reports = Path(entry["reports"])
     if not reports.exists():
         raise MedretError(
             f"{reports}: MIMIC-CXR reports not found (mimic-cxr-reports.zip or its unpacked directory); "
             f"check the config key datasets.{name}.reports"
         )
-    sources = [*tables, str(reports)]
-    if entry.get("study_list"):
-        study_list = Path(entry["study_list"])
-        if not study_list.is_file():
-            raise MedretError(f"{study_list}: study list not found; check the config key datasets.{name}.study_list")
-        sources.append(str(study_list))
-    return sources
-
-
-def _read_csv(path: str, columns: tuple[str, ...], key: str) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise MedretError(f"{path}: MIMIC-CXR-JPG file not found; check the config key {key}")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise MedretError(f"{path}: not a readable CSV ({exc}); download it again from PhysioNet") from exc
-    missing = [c for c in columns if c not in raw.columns]
-    if missing:
-        raise MedretError(f"{path}: missing column(s) {', '.join(missing)}; is this the MIMIC-CXR-JPG 2.x file?")
-    return raw
+    return [*tables, str(reports), *study_list_source(entry, name)]
 
 
 def _study_id(value: str) -> str:
@@ -209,22 +169,7 @@ def _study_id(value: str) -> str:
 
 def read_study_list(path: str | Path) -> set[str]:
     """Study ids (without the ``s`` prefix) of a study-list file (formats in the module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MedretError(f"{path}: study list not found; check the config key datasets.<name>.study_list")
-    lines = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    lines = [line for line in lines if line]
-    if lines and "study_id" in [c.strip() for c in lines[0].split(",")]:
-        ids = pd.read_csv(path, dtype=str, keep_default_na=False, comment="#")["study_id"].tolist()
-    else:
-        ids = lines
-    ids = {_study_id(i) for i in ids} - {""}
-    bad = sorted(i for i in ids if not i.isdigit())
-    if bad:
-        raise MedretError(f"{path}: {bad[0]!r} is not a study id; list ids like 50414267 or s50414267")
-    if not ids:
-        raise MedretError(f"{path}: the study list is empty; list one study id a line")
-    return ids
+    return read_study_ids(path, _DIGITS, "50414267 or s50414267", normalise=_study_id)
 
 
 def read_reports(path: str | Path, studies: Mapping[str, str]) -> dict[str, str]:
@@ -258,25 +203,18 @@ def read_reports(path: str | Path, studies: Mapping[str, str]) -> dict[str, str]
 
 def load_mimic(entry: Mapping[str, Any], sources: list[str]) -> pd.DataFrame:
     """Read MIMIC-CXR into the standard pairs table (``sources`` as listed by the adapter)."""
-    section = entry.get("section", "impression")
-    if section not in SECTIONS:
-        raise MedretError(f"config key datasets.<name>.section is {section!r}; use one of: {', '.join(SECTIONS)}")
+    section = check_section(entry, "datasets.<name>.section")
     root_key = "datasets.<name>.root"
-    meta = _read_csv(sources[0], ("dicom_id", "subject_id", "study_id", "ViewPosition"), root_key)
-    split = _read_csv(sources[1], ("dicom_id", "split"), root_key)
-    chexpert = _read_csv(sources[2], ("study_id", *CHEXPERT_LABELS), root_key)
+    meta = read_csv_columns(sources[0], ("dicom_id", "subject_id", "study_id", "ViewPosition"), WHAT, root_key)
+    split = read_csv_columns(sources[1], ("dicom_id", "split"), WHAT, root_key)
+    chexpert = read_csv_columns(sources[2], ("study_id", *CHEXPERT_LABELS), WHAT, root_key)
     if meta.empty:
         raise MedretError(f"{sources[0]}: the metadata CSV has no rows; download it again from PhysioNet")
 
     meta = meta[["dicom_id", "subject_id", "study_id", "ViewPosition"]].apply(lambda col: col.str.strip())
     if entry.get("study_list"):
-        keep = read_study_list(sources[4] if len(sources) > 4 else entry["study_list"])
-        meta = meta[meta["study_id"].isin(keep)]
-        if meta.empty:
-            raise MedretError(
-                f"{entry['study_list']}: none of its {len(keep)} study ids is in {sources[0]}; "
-                "check the config key datasets.<name>.study_list"
-            )
+        study_list = sources[4] if len(sources) > 4 else entry["study_list"]
+        meta = keep_studies(meta, read_study_list(study_list), study_list, sources[0])
     split = split.assign(dicom_id=split["dicom_id"].str.strip(), split=split["split"].str.strip())
     table = meta.merge(split[["dicom_id", "split"]].drop_duplicates("dicom_id"), on="dicom_id", how="left")
     table["split"] = table["split"].fillna("")
