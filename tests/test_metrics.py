@@ -11,6 +11,7 @@ import pytest
 
 from medret.errors import MedretError
 from medret.metrics import (
+    COMPARISON_COLUMNS,
     KS,
     METRICS,
     METRICS_COLUMNS,
@@ -26,6 +27,7 @@ from medret.metrics import (
     mean_reciprocal_rank,
     median_rank,
     recall_at_k,
+    repeat_weights,
 )
 
 
@@ -194,7 +196,7 @@ def test_constant_score_model_scores_zero_recall():
         block(np.full(n_q, n), direction="t2i", n_candidates=n, n_relevant=1),
         block(np.full(n_q, n - 3 + 1), direction="i2t", n_candidates=n, n_relevant=3),
     )
-    metrics, _ = evaluate(ranks, None, dataset="toy", n_boot=200)
+    metrics, _, _ = evaluate(ranks, None, dataset="toy", n_boot=200)
     for direction, m in (("t2i", 1), ("i2t", 3)):
         for k in KS:  # every K < N - m + 1
             r = row(metrics, f"R@{k}", direction=direction)
@@ -214,7 +216,7 @@ def test_repeats_are_averaged_per_query_first():
         block([1, 2, 1], level=0.5, repeat=0, query_ids=ids),
         block([3, 20, 1], level=0.5, repeat=1, query_ids=ids),
     )
-    metrics, _ = evaluate(ranks, None, dataset="toy", n_boot=100)
+    metrics, _, _ = evaluate(ranks, None, dataset="toy", n_boot=100)
     at = {"level": 0.5}
     # per-query hit@1 over repeats: a (1+0)/2 = 0.5, b 0, c 1 → (0.5 + 0 + 1)/3 = 50 %
     assert row(metrics, "R@1", **at).value == pytest.approx(50.0)
@@ -230,7 +232,7 @@ def test_repeats_are_averaged_per_query_first():
 
 def test_output_columns_and_rows():
     ranks = synthetic(n_q=50, models=("a", "b"), levels=(0.0, 0.1, 0.2))
-    metrics, robustness = evaluate(ranks, None, dataset="toy", n_boot=50)
+    metrics, robustness, _ = evaluate(ranks, None, dataset="toy", n_boot=50)
     assert tuple(metrics.columns) == METRICS_COLUMNS
     assert tuple(robustness.columns) == ROBUSTNESS_COLUMNS
     assert len(metrics) == 2 * 3 * 2 * len(METRICS)  # models × levels × directions × metrics
@@ -292,7 +294,7 @@ def test_evaluate_cis_equal_explicit_loop_percentiles():
         block([1, 2, 7, 1, 30, 4, 1, 1, 9, 2, 1, 50], level=0.0, query_ids=ids, n_candidates=60),
         block([3, 2, 7, 8, 30, 4, 1, 20, 9, 2, 5, 50], level=1.0, query_ids=ids, n_candidates=60),
     )
-    metrics, robustness = evaluate(ranks, patients, dataset="toy", n_boot=300, seed=11)
+    metrics, robustness, _ = evaluate(ranks, patients, dataset="toy", n_boot=300, seed=11)
     cluster, counts = bootstrap_counts([patients[q] for q in sorted(ids)], 300, 11)
     r = {lv: ranks.loc[ranks["level"] == lv, "rank"].to_numpy(float) for lv in (0.0, 1.0)}
     stats = {lv: np.stack([hits(r[lv], 1), 1 / r[lv]], axis=1) for lv in r}
@@ -314,11 +316,11 @@ def test_evaluate_cis_equal_explicit_loop_percentiles():
 
 def test_bootstrap_is_deterministic_and_seed_dependent():
     ranks = synthetic(n_q=400)
-    m1, r1 = evaluate(ranks, None, dataset="toy", n_boot=500, seed=0)
-    m2, r2 = evaluate(ranks, None, dataset="toy", n_boot=500, seed=0)
+    m1, r1, _ = evaluate(ranks, None, dataset="toy", n_boot=500, seed=0)
+    m2, r2, _ = evaluate(ranks, None, dataset="toy", n_boot=500, seed=0)
     pd.testing.assert_frame_equal(m1, m2)
     pd.testing.assert_frame_equal(r1, r2)
-    m3, _ = evaluate(ranks, None, dataset="toy", n_boot=500, seed=1)
+    m3, _, _ = evaluate(ranks, None, dataset="toy", n_boot=500, seed=1)
     np.testing.assert_array_equal(m1["value"], m3["value"])  # the point estimate is the full sample
     means = m1["metric"] != "median_rank"
     assert (m1["ci_low"] != m3["ci_low"])[means].any()
@@ -328,7 +330,7 @@ def test_bootstrap_is_deterministic_and_seed_dependent():
 
 
 def test_point_estimate_inside_its_interval():
-    metrics, robustness = evaluate(synthetic(n_q=400), None, dataset="toy", n_boot=500)
+    metrics, robustness, _ = evaluate(synthetic(n_q=400), None, dataset="toy", n_boot=500)
     for frame in (metrics, robustness.dropna(subset=["value"])):
         assert (frame["ci_low"] <= frame["value"] + 1e-12).all()
         assert (frame["value"] <= frame["ci_high"] + 1e-12).all()
@@ -341,8 +343,8 @@ def test_clusters_widen_the_interval():
     ids = [f"q{i:03d}" for i in range(400)]
     ranks = block(np.repeat(outcome, 2), query_ids=ids)
     patients = {q: f"p{i // 2}" for i, q in enumerate(ids)}
-    clustered, _ = evaluate(ranks, patients, dataset="toy", n_boot=1000)
-    independent, _ = evaluate(ranks, None, dataset="toy", n_boot=1000)
+    clustered, _, _ = evaluate(ranks, patients, dataset="toy", n_boot=1000)
+    independent, _, _ = evaluate(ranks, None, dataset="toy", n_boot=1000)
     width = {
         name: row(t, "R@1").ci_high - row(t, "R@1").ci_low
         for name, t in (("clustered", clustered), ("independent", independent))
@@ -355,7 +357,7 @@ def test_bernoulli_interval_matches_normal_theory():
     rng = np.random.default_rng(2024)
     n, p = 2000, 0.3
     ranks = block(np.where(rng.random(n) < p, 1, 100))
-    metrics, _ = evaluate(ranks, None, dataset="toy", n_boot=2000, seed=9)
+    metrics, _, _ = evaluate(ranks, None, dataset="toy", n_boot=2000, seed=9)
     r = row(metrics, "R@1")
     phat = r.value / 100
     half = 100 * 1.96 * math.sqrt(phat * (1 - phat) / n)  # ≈ 2.0 pp
@@ -368,8 +370,8 @@ def test_adding_a_model_does_not_change_another_models_cis():
     one = synthetic(n_q=200, models=("a",), seed=1)
     two = table(one, synthetic(n_q=200, models=("b",), seed=2))
     patients = {f"q{i:04d}": f"p{i // 3}" for i in range(200)}
-    m1, r1 = evaluate(one, patients, dataset="toy", n_boot=400)
-    m2, r2 = evaluate(two, patients, dataset="toy", n_boot=400)
+    m1, r1, _ = evaluate(one, patients, dataset="toy", n_boot=400)
+    m2, r2, _ = evaluate(two, patients, dataset="toy", n_boot=400)
     for alone, joint in ((m1, m2), (r1, r2)):
         joint = joint[joint["model"] == "a"].reset_index(drop=True)
         assert joint[["metric", "direction"]].equals(alone[["metric", "direction"]])
@@ -387,7 +389,7 @@ def test_robustness_on_a_hand_made_curve():
     blocks = [
         block([1] * hit + [20] * (10 - hit), level=lv, n_candidates=20) for lv, hit in ((0.0, 8), (0.5, 4), (1.0, 0))
     ]
-    _, rob = evaluate(table(*blocks), None, dataset="toy", n_boot=200)
+    _, rob, _ = evaluate(table(*blocks), None, dataset="toy", n_boot=200)
 
     def value(metric, quantity, level=None):
         sel = (rob["metric"] == metric) & (rob["quantity"] == quantity)
@@ -412,19 +414,19 @@ def test_robustness_with_uneven_levels_and_zero_clean_value():
     blocks = [
         block([1] * hit + [9] * (4 - hit), level=lv, n_candidates=9) for lv, hit in ((0.0, 4), (0.25, 2), (1.0, 0))
     ]
-    _, rob = evaluate(table(*blocks), None, dataset="toy", n_boot=100)
+    _, rob, _ = evaluate(table(*blocks), None, dataset="toy", n_boot=100)
     auc = rob[(rob["metric"] == "R@1") & (rob["quantity"] == "auc")]["value"].iloc[0]
     assert auc == pytest.approx(37.5)
     # a curve whose clean value is 0: nauc and relative drops are undefined
     zero = [block([9, 9], level=lv, n_candidates=9) for lv in (0.0, 0.5)]
-    _, rob = evaluate(table(*zero), None, dataset="toy", n_boot=100)
+    _, rob, _ = evaluate(table(*zero), None, dataset="toy", n_boot=100)
     ratio = rob[(rob["metric"] == "R@1") & (rob["quantity"] != "auc")]
     assert ratio[["value", "ci_low", "ci_high"]].isna().all().all()  # value(0) = 0: undefined, no error
 
 
 def test_robustness_skips_curves_without_level_zero():
     ranks = table(block([1, 2], level=0.1), block([3, 4], level=0.5), block([1, 1], level=0.0, model="other"))
-    metrics, rob = evaluate(ranks, None, dataset="toy", n_boot=50)
+    metrics, rob, _ = evaluate(ranks, None, dataset="toy", n_boot=50)
     assert rob.empty and tuple(rob.columns) == ROBUSTNESS_COLUMNS
     assert len(metrics) == 3 * len(METRICS)
 
@@ -442,7 +444,7 @@ def test_relevance_modes_are_separate_rows_with_their_own_chance():
     # relevant texts (labels). Hand-computed: exact R@1 = 2/4 (ranks 1, 1, 3, 5); labels R@1 = 3/4.
     exact = block([1, 1, 3, 5], n_candidates=10, n_relevant=1)
     labels = block([1, 1, 1, 2], n_candidates=10, n_relevant=3, relevance="labels")
-    metrics, robustness = evaluate(table(exact, labels), None, dataset="toy", n_boot=20)
+    metrics, robustness, _ = evaluate(table(exact, labels), None, dataset="toy", n_boot=20)
     assert sorted(metrics["relevance"].unique()) == ["exact", "labels"]
     assert row(metrics, "R@1", relevance="exact").value == pytest.approx(50.0)
     assert row(metrics, "R@1", relevance="labels").value == pytest.approx(75.0)
@@ -488,9 +490,9 @@ def test_clusters_mapping_must_cover_every_query():
     with pytest.raises(MedretError, match=r"clusters.*'q0002'"):
         evaluate(_good(), {"q0000": "p1", "q0001": "p1"}, dataset="toy", n_boot=10)
     # a None (or NaN, from a pandas Series) value makes a query its own cluster
-    m1, _ = evaluate(_good(), {"q0000": "p1", "q0001": "p1", "q0002": None}, dataset="toy", n_boot=50)
+    m1, _, _ = evaluate(_good(), {"q0000": "p1", "q0001": "p1", "q0002": None}, dataset="toy", n_boot=50)
     series = pd.Series({"q0000": "p1", "q0001": "p1", "q0002": np.nan})
-    m2, _ = evaluate(_good(), series, dataset="toy", n_boot=50)
+    m2, _, _ = evaluate(_good(), series, dataset="toy", n_boot=50)
     pd.testing.assert_frame_equal(m1, m2)
     assert len(m1) == 2 * len(METRICS)
 
@@ -505,8 +507,72 @@ def test_bad_bootstrap_settings_raise():
 def test_evaluate_on_a_demo_sized_table():
     # 3 models × 11 levels × 2 directions × 500 queries, B = 1000 (speed belongs in benchmarks/)
     ranks = synthetic(n_q=500, models=("a", "b", "c"), levels=tuple(np.round(np.arange(11) / 10, 1)), n_cand=500)
-    metrics, robustness = evaluate(ranks, None, dataset="toy", n_boot=1000)
+    metrics, robustness, _ = evaluate(ranks, None, dataset="toy", n_boot=1000)
     assert len(metrics) == 3 * 11 * 2 * len(METRICS)
     assert metrics[["value", "ci_low", "ci_high"]].notna().all().all()
     # auc + nauc + 10 relative drops per (model, direction, metric)
     assert len(robustness) == 3 * 2 * 4 * 12
+
+
+# ---------------------------------------------------------------------------------------------------
+# Repeats in the bootstrap, paired comparisons
+
+
+def test_interval_covers_the_choice_of_placements():
+    # One query (so resampling queries changes nothing) hit at repeat 0 and missed at repeat 1:
+    # R@1 = 50 %. Resampling the two repeats gives 100, 50, 0 % with probabilities 1/4, 1/2, 1/4.
+    ranks = table(
+        block([1], level=0.0, query_ids=["q"]),
+        block([1], level=0.5, repeat=0, query_ids=["q"]),
+        block([7], level=0.5, repeat=1, query_ids=["q"]),
+    )
+    metrics, _, _ = evaluate(ranks, None, dataset="toy", n_boot=4000, seed=3)
+    r1 = row(metrics, "R@1", level=0.5)
+    assert (r1.value, r1.ci_low, r1.ci_high) == (50.0, 0.0, 100.0)
+    w = repeat_weights(2, 4000, 3)
+    assert w.shape == (4000, 2) and np.allclose(w.sum(axis=1), 1.0)
+    assert np.mean(w[:, 0] == 1.0) == pytest.approx(0.25, abs=0.03)
+    assert np.array_equal(repeat_weights(2, 4000, 3), w) and np.all(repeat_weights(1, 5, 0) == 1.0)
+    # The median rank resamples queries only: one query, no interval.
+    med = row(metrics, "median_rank", level=0.5)
+    assert (med.value, med.ci_low, med.ci_high) == (4.0, 4.0, 4.0)
+
+
+def _pair_of_models(hits_a: np.ndarray, hits_b: np.ndarray) -> pd.DataFrame:
+    """Two models whose queries are hits (rank 1) or misses (rank 50) at levels 0 and 0.5."""
+    blocks = []
+    for model, h in (("a", hits_a), ("b", hits_b)):
+        for level in (0.0, 0.5):
+            blocks.append(block(np.where(h, 1, 50), model=model, level=level, n_candidates=100))
+    return table(*blocks)
+
+
+def test_paired_bootstrap_recovers_a_known_difference():
+    rng = np.random.default_rng(0)
+    hits_a = rng.random(400) < 0.6
+    hits_b = hits_a.copy()
+    hits_b[np.flatnonzero(hits_a)[:80]] = False  # b misses 80 of a's hits: 20 points lower
+    _, _, comparisons = evaluate(_pair_of_models(hits_a, hits_b), None, dataset="toy", n_boot=1000)
+    assert tuple(comparisons.columns) == COMPARISON_COLUMNS
+    r1 = comparisons[(comparisons.metric == "R@1") & (comparisons.quantity == "value") & (comparisons.level == 0.5)]
+    [[diff, low, high, p]] = r1[["difference", "ci_low", "ci_high", "p_value"]].to_numpy()
+    assert diff == pytest.approx(20.0) and 15.0 < low < 20.0 < high < 25.0
+    assert p == pytest.approx(2 / 1001)  # no replicate at or below zero: the smallest p-value
+    # nAUC rows: a curve per model and direction, compared too (flat curves: nAUC 1 each, difference 0).
+    nauc = comparisons[comparisons.quantity == "nauc"]
+    assert len(nauc) == 4 and np.allclose(nauc["difference"], 0.0) and nauc["level"].isna().all()
+
+
+def test_paired_bootstrap_reports_no_difference_where_there_is_none():
+    rng = np.random.default_rng(1)
+    hits_a = rng.random(400) < 0.6
+    _, _, comparisons = evaluate(_pair_of_models(hits_a, hits_a), None, dataset="toy", n_boot=500)
+    values = comparisons[comparisons.quantity == "value"]
+    assert (values["difference"] == 0).all() and (values["ci_low"] == 0).all() and (values["ci_high"] == 0).all()
+    assert (values["p_value"] == 1.0).all()
+    # Same hit rate, different queries (a permutation): no difference on the full sample, and the
+    # paired interval straddles zero.
+    _, _, comparisons = evaluate(_pair_of_models(hits_a, rng.permutation(hits_a)), None, dataset="toy", n_boot=1000)
+    r5 = comparisons[(comparisons.metric == "R@5") & (comparisons.quantity == "value")]
+    assert (r5["difference"] == 0).all() and (r5["ci_low"] < 0).all() and (r5["ci_high"] > 0).all()
+    assert (r5["p_value"] > 0.5).all()

@@ -91,6 +91,7 @@ def test_full_run_outputs(demo_run):
         "ci_high",
         "n_queries",
         "chance",
+        "text_frequency",
     ]
     assert set(metrics["metric"]) == {"R@1", "R@5", "R@10", "MRR", "median_rank"}
     assert set(metrics["direction"]) == {"i2t", "t2i"} and set(metrics["relevance"]) == {"exact", "labels"}
@@ -127,6 +128,12 @@ def test_full_run_outputs(demo_run):
         assert {"model_spec_hash", "manifest_digest", "corruption_spec_digest", "medret_version"} <= set(f.attrs)
     with h5py.File(res / "images" / "eval.h5") as f:
         assert f["images"].dtype == "uint8" and f["images"].shape == (96, 64, 64) and "manifest_digest" in f.attrs
+    i2t = metrics[(metrics.direction == "i2t") & (metrics.metric == "R@5")]
+    assert i2t["text_frequency"].notna().all() and (i2t["text_frequency"] > 0).all()  # the image-blind floor
+    summary = (res / "summary.md").read_text(encoding="utf-8")
+    for heading in ("## occlusion", "## noise", "### image → report, label match (96 queries)"):
+        assert heading in summary
+    assert pd.read_csv(res / "comparisons.csv").empty  # one model: nothing to compare
     assert planned_jobs(demo_run, MINI) == {}, "a second run has nothing to do"
     assert not list(demo_run.rglob("*.partial")), "no temporary files are left"
 
@@ -141,6 +148,7 @@ def test_adding_a_model_runs_only_its_jobs(demo_run):
         "embed_images": 2,
         "ranks": 2,
         "metrics": 1,
+        "summary": 1,
         "plot_results": 2,
         "all": 1,
     }
@@ -178,11 +186,16 @@ def test_a_pretrained_family_joins_the_study(demo_run, tmp_path):
     config = copy.deepcopy(MINI)
     config["models"]["tiny-clip"] = {"family": "open_clip", "model": str(arch), "checkpoint": str(tmp_path / "tiny.pt")}
     config["models"]["tiny-biomedclip"] = {"family": "biomedclip", "checkpoint": str(biomedclip)}
-    expected = {"embed_texts": 2, "embed_images": 4, "ranks": 4, "metrics": 1, "plot_results": 2, "all": 1}
+    expected = {"embed_texts": 2, "embed_images": 4, "ranks": 4, "metrics": 1, "summary": 1, "plot_results": 2}
+    expected["all"] = 1
     assert planned_jobs(run, config) == expected
     snakemake(run, config)
     metrics = pd.read_csv(run / "results" / "demo" / "metrics.csv")
     assert set(metrics["model"]) == {"local", "tiny-clip", "tiny-biomedclip"}
+    comparisons = pd.read_csv(run / "results" / "demo" / "comparisons.csv")
+    pairs = set(zip(comparisons["model_a"], comparisons["model_b"], strict=True))
+    assert pairs == {("local", "tiny-biomedclip"), ("local", "tiny-clip"), ("tiny-biomedclip", "tiny-clip")}
+    assert comparisons["p_value"].between(0, 1).all() and set(comparisons["quantity"]) == {"value", "nauc"}
     ranks = pd.read_parquet(run / "results" / "demo" / "ranks" / "tiny-clip" / "occlusion.parquet")
     assert len(ranks) == 2 * 3 * (96 + ranks[ranks.direction == "t2i"]["query_id"].nunique())  # 2 relevance modes
 
@@ -275,6 +288,17 @@ def test_every_published_family_runs_end_to_end(demo_run, tmp_path):
         assert np.abs(a["embeddings"][()] - b["embeddings"][()]).max() < 0.05
 
 
+def test_html_report_builds(demo_run):
+    """`snakemake --report` makes one self-contained HTML file with the plots, tables and protocol."""
+    proc = snakemake(demo_run, MINI, "--report", "report.html")
+    assert "Report created" in proc.stdout + proc.stderr
+    html = (demo_run / "report.html").read_text(encoding="utf-8")
+    assert "Protocol used in this run" in html and "System Message" not in html  # the RST rendered cleanly
+    for name in ("occlusion_recall.png", "noise_examples.png", "metrics.csv", "comparisons.csv", "summary.md"):
+        assert name in html
+    (demo_run / "report.html").unlink()
+
+
 @pytest.mark.parametrize("example", ["mimic-paper.yaml", "mimic-all.yaml"])
 def test_mimic_examples_dry_run_on_a_fixture_tree(tmp_path, example):
     """The shipped MIMIC-CXR configs plan the whole study against a layout-faithful fixture tree."""
@@ -296,7 +320,7 @@ def test_mimic_examples_dry_run_on_a_fixture_tree(tmp_path, example):
     jobs = planned_jobs(tmp_path, config)
     n = len(config["models"])
     assert jobs["manifest"] == 1 and jobs["image_cache"] == 1 and "train_model" not in jobs
-    assert jobs["embed_texts"] == jobs["embed_images"] == jobs["ranks"] == n
+    assert jobs["embed_texts"] == n and jobs["embed_images"] == jobs["ranks"] == n * len(config["corruptions"])
 
 
 def test_config_typo_is_one_line(tmp_path):

@@ -13,12 +13,28 @@ Uncertainty: a percentile bootstrap over clusters (patients). One counts matrix,
 sorted cluster ids, the number of replicates and the seed, weights every model, corruption, level
 and direction, so CIs of differences and of curve summaries (AUC, relative drop) are paired, and
 adding a model never moves another model's CIs.
+
+Repeats (R random placements/draws per level): the means (R@K, MRR) are two-stage bootstraps.
+Each replicate resamples the clusters and, independently, the R repeats (with replacement, as
+whole sets: repeat r is one draw of every pair's placement), so the interval covers both the
+choice of queries and the choice of placements. A replicate's value is the repeat-weighted mean
+of the per-repeat query means, equal on the full sample to averaging each query over its repeats
+first. The repeat draws depend only on R, the number of replicates and the seed, so they too are
+shared by every model and level (paired). The median rank resamples queries only (of each
+query's mean rank over its repeats).
+
+Comparisons (:data:`COMPARISON_COLUMNS`): for every two models, the difference a − b of each
+metric at each level, and of each curve's nAUC, with its percentile interval from the paired
+replicates and a two-sided bootstrap p-value: twice the smaller share of replicates on either side
+of zero, ``min(1, 2 (1 + min(#{d* <= 0}, #{d* >= 0})) / (B + 1))``; identical models get
+difference 0, interval [0, 0] and p = 1.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -56,6 +72,7 @@ METRICS_COLUMNS = (
     "ci_high",
     "n_queries",
     "chance",
+    "text_frequency",
 )
 ROBUSTNESS_COLUMNS = (
     "dataset",
@@ -69,6 +86,22 @@ ROBUSTNESS_COLUMNS = (
     "value",
     "ci_low",
     "ci_high",
+)
+COMPARISON_COLUMNS = (
+    "dataset",
+    "corruption",
+    "relevance",
+    "direction",
+    "metric",
+    "quantity",
+    "level",
+    "model_a",
+    "model_b",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "n_boot",
 )
 _CURVE = ["model", "corruption", "relevance", "direction"]  # one value-vs-level curve
 _CELL = ["model", "corruption", "level", "relevance", "direction"]  # one point of a curve: a metrics row per metric
@@ -307,14 +340,19 @@ def _per_query(ranks: pd.DataFrame) -> pd.DataFrame:
     r = ranks["rank"].to_numpy(float)
     # column "median_rank" holds the rank itself: its per-query mean is what the median is taken of
     stats = {f"R@{k}": 100.0 * hits(r, k) for k in KS} | {"MRR": 1.0 / r, "median_rank": r}
-    table = ranks[[*_CELL, "query_id", "n_candidates", "n_relevant"]].assign(**stats)
+    table = ranks[[*_CELL, "query_id", "repeat", "n_candidates", "n_relevant"]].assign(**stats)
     grouped = table.groupby([*_CELL, "query_id"], sort=True, observed=True)
     per_query = grouped[list(METRICS)].mean()
     pool = grouped[["n_candidates", "n_relevant"]]
     smallest = pool.min()
     if (smallest != pool.max()).any().any():
         raise MedretError("ranks table columns 'n_candidates'/'n_relevant' differ between repeats of a query")
-    per_query = per_query.join(smallest).reset_index()
+    n_rep = grouped["repeat"].agg(["size", "max"])
+    if (n_rep["max"] + 1 != n_rep["size"]).any():
+        raise MedretError("ranks table column 'repeat': each query's repeats at a level must be 0, 1, ..., R-1")
+    per_query = per_query.join(smallest).join(n_rep["size"].rename("n_repeats")).reset_index()
+    if (per_query.groupby(_CELL, observed=True)["n_repeats"].nunique() > 1).any():
+        raise MedretError("ranks table column 'repeat': queries of one level have different numbers of repeats")
     _check_same_queries(per_query)
     return per_query
 
@@ -355,6 +393,14 @@ def _query_clusters(queries: np.ndarray, clusters: Mapping[str, str | None] | No
 # Evaluation
 
 
+class Evaluation(NamedTuple):
+    """What :func:`evaluate` returns: the three tables."""
+
+    metrics: pd.DataFrame
+    robustness: pd.DataFrame
+    comparisons: pd.DataFrame
+
+
 def evaluate(
     ranks: pd.DataFrame,
     clusters: Mapping[str, str | None] | None,
@@ -363,8 +409,9 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (metrics, robustness) tables with paired cluster-bootstrap CIs.
+    floors: pd.DataFrame | None = None,
+) -> Evaluation:
+    """Return the metrics, robustness and comparisons tables with paired cluster-bootstrap CIs.
 
     Metrics, one row per (model, corruption, level, relevance, direction, metric), columns
     ``METRICS_COLUMNS``:
@@ -387,6 +434,11 @@ def evaluate(
     value(0); ``relative_drop`` = 1 − value(level)/value(0) for each level > 0. Ratios are NaN where
     value(0) is 0, and such replicates are left out of the CI. All use the metrics' replicates, so
     the CIs account for the pairing across levels.
+
+    ``text_frequency`` is the floor an image-blind model reaches (:func:`floor_metrics` of
+    ``floors``, matched on relevance, direction and metric; NaN without ``floors``).
+
+    Comparisons, columns ``COMPARISON_COLUMNS``: every two models' paired differences (module doc).
     """
     if not 0.0 < ci < 1.0:
         raise MedretError(f"ci must be between 0 and 1, got {ci}")
@@ -398,25 +450,89 @@ def evaluate(
     cell_codes = per_query.groupby(_CELL, sort=True, observed=True).ngroup().to_numpy()
     cells = _cells(per_query)
 
-    shape = (len(queries), len(cells))
-    present = np.zeros(shape, dtype=bool)
-    present[query_codes, cell_codes] = True
-    values = np.zeros((*shape, len(METRICS)))
-    values[query_codes, cell_codes] = per_query[list(METRICS)].to_numpy(float)
-
-    # metric axis: the means (R@K, MRR) share one matmul; median_rank (last) needs a weighted median
     nm = len(_MEANS)
     point, reps = np.empty((len(cells), len(METRICS))), np.empty((n_boot, len(cells), len(METRICS)))
-    point[:, :nm], reps[:, :, :nm] = _bootstrap_means(values[..., :nm], present, cluster, counts)
+    point[:, :nm], reps[:, :, :nm] = _repeat_bootstrap_means(
+        ranks, cells, queries, cluster, counts, seed=seed, n_repeats=cells["n_repeats"].to_numpy()
+    )
+    # median_rank: a weighted median of each query's mean rank over its repeats
     counts_int = counts.astype(np.int32)
+    mean_rank = per_query["median_rank"].to_numpy(float)
     for c in range(len(cells)):
-        ranks_c = values[present[:, c], c, -1]
-        point[c, -1] = np.median(ranks_c)
-        reps[:, c, -1] = _bootstrap_median(ranks_c, cluster[present[:, c]], counts_int)
+        mine = cell_codes == c
+        point[c, -1] = np.median(mean_rank[mine])
+        reps[:, c, -1] = _bootstrap_median(mean_rank[mine], cluster[query_codes[mine]], counts_int)
 
     metrics = _metrics_table(cells, point, reps, ci, dataset)
-    robustness = _robustness_table(cells, point, reps, ci, dataset)
-    return metrics, robustness
+    if floors is not None:
+        floor = floor_metrics(floors).set_index(["relevance", "direction", "metric"])["value"]
+        keys = pd.MultiIndex.from_frame(metrics[["relevance", "direction", "metric"]])
+        metrics["text_frequency"] = floor.reindex(keys).to_numpy()
+    robustness, curves = _robustness_table(cells, point, reps, ci, dataset)
+    comparisons = _comparisons_table(cells, point, reps, curves, ci, dataset)
+    return Evaluation(metrics, robustness, comparisons)
+
+
+def floor_metrics(ranks: pd.DataFrame) -> pd.DataFrame:
+    """Point metrics (no interval) of a floor model's ranks at one condition.
+
+    ``ranks`` has columns relevance, direction, query_id, rank (one row per query). Returns columns
+    relevance, direction, metric, value, with the same definitions as the metrics table.
+    """
+    rows = []
+    for (relevance, direction), group in ranks.groupby(["relevance", "direction"], sort=True):
+        r = group["rank"].to_numpy(float)
+        values = {f"R@{k}": recall_at_k(r, k) for k in KS}
+        values |= {"MRR": mean_reciprocal_rank(r), "median_rank": median_rank(r)}
+        rows += [{"relevance": relevance, "direction": direction, "metric": m, "value": v} for m, v in values.items()]
+    return pd.DataFrame(rows, columns=["relevance", "direction", "metric", "value"])
+
+
+def repeat_weights(n_repeats: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n_repeats) bootstrap weights of ``n_repeats`` repeats: multinomial counts / n_repeats.
+
+    A pure function of its arguments, so every cell with R repeats shares them (paired).
+    """
+    if n_repeats == 1:
+        return np.ones((n_boot, 1))
+    rng = np.random.default_rng([seed, n_repeats, 0x5EED])
+    return rng.multinomial(n_repeats, np.full(n_repeats, 1.0 / n_repeats), size=n_boot) / n_repeats
+
+
+def _repeat_bootstrap_means(
+    ranks: pd.DataFrame,
+    cells: pd.DataFrame,
+    queries: pd.Index,
+    cluster: np.ndarray,
+    counts: np.ndarray,
+    *,
+    seed: int,
+    n_repeats: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Point (S, T) and two-stage replicates (B, S, T) of the mean metrics (module doc, Repeats)."""
+    r = ranks["rank"].to_numpy(float)
+    stats = np.column_stack([100.0 * hits(r, k) for k in KS] + [1.0 / r])
+    cell_of = pd.MultiIndex.from_frame(cells[_CELL]).get_indexer(pd.MultiIndex.from_frame(ranks[_CELL]))
+    query_of = queries.get_indexer(ranks["query_id"])
+    repeat = ranks["repeat"].to_numpy(np.int64)
+    n_boot, (s, t) = counts.shape[0], (len(cells), stats.shape[1])
+    weights = {int(n): repeat_weights(int(n), n_boot, seed) for n in np.unique(n_repeats)}
+    point, reps = np.zeros((s, t)), np.zeros((n_boot, s, t))
+    for rep in range(int(n_repeats.max())):
+        rows = repeat == rep
+        values = np.zeros((len(queries), s, t))
+        present = np.zeros((len(queries), s), dtype=bool)
+        values[query_of[rows], cell_of[rows]] = stats[rows]
+        present[query_of[rows], cell_of[rows]] = True
+        p_rep, reps_rep = _bootstrap_means(values, present, cluster, counts)
+        has = rep < n_repeats  # cells that have this repeat
+        w = np.zeros((n_boot, s))
+        for n, wn in weights.items():
+            if rep < n:
+                w[:, n_repeats == n] = wn[:, rep : rep + 1]
+        point[has] += p_rep[has] / n_repeats[has, None]
+        reps[:, has] += reps_rep[:, has] * w[:, has, None]
+    return point, reps
 
 
 def _cells(per_query: pd.DataFrame) -> pd.DataFrame:
@@ -429,6 +545,7 @@ def _cells(per_query: pd.DataFrame) -> pd.DataFrame:
     cells = grouped[[f"chance_{k}" for k in _MEANS]].mean()
     cells["chance_median_rank"] = grouped["chance_median_rank"].median()
     cells["n_queries"] = grouped["query_id"].nunique()
+    cells["n_repeats"] = per_query.groupby(_CELL, sort=True, observed=True)["n_repeats"].first()
     return cells.reset_index()
 
 
@@ -441,16 +558,22 @@ def _metrics_table(cells: pd.DataFrame, point: np.ndarray, reps: np.ndarray, ci:
     out["value"], out["ci_low"], out["ci_high"] = point.ravel(), low.ravel(), high.ravel()
     out["n_queries"] = np.repeat(cells["n_queries"].to_numpy(), n_metrics)
     out["chance"] = cells[[f"chance_{k}" for k in METRICS]].to_numpy().ravel()
+    out["text_frequency"] = np.nan
     return out[list(METRICS_COLUMNS)]
 
 
 def _robustness_table(
     cells: pd.DataFrame, point: np.ndarray, reps: np.ndarray, ci: float, dataset: str
-) -> pd.DataFrame:
-    """AUC, normalised AUC and relative drops of each curve, on the full sample and on every replicate."""
+) -> tuple[pd.DataFrame, dict[tuple, np.ndarray]]:
+    """AUC, normalised AUC and relative drops of each curve, on the full sample and on every replicate.
+
+    Also returns each curve's nAUC samples ((1 + B, n) for the robustness metrics; row 0 the full
+    sample), keyed by the curve's (model, corruption, relevance, direction), for the comparisons.
+    """
     n = len(ROBUSTNESS_METRICS)  # the leading metrics in METRICS order
     samples = np.concatenate([point[None, :, :n], reps[:, :, :n]])  # (1 + B, cells, n)
     rows: list[dict] = []
+    curves: dict[tuple, np.ndarray] = {}
     for (model, corruption, relevance, direction), curve in cells.groupby(_CURVE, sort=True, observed=True):
         curve = curve.sort_values("level")
         levels = curve["level"].to_numpy(float)
@@ -459,6 +582,7 @@ def _robustness_table(
         y = samples[:, curve.index.to_numpy()]  # (1 + B, levels, n)
         auc = np.trapezoid(y, x=levels, axis=1) / (levels[-1] - levels[0])
         summaries = [("auc", np.nan, auc), ("nauc", np.nan, _ratio(auc, y[:, 0]))]
+        curves[(model, corruption, relevance, direction)] = summaries[1][2]
         drops = 1.0 - _ratio(y[:, 1:], y[:, :1])
         summaries += [("relative_drop", lvl, drops[:, i]) for i, lvl in enumerate(levels[1:])]
         intervals = [_percentile_ci(s[1:], ci) for _, _, s in summaries]
@@ -470,4 +594,68 @@ def _robustness_table(
                     | {"metric": metric, "quantity": quantity, "level": level}
                     | {"value": s[0, j], "ci_low": low[j], "ci_high": high[j]}
                 )
-    return pd.DataFrame(rows, columns=list(ROBUSTNESS_COLUMNS))
+    return pd.DataFrame(rows, columns=list(ROBUSTNESS_COLUMNS)), curves
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, ci: float) -> tuple[np.ndarray, ...]:
+    """Difference a − b from paired samples (row 0 the full sample, rows 1.. the replicates).
+
+    Returns (difference, ci_low, ci_high, p_value) per trailing column; replicates where either side
+    is undefined (NaN) are left out. The p-value is the two-sided bootstrap one of the module doc.
+    """
+    d = a - b
+    low, high = _percentile_ci(d[1:], ci)
+    valid = ~np.isnan(d[1:])
+    n = valid.sum(axis=0)
+    tail = np.minimum(((d[1:] <= 0) & valid).sum(axis=0), ((d[1:] >= 0) & valid).sum(axis=0))
+    p = np.where(n > 0, np.minimum(1.0, 2.0 * (1 + tail) / (n + 1)), np.nan)
+    return d[0], low, high, p
+
+
+def _comparisons_table(
+    cells: pd.DataFrame,
+    point: np.ndarray,
+    reps: np.ndarray,
+    curves: Mapping[tuple, np.ndarray],
+    ci: float,
+    dataset: str,
+) -> pd.DataFrame:
+    """Every two models' paired differences per level and metric, and of nAUC (module doc)."""
+    samples = np.concatenate([point[None], reps])  # (1 + B, cells, metrics)
+    n_boot = reps.shape[0]
+    index = {tuple(key): i for i, key in enumerate(cells[_CELL].itertuples(index=False, name=None))}
+    models = sorted(cells["model"].unique())
+    rows: list[dict] = []
+    for (corruption, level, relevance, direction), group in cells.groupby(
+        ["corruption", "level", "relevance", "direction"], sort=True, observed=True
+    ):
+        present = set(group["model"])
+        for i, a in enumerate(models):
+            for b in models[i + 1 :]:
+                if a not in present or b not in present:
+                    continue
+                ia = index[(a, corruption, level, relevance, direction)]
+                ib = index[(b, corruption, level, relevance, direction)]
+                diff, low, high, p = paired_difference(samples[:, ia], samples[:, ib], ci)
+                for j, metric in enumerate(METRICS):
+                    rows.append(
+                        {"dataset": dataset, "corruption": corruption, "relevance": relevance}
+                        | {"direction": direction, "metric": metric, "quantity": "value", "level": level}
+                        | {"model_a": a, "model_b": b, "difference": diff[j], "ci_low": low[j], "ci_high": high[j]}
+                        | {"p_value": p[j], "n_boot": n_boot}
+                    )
+    for i, a in enumerate(models):
+        for b in models[i + 1 :]:
+            for (model, corruption, relevance, direction), nauc_a in sorted(curves.items()):
+                nauc_b = curves.get((b, corruption, relevance, direction))
+                if model != a or nauc_b is None:
+                    continue
+                diff, low, high, p = paired_difference(nauc_a, nauc_b, ci)
+                for j, metric in enumerate(ROBUSTNESS_METRICS):
+                    rows.append(
+                        {"dataset": dataset, "corruption": corruption, "relevance": relevance}
+                        | {"direction": direction, "metric": metric, "quantity": "nauc", "level": np.nan}
+                        | {"model_a": a, "model_b": b, "difference": diff[j], "ci_low": low[j], "ci_high": high[j]}
+                        | {"p_value": p[j], "n_boot": n_boot}
+                    )
+    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))

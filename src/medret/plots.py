@@ -246,7 +246,7 @@ def _recall_figure(
             f"{corruption!r} (available: {available})"
         )
     sub = sub[sub["metric"].isin(metrics_to_plot)]
-    sub = _as_float(sub, ["level", "value", "ci_low", "ci_high", "n_queries", "chance"], "metrics")
+    sub = _as_float(sub, ["level", "value", "ci_low", "ci_high", "n_queries", "chance", "text_frequency"], "metrics")
     _check_unique(sub, ["model", "direction", "metric", "level"], "metrics")
 
     dataset = str(sub["dataset"].iloc[0])
@@ -258,7 +258,7 @@ def _recall_figure(
     nrows, ncols = len(directions), len(metrics_to_plot)
     fig = _new_figure(3.4 * ncols + 0.6, 2.9 * nrows + 1.3)
     axes = np.atleast_2d(fig.subplots(nrows, ncols, sharex=True, squeeze=False))
-    chance_handle = None
+    chance_handle = floor_handle = None
     for r, direction in enumerate(directions):
         for c, metric in enumerate(metrics_to_plot):
             ax: Axes = axes[r, c]
@@ -291,6 +291,18 @@ def _recall_figure(
                     label="chance",
                     zorder=2.5,  # above the model lines: visible where a model sits at chance
                 )
+            # The image-blind floor: what ranking reports by frequency alone reaches.
+            floor = cell.groupby("level")["text_frequency"].mean().dropna()
+            if not floor.empty:
+                (floor_handle,) = ax.plot(
+                    floor.index.to_numpy(),
+                    floor.to_numpy(),
+                    color="0.3",
+                    linestyle=":",
+                    linewidth=1.4,
+                    label="text-frequency floor",
+                    zorder=2.5,
+                )
             ax.set_title(f"{DIRECTIONS[direction]}: {metric}", fontsize=10)
             ax.set_ylabel(metric_label(metric))
             if metric.startswith("R@"):
@@ -309,6 +321,9 @@ def _recall_figure(
     if chance_handle is not None:
         handles.append(Line2D([], [], color="0.45", linestyle="--", linewidth=1.2))
         labels.append("chance")
+    if floor_handle is not None:
+        handles.append(Line2D([], [], color="0.3", linestyle=":", linewidth=1.4))
+        labels.append("text-frequency floor")
     handles.append(Patch(facecolor="0.5", alpha=CI_ALPHA))
     labels.append("confidence interval")
     _add_figure_legend(fig, handles, labels)

@@ -18,12 +18,13 @@ Definitions (DESIGN §4):
 * Memory and device: scores are computed in tiles of at most ``block`` query×candidate entries
   (blocks of query rows against chunks of candidates), on the device given, never for the whole
   N×M matrix at once. The best relevant score of each query is found first, from its relevant
-  (query, candidate) pairs alone, so the candidates can be split into chunks. Every temporary
-  (score tile, its comparison mask, query and candidate rows in float64, a chunk of relevant
-  pairs) holds at most ``block`` elements (or one embedding row when ``block`` is smaller than D),
-  so the working memory is about 30 bytes × ``block``, whatever N, M and the sizes of the relevant
-  sets; only the index lists of a block's relevant pairs can be larger, when several relevant
-  sets cover most candidates (at most ``block / D`` queries' worth). Ranks do not depend on ``block``.
+  (query, candidate) pairs alone, so the candidates can be split into chunks. The work buffers
+  (score tile, its comparison mask, query rows and candidate rows in float64) hold at most
+  ``block`` elements each (at least two embedding rows), are allocated once and reused, so the
+  working memory is at most about 25 bytes × ``block`` whatever N, M and the sizes of the relevant
+  sets. Only the index lists of one query block's relevant pairs are not bounded by ``block``:
+  at most (queries in a block) × M entries, when relevant sets cover most candidates. Ranks do
+  not depend on ``block``.
 """
 
 from __future__ import annotations
@@ -74,33 +75,47 @@ def pessimistic_ranks(
     block = max(1, int(block))
     # Tile: `rows` queries against `cols` candidates; scores, query rows and candidate rows each <= block.
     cols = min(nc, max(1, block // dim))
-    rows = max(1, block // max(cols, dim))
-    step = max(1, block // (2 * dim))  # relevant pairs scored at a time: two (step, D) operands
-    whole = torch.as_tensor(candidates, device=device).double() if cols == nc else None
+    rows = min(nq, max(1, block // max(cols, dim)))
+    # Work buffers, allocated once and reused by every tile, so that memory stays what the block
+    # allows (fresh allocations per tile would also cost page faults). The relevant pairs are
+    # scored in the score buffer, before the tiles of their query block use it.
+    f64 = {"dtype": torch.float64, "device": device}
+    q_buf = torch.empty(rows * dim, **f64)
+    cand_buf = torch.empty(cols * dim, **f64)
+    score_buf = torch.empty(max(rows * cols, 2 * dim), **f64)
+    mask_buf = torch.empty(rows * cols, dtype=torch.bool, device=device)
+    pairs_at_once = len(score_buf) // (2 * dim)
+    whole = cols == nc
+    if whole:  # every candidate fits in one chunk: convert them once
+        cand = cand_buf.view(nc, dim).copy_(torch.as_tensor(candidates))
     for r0 in range(0, nq, rows):
         r1 = min(r0 + rows, nq)
-        q = torch.as_tensor(queries[r0:r1], device=device).double()
+        q = q_buf[: (r1 - r0) * dim].view(r1 - r0, dim).copy_(torch.as_tensor(queries[r0:r1]))
         rel_rows, rel_cols = _relevant_pairs(relevant[r0:r1])
         # The best relevant score of each query, from its relevant pairs alone, so that the
         # candidates can then be scored chunk by chunk.
-        best = torch.full((r1 - r0,), -torch.inf, dtype=torch.float64, device=device)
-        for lo in range(0, len(rel_rows), step):
-            idx = torch.as_tensor(rel_rows[lo : lo + step], device=device)
-            cand = torch.as_tensor(candidates[rel_cols[lo : lo + step]], device=device).double()
-            best.scatter_reduce_(0, idx, (q[idx] * cand).sum(dim=1), "amax")
-        threshold = (best - tol)[:, None]
+        best = torch.full((r1 - r0,), -torch.inf, **f64)
+        for lo in range(0, len(rel_rows), pairs_at_once):
+            k = min(pairs_at_once, len(rel_rows) - lo)
+            idx = torch.as_tensor(rel_rows[lo : lo + k], device=device)
+            gq = torch.index_select(q, 0, idx, out=score_buf[: k * dim].view(k, dim))
+            gc = score_buf[k * dim : 2 * k * dim].view(k, dim).copy_(torch.as_tensor(candidates[rel_cols[lo : lo + k]]))
+            best.scatter_reduce_(0, idx, gq.mul_(gc).sum(dim=1), "amax")
+        threshold = best.sub_(tol)[:, None]
         beaten = torch.zeros(r1 - r0, dtype=torch.int64, device=device)
         for c0 in range(0, nc, cols):
             c1 = min(c0 + cols, nc)
-            cand = whole if whole is not None else torch.as_tensor(candidates[c0:c1], device=device).double()
-            scores = q @ cand.T
+            if not whole:
+                cand = cand_buf[: (c1 - c0) * dim].view(c1 - c0, dim).copy_(torch.as_tensor(candidates[c0:c1]))
+            scores = torch.matmul(q, cand.T, out=score_buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
             inside = (rel_cols >= c0) & (rel_cols < c1)
             # Relevant items never count against their query.
             scores[
                 torch.as_tensor(rel_rows[inside], device=device),
                 torch.as_tensor(rel_cols[inside] - c0, device=device),
             ] = -torch.inf
-            beaten += (scores >= threshold).sum(dim=1)
+            mask = torch.ge(scores, threshold, out=mask_buf[: scores.numel()].view(scores.shape))
+            beaten += mask.sum(dim=1)
         ranks[r0:r1] = (1 + beaten).cpu().numpy()
     return ranks
 
@@ -155,3 +170,19 @@ def rank_table(
                     )
                 )
     return pd.concat(frames, ignore_index=True)
+
+
+def text_frequency_ranks(
+    text_ids: np.ndarray,
+    pair_ids: Sequence[str],
+    relevance: Mapping[str, tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
+) -> pd.DataFrame:
+    """Ranks of the image-blind floor model, as :func:`rank_table` returns them (one condition, level 0).
+
+    Image → report: every image gets the same ranking of the reports, most frequent first (ties
+    pessimistic, as everywhere). Report → image: every image scores the same, so all tie. It is the
+    best a model that ignores the image can do on image → report.
+    """
+    frequency = np.bincount(text_ids).astype(np.float64)[:, None]
+    blind = np.ones((1, len(pair_ids), 1))
+    return rank_table(blind, np.zeros(1), np.zeros(1, np.int64), frequency, pair_ids, relevance)

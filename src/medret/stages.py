@@ -268,12 +268,19 @@ def compute_metrics(
     rank_paths: Sequence[str | Path],
     out_metrics: str | Path,
     out_robustness: str | Path,
+    out_comparisons: str | Path,
     evaluation: Mapping[str, Any],
+    relevance: Mapping[str, Any],
 ) -> None:
-    """Metrics with bootstrap CIs and robustness summaries from every rank table of a dataset."""
+    """Metrics with bootstrap CIs, robustness summaries and paired model comparisons of a dataset.
+
+    The ``text_frequency`` floor is that of :func:`medret.retrieval.text_frequency_ranks`
+    (``relevance``: the dataset's relevance settings, as for the ranks).
+    """
     from medret import metrics
     from medret.io import atomic_output
     from medret.manifest import Manifest, read_table
+    from medret.retrieval import text_frequency_ranks
 
     manifest = Manifest.read(manifest_path)
     frames = []
@@ -282,15 +289,22 @@ def compute_metrics(
         if meta.get("manifest_digest") != manifest.digest:
             raise MedretError(f"{path}: ranks of another manifest; delete it and re-run the workflow")
         frames.append(ranks.assign(model=meta["model"], corruption=meta["corruption"]))
-    table, robust = metrics.evaluate(
+    key = f"datasets.{dataset}.relevance"
+    sets = {
+        mode: manifest.relevance(mode, uncertain=relevance["uncertain_labels"], key=key)
+        for mode in relevance["relevance"]
+    }
+    floors = text_frequency_ranks(manifest.text_ids, manifest.pair_ids, sets)
+    result = metrics.evaluate(
         pd.concat(frames, ignore_index=True),
         manifest.clusters(),
         dataset=dataset,
         n_boot=int(evaluation["bootstrap"]),
         seed=int(evaluation["seed"]),
         ci=float(evaluation["ci"]),
+        floors=floors,
     )
-    for frame, path in ((table, out_metrics), (robust, out_robustness)):
+    for frame, path in zip(result, (out_metrics, out_robustness, out_comparisons), strict=True):
         with atomic_output(path) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")
 

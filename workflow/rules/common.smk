@@ -37,12 +37,14 @@ def _alternatives(names):
 
 
 def final_outputs():
-    """The targets of the default rule: metrics, robustness tables and plots of every dataset."""
+    """The targets of the default rule: tables, summary and plots of every dataset."""
     out = []
     for dataset in DATASETS:
         out += [
             f"{RESULTS}/{dataset}/metrics.csv",
             f"{RESULTS}/{dataset}/robustness.csv",
+            f"{RESULTS}/{dataset}/comparisons.csv",
+            f"{RESULTS}/{dataset}/summary.md",
         ]
         for corruption in CORRUPTIONS:
             for plot in ("recall", "robustness", "examples"):

@@ -16,6 +16,11 @@ rule metrics:
             caption="../report/robustness.rst",
             category="Tables",
         ),
+        comparisons=report(
+            f"{RESULTS}/{{dataset}}/comparisons.csv",
+            caption="../report/comparisons.rst",
+            category="Tables",
+        ),
     log:
         "logs/metrics/{dataset}.log",
     localrule: True
@@ -23,5 +28,29 @@ rule metrics:
         "../../envs/medret.yaml"
     params:
         evaluation=config["evaluation"],
+        relevance=dataset_relevance,
     script:
         "../scripts/metrics.py"
+
+
+rule summary:
+    input:
+        metrics=f"{RESULTS}/{{dataset}}/metrics.csv",
+        robustness=f"{RESULTS}/{{dataset}}/robustness.csv",
+        comparisons=f"{RESULTS}/{{dataset}}/comparisons.csv",
+    output:
+        report(
+            f"{RESULTS}/{{dataset}}/summary.md",
+            caption="../report/summary.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/summary/{dataset}.log",
+    localrule: True
+    conda:
+        "../../envs/medret.yaml"
+    params:
+        corruptions=CORRUPTIONS,
+        evaluation=config["evaluation"],
+    script:
+        "../scripts/summary.py"

@@ -7,5 +7,7 @@ with script_context(snakemake.log[0]):
         snakemake.input.ranks,
         snakemake.output.metrics,
         snakemake.output.robustness,
+        snakemake.output.comparisons,
         snakemake.params.evaluation,
+        snakemake.params.relevance,
     )

@@ -1,0 +1,164 @@
+"""``summary.md``: the dataset's results as Markdown tables, ready to paste into a paper.
+
+For every corruption, relevance mode and direction: a model × level table of R@1, R@5, R@10 and
+MRR with their intervals, the chance and text-frequency floors, each model's normalised AUC, and
+the paired nAUC differences between models. Everything is read from the tables the metrics stage
+wrote; nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medret.corruptions import OCCLUSION_DEFAULTS
+from medret.io import atomic_output
+
+DIRECTION_NAMES = {"i2t": "image → report", "t2i": "report → image"}
+RELEVANCE_NAMES = {"exact": "exact report", "labels": "label match"}
+TABLE_METRICS = ("R@1", "R@5", "R@10", "MRR")
+
+
+def _number(value: float, metric: str) -> str:
+    if pd.isna(value):
+        return "–"
+    return f"{value:.3f}" if metric in ("MRR", "nAUC") else f"{value:.1f}"
+
+
+def _interval(low: float, high: float, metric: str) -> str:
+    return "" if pd.isna(low) or pd.isna(high) else f"[{_number(low, metric)}, {_number(high, metric)}]"
+
+
+def _with_ci(value: float, low: float, high: float, metric: str) -> str:
+    return f"{_number(value, metric)} {_interval(low, high, metric)}".rstrip()
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _level(value: float, kind: str) -> str:
+    return f"{value:g}" if kind == "occlusion" else f"{int(value)}"
+
+
+def summary_markdown(
+    dataset: str,
+    metrics: pd.DataFrame,
+    robustness: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    corruptions: Mapping[str, Mapping[str, Any]],
+    evaluation: Mapping[str, Any],
+) -> str:
+    """The Markdown text of ``summary.md`` (see the module doc)."""
+    n_boot, ci = int(evaluation["bootstrap"]), float(evaluation["ci"])
+    out = [
+        f"# medret results: {dataset}",
+        "",
+        f"Values with {100 * ci:g}% percentile bootstrap intervals (B = {n_boot}; image queries resampled by "
+        "patient, report queries singly, repeats as whole placement sets). R@K in percent, MRR as a fraction. "
+        "`chance`: a uniformly random ranking; `text-frequency`: an image-blind model that ranks the most "
+        "frequent reports first (report → image: every image tied). nAUC: area under the metric-vs-level "
+        "curve over the level range, divided by the clean value.",
+    ]
+    for corruption in sorted(metrics["corruption"].unique(), key=lambda c: (c != "occlusion", c)):
+        entry = corruptions.get(corruption, {})
+        kind = str(entry.get("kind", "occlusion"))
+        sub = metrics[metrics["corruption"] == corruption]
+        hidden = {"levels"} | (set() if kind == "occlusion" else set(OCCLUSION_DEFAULTS))  # schema-filled, unused
+        options = ", ".join(f"{k}: {v}" for k, v in entry.items() if k not in hidden)
+        out += ["", f"## {corruption}", "", f"`{options}`" if options else ""]
+        for relevance in sorted(sub["relevance"].unique()):
+            for direction in ("i2t", "t2i"):
+                part = sub[(sub["relevance"] == relevance) & (sub["direction"] == direction)]
+                if part.empty:
+                    continue
+                n_queries = int(part["n_queries"].max())
+                title = f"{DIRECTION_NAMES[direction]}, {RELEVANCE_NAMES.get(relevance, relevance)}"
+                out += ["", f"### {title} ({n_queries} queries)", ""]
+                cells = part.set_index(["model", "level", "metric"])
+                rows = []
+                for model in sorted(part["model"].unique()):
+                    for level in sorted(part.loc[part["model"] == model, "level"].unique()):
+                        row = [model, _level(level, kind)]
+                        for metric in TABLE_METRICS:
+                            r = cells.loc[(model, level, metric)]
+                            row.append(_with_ci(r["value"], r["ci_low"], r["ci_high"], metric))
+                        rows.append(row)
+                first = part.drop_duplicates("metric").set_index("metric")
+                for floor, column in (("chance", "chance"), ("text-frequency", "text_frequency")):
+                    if column in first and first[column].notna().any():
+                        rows.append([f"*{floor}*", ""] + [_number(first.loc[m, column], m) for m in TABLE_METRICS])
+                out += _table(["model", "level", *TABLE_METRICS], rows)
+                out += _nauc_lines(robustness, comparisons, corruption, relevance, direction)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _nauc_lines(
+    robustness: pd.DataFrame, comparisons: pd.DataFrame, corruption: str, relevance: str, direction: str
+) -> list[str]:
+    keys = (
+        (robustness["corruption"] == corruption)
+        & (robustness["relevance"] == relevance)
+        & (robustness["direction"] == direction)
+        & (robustness["quantity"] == "nauc")
+    )
+    nauc = robustness[keys & (robustness["metric"] == "R@5")].sort_values("model")
+    if nauc.empty:
+        return []
+    lines = [
+        "",
+        "nAUC of R@5: "
+        + "; ".join(f"{r.model} {_with_ci(r.value, r.ci_low, r.ci_high, 'nAUC')}" for r in nauc.itertuples())
+        + ".",
+    ]
+    pairs = comparisons[
+        (comparisons["corruption"] == corruption)
+        & (comparisons["relevance"] == relevance)
+        & (comparisons["direction"] == direction)
+        & (comparisons["quantity"] == "nauc")
+        & (comparisons["metric"] == "R@5")
+    ]
+    if not pairs.empty:
+        lines += [
+            "",
+            *_table(
+                ["model a", "model b", "nAUC(a) − nAUC(b)", "interval", "p"],
+                [
+                    [
+                        r.model_a,
+                        r.model_b,
+                        _number(r.difference, "nAUC"),
+                        _interval(r.ci_low, r.ci_high, "nAUC"),
+                        f"{r.p_value:.3g}",
+                    ]
+                    for r in pairs.itertuples()
+                ],
+            ),
+        ]
+    return lines
+
+
+def write_summary(
+    dataset: str,
+    metrics_path: str | Path,
+    robustness_path: str | Path,
+    comparisons_path: str | Path,
+    out_path: str | Path,
+    corruptions: Mapping[str, Mapping[str, Any]],
+    evaluation: Mapping[str, Any],
+) -> None:
+    """Write ``summary.md`` from the metrics stage's three tables."""
+    text = summary_markdown(
+        dataset,
+        pd.read_csv(metrics_path),
+        pd.read_csv(robustness_path),
+        pd.read_csv(comparisons_path),
+        corruptions,
+        evaluation,
+    )
+    with atomic_output(out_path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")

@@ -1,0 +1,61 @@
+"""summary.md: the metrics tables rendered as Markdown, checked line by line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from test_metrics import block, table
+
+from medret.metrics import evaluate
+from medret.summary import summary_markdown, write_summary
+
+EVALUATION = {"bootstrap": 200, "ci": 0.95}
+
+
+def _tables():
+    # Two models, two levels, one direction; model b loses its hits at level 0.5.
+    hits = np.arange(20) < 10  # 10 of 20 queries ranked 1, the rest 30
+    blocks = [
+        block(np.where(hits, 1, 30), model=m, level=lvl, n_candidates=40)
+        for m in ("a", "b")
+        for lvl in (0.0, 0.5)
+        if not (m == "b" and lvl == 0.5)
+    ]
+    blocks.append(block(np.full(20, 30), model="b", level=0.5, n_candidates=40))
+    floors = block(np.arange(1, 21), n_candidates=40)[["relevance", "direction", "query_id", "rank"]]
+    return evaluate(table(*blocks), None, dataset="toy", n_boot=200, floors=floors)
+
+
+def test_summary_tables_hand_checked(tmp_path):
+    metrics, robustness, comparisons = _tables()
+    text = summary_markdown("toy", metrics, robustness, comparisons, {"occlusion": {"kind": "occlusion"}}, EVALUATION)
+    lines = text.splitlines()
+    assert lines[0] == "# medret results: toy"
+    assert "### image → report, exact report (20 queries)" in lines
+    header = lines.index("| model | level | R@1 | R@5 | R@10 | MRR |")
+    # Model a at level 0: R@1 = 50 %, MRR = (10 + 10/30)/20 = 0.517; b at 0.5 misses everything.
+    a0 = lines[header + 2]
+    assert a0.startswith("| a | 0 | 50.0 [") and "| 0.517 [" in a0
+    assert lines[header + 5] == "| b | 0.5 | 0.0 [0.0, 0.0] | 0.0 [0.0, 0.0] | 0.0 [0.0, 0.0] | 0.033 [0.033, 0.033] |"
+    # Floors: chance R@1 = 1/40; the text-frequency floor ranks 1..20: R@1 5 %, R@5 25 %, R@10 50 %.
+    assert lines[header + 6] == "| *chance* |  | 2.5 | 12.5 | 25.0 | 0.107 |"
+    assert lines[header + 7].startswith("| *text-frequency* |  | 5.0 | 25.0 | 50.0 | 0.180 |")
+    # nAUC of R@5: a keeps everything (1.000), b keeps half of its clean area (0.500).
+    nauc = next(line for line in lines if line.startswith("nAUC of R@5"))
+    assert nauc.startswith("nAUC of R@5: a 1.000 [") and "; b 0.500 [" in nauc
+    pair = next(line for line in lines if line.startswith("| a | b |"))
+    assert pair.startswith("| a | b | 0.500 | [")
+    write_summary(
+        "toy",
+        *(_csv(tmp_path, name, frame) for name, frame in (("m", metrics), ("r", robustness), ("c", comparisons))),
+        tmp_path / "summary.md",
+        {"occlusion": {"kind": "occlusion"}},
+        EVALUATION,
+    )
+    assert (tmp_path / "summary.md").read_text(encoding="utf-8") == text
+
+
+def _csv(tmp_path, name: str, frame: pd.DataFrame):
+    path = tmp_path / f"{name}.csv"
+    frame.to_csv(path, index=False, float_format="%.6g")
+    return path
