@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from medret import stages
-from medret.embeddings import EmbeddingFile
+from medret.config import validate_config
+from medret.corruptions import get_kind
+from medret.embeddings import BlockReader, EmbeddingFile, embed_images
 from medret.errors import MedretError
+from medret.imaging import ImageCache
+from medret.manifest import read_table
+from medret.models import load_model
 from medret.models.local import train
 
 REPORTS = ["No effusion.", "Left effusion.", "No effusion.", "Right pneumothorax.", "Cardiomegaly.", "No effusion."]
+#: The ranks stage's relevance settings (the dataset defaults).
+RELEVANCE = {"relevance": ["exact"], "uncertain_labels": "positive"}
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +37,23 @@ def study(tmp_path_factory):
         Image.fromarray(rng.integers(0, 255, (40, 32), dtype=np.uint8)).save(root / f"{i}.png")
         rows.append({"id": f"p{i}", "image": f"{i}.png", "report": report, "split": "test", "patient_id": f"P{i // 2}"})
     pd.DataFrame(rows).to_csv(root / "pairs.csv", index=False)
-    entry = {"adapter": "csv", "csv": str(root / "pairs.csv"), "split": "test", "train_split": "train"}
-    stages.build_manifest("toy", entry, [str(root / "pairs.csv")], root / "manifest.parquet", root / "train.parquet")
-    stages.build_image_cache(root / "manifest.parquet", root / "eval.h5", 32)
+    # The dataset entry with every default filled, as the workflow passes it to the stages.
+    dataset = {"adapter": "csv", "csv": str(root / "pairs.csv"), "split": "test"}
+    model = {
+        "family": "local",
+        "train": {"dataset": "toy", "epochs": 1, "batch_size": 6, "input_size": 32, "embed_dim": 8},
+    }
     occ = {"kind": "occlusion", "levels": [0.0, 0.5, 1.0], "repeats": 2, "seed": 0, "fill": "black"}
+    config = validate_config({"datasets": {"toy": dataset}, "models": {"m": model}, "corruptions": {"occ": occ}})
+    entry = config["datasets"]["toy"]
+    outputs = [root / name for name in ("manifest.parquet", "train.parquet", "skipped.csv", "corpus.parquet")]
+    stages.build_manifest("toy", entry, [str(root / "pairs.csv")], *outputs)
+    stages.build_image_cache(root / "manifest.parquet", root / "eval.h5", 32)
     stages.build_corruption_specs(root / "manifest.parquet", "occ", occ, root / "specs.parquet")
-    model = {"family": "local", "train": {"epochs": 1, "batch_size": 6, "input_size": 32, "embed_dim": 8}}
     images = rng.integers(0, 255, (6, 32, 32), dtype=np.uint8)
     train(model, REPORTS, np.array([0, 1, 0, 2, 3, 0]), images, root / "ckpt.pt", data_digest="x")
-    stages.embed_texts("m", model, root / "manifest.parquet", root / "text.h5", checkpoint=str(root / "ckpt.pt"))
+    text_inputs = (root / "manifest.parquet", root / "corpus.parquet")
+    stages.embed_texts("m", model, *text_inputs, root / "text.h5", checkpoint=str(root / "ckpt.pt"))
     stages.embed_images(
         "m",
         model,
@@ -72,11 +91,14 @@ def test_ranks_stage(study):
     root, _, _ = study
     stages.compute_ranks(
         root / "manifest.parquet",
+        root / "corpus.parquet",
         root / "text.h5",
         root / "occ.h5",
         root / "specs.parquet",
         root / "ranks.parquet",
         block=1 << 20,
+        dataset="toy",
+        relevance=RELEVANCE,
     )
     ranks = pd.read_parquet(root / "ranks.parquet")
     assert len(ranks) == 4 * (6 + 4)  # 4 conditions × (6 image queries + 4 text queries)
@@ -93,11 +115,14 @@ def test_provenance_mismatch_is_refused(study, tmp_path):
     with pytest.raises(MedretError, match=r"stale\.h5: provenance mismatch on manifest_digest"):
         stages.compute_ranks(
             root / "manifest.parquet",
+            root / "corpus.parquet",
             root / "text.h5",
             stale,
             root / "specs.parquet",
             tmp_path / "r.parquet",
             block=1 << 20,
+            dataset="toy",
+            relevance=RELEVANCE,
         )
     with h5py.File(stale, "r+") as f:
         f.attrs["manifest_digest"] = EmbeddingFile.read(root / "occ.h5").attrs["manifest_digest"]
@@ -105,11 +130,14 @@ def test_provenance_mismatch_is_refused(study, tmp_path):
     with pytest.raises(MedretError, match="different model specs"):
         stages.compute_ranks(
             root / "manifest.parquet",
+            root / "corpus.parquet",
             root / "text.h5",
             stale,
             root / "specs.parquet",
             tmp_path / "r.parquet",
             block=1 << 20,
+            dataset="toy",
+            relevance=RELEVANCE,
         )
     assert not (tmp_path / "r.parquet").exists()
 
@@ -121,11 +149,14 @@ def test_specs_of_another_corruption_are_refused(study, tmp_path):
     with pytest.raises(MedretError, match="provenance mismatch on corruption_spec_digest"):
         stages.compute_ranks(
             root / "manifest.parquet",
+            root / "corpus.parquet",
             root / "text.h5",
             root / "occ.h5",
             tmp_path / "specs.parquet",
             tmp_path / "r.parquet",
             block=1 << 20,
+            dataset="toy",
+            relevance=RELEVANCE,
         )
 
 
@@ -135,3 +166,111 @@ def test_truncated_embedding_file(study, tmp_path):
     cut.write_bytes((root / "occ.h5").read_bytes()[:2000])
     with pytest.raises(MedretError, match=r"cut\.h5: unreadable or truncated embedding cache"):
         EmbeddingFile.read(cut)
+
+
+def _old_style_embeddings(model, cache_path, specs, occ):
+    """The pre-streaming algorithm as a reference: every image read at once, corrupted on the CPU
+    and embedded with one encode_images call per condition."""
+    kind = get_kind(occ, "occ")
+    with ImageCache(cache_path) as cache:
+        images, boxes, ids = torch.from_numpy(cache.read(0, len(cache))), torch.from_numpy(cache.boxes), cache.ids
+    out = []
+    for (_, _), rows in specs.groupby(["level", "repeat"]):
+        corrupted = kind.apply(images, boxes, rows.set_index("pair_id").loc[ids], occ)
+        out.append(model.encode_images(corrupted, boxes).numpy())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize(("batch_size", "block"), [(2, 2), (2, 5), (4, 1), (64, 256)])
+def test_streamed_embeddings_are_byte_identical(study, tmp_path, batch_size, block):
+    root, _, occ = study
+    model = load_model({"family": "local", "checkpoint": str(root / "ckpt.pt"), "batch_size": batch_size})
+    specs, meta = read_table(root / "specs.parquet")
+    expected = _old_style_embeddings(model, root / "eval.h5", specs, occ)
+    with ImageCache(root / "eval.h5") as cache:
+        embed_images(
+            model,
+            cache,
+            specs,
+            tmp_path / "occ.h5",
+            model_name="m",
+            corruption="occ",
+            corruption_entry=occ,
+            corruption_digest=meta["digest"],
+            manifest_digest="x",
+            block=block,
+        )
+    got = EmbeddingFile.read(tmp_path / "occ.h5").arrays["embeddings"]
+    assert got.dtype == np.float32 and got.shape == expected.shape == (4, 6, 8)
+    assert got.tobytes() == expected.tobytes()
+    # ... and the same bytes as the workflow stage wrote with its default block.
+    assert got.tobytes() == EmbeddingFile.read(root / "occ.h5").arrays["embeddings"].tobytes()
+
+
+def _write_cache(path, n, size=8):
+    """An image cache in the imaging layout whose image i is filled with the value i."""
+    with h5py.File(path, "w") as f:
+        f["images"] = np.repeat(np.arange(n, dtype=np.uint8), size * size).reshape(n, size, size)
+        f["boxes"] = np.tile(np.array([0, 0, size, size], dtype=np.int32), (n, 1))
+        f.create_dataset("ids", data=np.array([f"p{i}" for i in range(n)], dtype=object), dtype=h5py.string_dtype())
+        f.attrs.update(manifest_digest="x", size=size)
+
+
+def _reader_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("medret-reader")]
+
+
+def test_block_reader_order_bounded_read_ahead_and_early_exit(tmp_path, monkeypatch):
+    _write_cache(tmp_path / "c.h5", 11)
+    reads = []
+    original = ImageCache.read
+
+    def counting_read(self, start, stop):
+        reads.append(start)
+        return original(self, start, stop)
+
+    monkeypatch.setattr(ImageCache, "read", counting_read)
+    with ImageCache(tmp_path / "c.h5") as cache:
+        with BlockReader(cache, 3, depth=1) as reader:
+            blocks = [(lo, hi, images[:, 0, 0].tolist()) for lo, hi, images in reader]
+        assert blocks == [(0, 3, [0, 1, 2]), (3, 6, [3, 4, 5]), (6, 9, [6, 7, 8]), (9, 11, [9, 10])]
+        reads.clear()
+        with BlockReader(cache, 2, depth=1) as reader:
+            # With nothing consumed, the reader fills the queue (one block), reads one more and waits.
+            deadline = time.monotonic() + 30
+            while len(reads) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.1)
+            assert reads == [0, 2]
+            first = next(iter(reader))
+        assert first[:2] == (0, 2)
+    assert not _reader_threads()  # leaving the with block early stopped the reader
+
+
+def test_reader_error_reaches_the_caller_and_nothing_is_written(study, tmp_path, monkeypatch):
+    root, _, occ = study
+    model = load_model({"family": "local", "checkpoint": str(root / "ckpt.pt"), "batch_size": 2})
+    specs, meta = read_table(root / "specs.parquet")
+    original = ImageCache.read
+
+    def failing_read(self, start, stop):
+        if start >= 2:  # what ImageCache.read raises on a damaged chunk
+            raise MedretError(f"{self.path}: cannot read images {start}-{stop} (inflate() failed); delete it")
+        return original(self, start, stop)
+
+    monkeypatch.setattr(ImageCache, "read", failing_read)
+    with ImageCache(root / "eval.h5") as cache, pytest.raises(MedretError, match=r"eval\.h5: cannot read images 2-4"):
+        embed_images(
+            model,
+            cache,
+            specs,
+            tmp_path / "occ.h5",
+            model_name="m",
+            corruption="occ",
+            corruption_entry=occ,
+            corruption_digest=meta["digest"],
+            manifest_digest="x",
+            block=2,
+        )
+    assert not (tmp_path / "occ.h5").exists() and list(tmp_path.iterdir()) == []
+    assert not _reader_threads()

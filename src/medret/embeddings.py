@@ -6,13 +6,22 @@
 Both carry the provenance attributes ``model``, ``model_spec_hash``, ``manifest_digest``,
 ``medret_version``, and the image file also ``corruption``, ``corruption_spec_digest`` and
 ``image_cache_digest``. Readers check them with :func:`check_provenance`.
+
+Image embedding streams the cache: a background thread (:class:`BlockReader`) reads and
+decompresses the next block of canvases while the model embeds the current one, into pinned memory
+when the model is on CUDA. Each block is moved to the model's device once; the corruption and the
+model's preprocessing then run there, at every level. CPU and GPU share this one code path, and a
+block is a whole number of model batches, so every embedding is the one ``encode_images`` gives
+for the whole cache at once.
 """
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +30,6 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 import medret
 from medret.corruptions import get_kind
@@ -29,6 +37,7 @@ from medret.errors import MedretError
 from medret.imaging import ImageCache
 from medret.io import atomic_output
 from medret.models import ModelAdapter
+from medret.progress import progress
 
 
 def _write(path: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
@@ -37,7 +46,8 @@ def _write(path: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[st
             if value.dtype.kind in "OU":
                 f.create_dataset(key, data=value.astype(object), dtype=h5py.string_dtype())
             else:
-                f.create_dataset(key, data=value)
+                # A checksum per chunk: a flipped bit on disk becomes an error on read, not a wrong embedding.
+                f.create_dataset(key, data=value, fletcher32=True)
         f.attrs.update({**attrs, "medret_version": medret.__version__})
 
 
@@ -55,6 +65,68 @@ def embed_texts(
     )
 
 
+#: Images per block read from the cache (rounded to whole model batches): about 16 MB at 256 px.
+BLOCK_IMAGES = 256
+#: Blocks the reader may hold ready ahead of the model (bounds its memory to depth + 2 blocks).
+PREFETCH_DEPTH = 2
+
+
+class BlockReader:
+    """Reads consecutive blocks of an image cache in a background thread, in cache order.
+
+    Use as a context manager and iterate: yields ``(start, stop, images)`` with ``images`` a
+    (B, S, S) uint8 CPU tensor (pinned when ``pin_memory``), at most ``depth`` blocks ahead of the
+    consumer. An error in the reader is raised in the consumer; leaving the ``with`` block early
+    stops the reader.
+    """
+
+    def __init__(self, cache: ImageCache, block: int, *, pin_memory: bool = False, depth: int = PREFETCH_DEPTH) -> None:
+        if block < 1 or depth < 1:
+            raise ValueError(f"block ({block}) and depth ({depth}) must be positive")
+        self.cache, self.block, self.pin_memory = cache, block, pin_memory
+        self._queue: queue.Queue[tuple[int, int, torch.Tensor] | BaseException] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"medret-reader-{cache.path.name}", daemon=True)
+
+    def _put(self, item: tuple[int, int, torch.Tensor] | BaseException) -> bool:
+        # A bounded wait, so that a consumer that has stopped listening never leaves the thread blocked.
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        n = len(self.cache)
+        try:
+            for lo in range(0, n, self.block):
+                hi = min(lo + self.block, n)
+                images = torch.from_numpy(self.cache.read(lo, hi))  # a damaged chunk raises MedretError
+                if self.pin_memory:
+                    images = images.pin_memory()
+                if not self._put((lo, hi, images)):
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(exc)
+
+    def __enter__(self) -> BlockReader:
+        self._thread.start()
+        return self
+
+    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        for _ in range(0, len(self.cache), self.block):
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def embed_images(
     model: ModelAdapter,
     cache: ImageCache,
@@ -66,36 +138,35 @@ def embed_images(
     corruption_entry: Mapping[str, Any],
     corruption_digest: str,
     manifest_digest: str,
+    block: int = BLOCK_IMAGES,
 ) -> None:
-    """Embed every cached image under every (level, repeat) of a corruption; write one HDF5."""
+    """Embed every cached image under every (level, repeat) of a corruption; write one HDF5.
+
+    ``block`` images are read at a time (rounded down to whole batches of the model, at least
+    one); it bounds memory and never changes an embedding.
+    """
     kind = get_kind(corruption_entry, corruption)
     conditions = specs[["level", "repeat"]].drop_duplicates().sort_values(["level", "repeat"]).to_numpy()
     n = len(cache)
     if (specs.groupby(["level", "repeat"]).size() != n).any():
         raise MedretError(f"corruption specs of {corruption} do not cover the {n} cached images; re-run the workflow")
     out = np.zeros((len(conditions), n, model.embed_dim), dtype=np.float32)
-    boxes = torch.from_numpy(cache.boxes)
-    block = max(model.batch_size, 256)
+    device = model.device
+    boxes = torch.from_numpy(cache.boxes).to(device)
+    # Whole batches per block: every image then sits in the batch it would have in one encode_images call.
+    block = model.batch_size * max(1, block // model.batch_size)
     by_condition = {key: rows.set_index("pair_id").loc[cache.ids] for key, rows in specs.groupby(["level", "repeat"])}
     start = time.perf_counter()
-    bar = tqdm(
-        total=len(conditions) * n,
-        desc=f"embed {model_name}/{corruption}",
-        unit="img",
-        file=sys.stderr,
-        mininterval=10,
-        ascii=True,
-    )
-    # Decode-free loop: read a block of canvases once, then corrupt and embed it at every level.
-    for lo in range(0, n, block):
-        hi = min(lo + block, n)
-        images = torch.from_numpy(cache.read(lo, hi))
-        for c, (level, repeat) in enumerate(conditions):
-            rows = by_condition[(level, int(repeat))].iloc[lo:hi]
-            corrupted = kind.apply(images, boxes[lo:hi], rows, corruption_entry)
-            out[c, lo:hi] = model.encode_images(corrupted, boxes[lo:hi]).numpy()
-            bar.update(hi - lo)
-    bar.close()
+    # Decode-free loop: each block of canvases is read once (ahead, in the reader thread) and moved
+    # to the device once, then corrupted and embedded there at every level.
+    with BlockReader(cache, block, pin_memory=device.type == "cuda") as reader:
+        # A bar on a terminal, plain lines in a job's log (where a carriage-return bar is unreadable).
+        for lo, hi, host_images in progress(reader, -(-n // block), f"embed {model_name}/{corruption}", unit="block"):
+            images = host_images.to(device, non_blocking=True)
+            for c, (level, repeat) in enumerate(conditions):
+                rows = by_condition[(level, int(repeat))].iloc[lo:hi]
+                corrupted = kind.apply(images, boxes[lo:hi], rows, corruption_entry)
+                out[c, lo:hi] = model.encode_images(corrupted, boxes[lo:hi]).numpy()
     print(f"embedded {len(conditions)} x {n} images in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     _write(
         out_path,
@@ -131,13 +202,15 @@ class EmbeddingFile:
             with h5py.File(path, "r") as f:
                 arrays = {k: f[k][()] for k in f}
                 attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        except (OSError, KeyError) as exc:
+            for key in ("ids", "texts"):
+                if key in arrays:
+                    arrays[key] = np.asarray(
+                        [s.decode() if isinstance(s, bytes) else s for s in arrays[key]], dtype=object
+                    )
+        except (OSError, KeyError, ValueError) as exc:  # ValueError: undecodable strings
             raise MedretError(
                 f"{path}: unreadable or truncated embedding cache ({exc}); delete it and re-run the workflow"
             ) from exc
-        for key in ("ids", "texts"):
-            if key in arrays:
-                arrays[key] = np.asarray([s.decode() if isinstance(s, bytes) else s for s in arrays[key]], dtype=object)
         if "embeddings" not in arrays:
             raise MedretError(f"{path}: no 'embeddings' dataset; delete it and re-run the workflow")
         return cls(path, arrays, attrs)
