@@ -13,7 +13,15 @@ from medret.datasets import load_pairs
 from medret.datasets.csv import read_pairs_csv
 from medret.errors import MedretError
 from medret.imaging import ImageCache, build_image_cache, decode_to_canvas, image_problem
-from medret.manifest import Manifest, manifest_digest, screen_images, select_pairs, write_table
+from medret.manifest import (
+    Corpus,
+    Manifest,
+    build_corpus,
+    manifest_digest,
+    screen_images,
+    select_pairs,
+    write_table,
+)
 from medret.progress import progress
 
 
@@ -228,6 +236,8 @@ def _labelled_manifest() -> Manifest:
             "label_edema": [r[3] for r in rows],
         }
     )
+    labels = ["label_effusion", "label_edema"]
+    table[labels] = table[labels].apply(pd.to_numeric, errors="coerce")  # as the adapters give them: float, NaN
     return Manifest(select_pairs(table, "test"), "d")
 
 
@@ -246,6 +256,36 @@ def test_relevance_modes_hand_checked():
     assert as_lists(t2i) == [[0, 1, 2, 3], [0, 1], [2, 3], [4]]
 
 
+def test_report_corpus_with_an_extra_split(tmp_path):
+    manifest = _labelled_manifest()
+    train = pd.DataFrame(
+        {
+            "pair_id": ["t1", "t2", "t3", "t4"],
+            "report": ["Clear.", "Edema.", "  ", "Edema."],  # t3 empty: left out
+            "split": "train",
+            "label_effusion": [0, 0, 0, 0],
+            "label_edema": [0, 1, 0, 1],
+        }
+    )
+    corpus = build_corpus(pd.concat([manifest.table, train], ignore_index=True), manifest.table, ["train"])
+    c = Corpus(corpus, "d")
+    # Evaluated texts keep ids 0..3; "Edema." is new (id 4); "Clear." (id 2) is carried by p4 and t1.
+    assert c.texts == ["Effusion.", "Small effusion.", "Clear.", "Unlabelled.", "Edema."]
+    assert c.frequency.tolist() == [2, 1, 2, 1, 2]
+    as_lists = lambda rel: [r.tolist() for r in rel]  # noqa: E731
+    i2t, t2i = manifest.relevance("exact", corpus=c)
+    assert as_lists(i2t) == [[0], [1], [0], [2], [3]] and as_lists(t2i) == [[0, 2], [1], [3], [4]]
+    # Labels: no evaluated pair has edema, so "Edema." (0, 1) is relevant to no image; p4 (0, 0)
+    # finds "Clear." through itself and t1; t2i queries stay the 4 evaluated texts.
+    i2t, t2i = manifest.relevance("labels", corpus=c)
+    assert as_lists(i2t) == [[0, 1], [0, 1], [0, 1], [2], [3]] and len(t2i) == 4
+    path = tmp_path / "corpus.parquet"
+    write_table(corpus, path, digest="c1", manifest_digest="d")
+    assert Corpus.read(path, manifest).texts == c.texts
+    with pytest.raises(MedretError, match=r"corpus\.parquet: made for another manifest; delete it and re-run"):
+        Corpus.read(path, Manifest(manifest.table, "other"))
+
+
 def test_relevance_bad_input():
     manifest = _labelled_manifest()
     with pytest.raises(MedretError, match=r"^config key k: unknown relevance mode 'fuzzy'; use one of exact, labels$"):
@@ -253,7 +293,7 @@ def test_relevance_bad_input():
     no_labels = Manifest(manifest.table.drop(columns=["label_effusion", "label_edema"]), "d")
     with pytest.raises(MedretError, match=r"^config key k: 'labels' needs label_\* columns and this dataset has none"):
         no_labels.relevance("labels", key="k")
-    odd = Manifest(manifest.table.assign(label_edema=[0, 2, 0, 0, 0]), "d")
+    odd = Manifest(manifest.table.assign(label_edema=[0.0, 2.0, 0.0, 0.0, 0.0]), "d")
     with pytest.raises(
         MedretError, match=r"^column label_edema: value 2 \(pair p2\); labels must be 1, 0, -1 or empty$"
     ):

@@ -218,7 +218,7 @@ def test_scoring_on_cuda_equals_cpu():
 def test_text_frequency_floor_hand_checked():
     # Reports A x3, B x2, C x1 over six pairs: the floor ranks A, then B, then C for every image.
     text_ids = np.array([0, 0, 1, 2, 0, 1])
-    table = text_frequency_ranks(text_ids, [f"p{i}" for i in range(6)], _exact(text_ids))
+    table = text_frequency_ranks(np.bincount(text_ids), [f"p{i}" for i in range(6)], _exact(text_ids))
     i2t = table[table.direction == "i2t"]
     assert i2t["rank"].tolist() == [1, 1, 2, 3, 1, 2] and set(i2t["level"]) == {0.0}
     # Report -> image: all six images tie, so a report with m relevant images ranks 6 - m + 1.
@@ -226,5 +226,5 @@ def test_text_frequency_floor_hand_checked():
     assert t2i == {"text:0": 4, "text:1": 5, "text:2": 6}
     # Equal frequencies tie, pessimistically: A and B both twice -> each ranks 2.
     tied = np.array([0, 0, 1, 1])
-    ranks = text_frequency_ranks(tied, ["a", "b", "c", "d"], _exact(tied))
+    ranks = text_frequency_ranks(np.bincount(tied), ["a", "b", "c", "d"], _exact(tied))
     assert ranks.loc[ranks.direction == "i2t", "rank"].tolist() == [2, 2, 2, 2]

@@ -8,6 +8,12 @@ Rules (DESIGN §4, this project's protocol):
 * identical report strings are one retrieval candidate (``text_id``), so an image query has
   exactly one relevant text and a report query may have several relevant images.
 
+The report corpus (:func:`build_corpus`, ``corpus.parquet``): the image → report candidates. By
+default the evaluated reports; ``extra_reports`` adds the reports of other splits (e.g. the
+training split, as CXR-RePaiR retrieves from the training corpus), identical strings merged. The
+evaluated reports keep text ids 0..U-1 and remain the report → image queries; added reports get
+the following ids and are candidates only.
+
 Relevance (:meth:`Manifest.relevance`), each mode reported on its own rows:
 
 * ``exact`` (default): a report is relevant to an image when it is that image's report string;
@@ -20,7 +26,8 @@ Relevance (:meth:`Manifest.relevance`), each mode reported on its own rows:
   carrying that string has the image's label vector; an image is relevant to a report query when
   its label vector is that of some pair carrying the report. A pair whose labels are all missing
   (a study the labeller did not cover) has an unknown vector: only its own report string is
-  relevant to it, as in ``exact``.
+  relevant to it, as in ``exact``. With a larger corpus, a corpus report is relevant to an image
+  when some pair carrying it (evaluated or added) has the image's label vector.
 
 Before these rules, :func:`screen_images` finds pairs whose image is missing or unreadable: the
 dataset's ``bad_images`` policy either stops the workflow (``fail``, the default) or leaves those
@@ -31,6 +38,7 @@ image is broken is evaluated on its AP image.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,9 +135,10 @@ def label_groups(table: pd.DataFrame, *, uncertain: str = "positive", key: str =
     odd = ~np.isnan(values) & ~np.isin(values, (-1.0, 0.0, 1.0))
     if odd.any():
         row, col = np.argwhere(odd)[0]
+        pair = table["pair_id"].iloc[row] if "pair_id" in table else None
+        where = f"pair {pair}" if isinstance(pair, str) else f"report {table['text_id'].iloc[row]}"
         raise MedretError(
-            f"column {columns[col]}: value {values[row, col]:g} (pair {table['pair_id'].iloc[row]}); labels must be "
-            "1, 0, -1 or empty"
+            f"column {columns[col]}: value {values[row, col]:g} ({where}); labels must be 1, 0, -1 or empty"
         )
     present = (values == 1.0) | ((values == -1.0) & (uncertain == "positive"))
     codes, _ = pd.factorize(pd.Series([row.tobytes() for row in present]), sort=True)
@@ -153,24 +162,79 @@ def write_table(table: pd.DataFrame, path: str | Path, **metadata: str) -> None:
     meta = dict(arrow.schema.metadata or {})
     meta.update({f"medret.{k}".encode(): str(v).encode() for k, v in metadata.items()})
     with atomic_output(path) as tmp:
-        pq.write_table(arrow.replace_schema_metadata(meta), tmp)
+        # Page checksums: read_table then detects a damaged page instead of returning wrong values.
+        pq.write_table(arrow.replace_schema_metadata(meta), tmp, write_page_checksum=True)
 
 
 def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Read a parquet table written by :func:`write_table`; return it with its medret metadata."""
+    """Read a parquet table written by :func:`write_table`; return it with its medret metadata.
+
+    A truncated or damaged file is an error naming it (page checksums, where the file has them,
+    are verified, so a flipped byte in the data is caught rather than read as a wrong value).
+    """
     path = Path(path)
     if not path.is_file():
         raise MedretError(f"{path}: file not found; re-run the workflow to regenerate it")
     try:
-        arrow = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise MedretError(f"{path}: unreadable parquet file ({exc}); delete it and re-run the workflow") from exc
-    meta = {
-        k.decode()[len("medret.") :]: v.decode()
-        for k, v in (arrow.schema.metadata or {}).items()
-        if k.startswith(b"medret.")
-    }
-    return arrow.to_pandas(), meta
+        arrow = pq.read_table(path, page_checksum_verification=True)
+        meta = {
+            k.decode()[len("medret.") :]: v.decode()
+            for k, v in (arrow.schema.metadata or {}).items()
+            if k.startswith(b"medret.")
+        }
+        table = arrow.to_pandas()
+    # Damage surfaces as any of these (bad magic, thrift, snappy, checksum, undecodable metadata).
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        message = str(exc).replace("\n", " ")
+        raise MedretError(f"{path}: unreadable parquet file ({message}); delete it and re-run the workflow") from exc
+    return table, meta
+
+
+def build_corpus(pairs: pd.DataFrame, manifest: pd.DataFrame, extra_splits: Sequence[str]) -> pd.DataFrame:
+    """The report corpus (module doc): one row per (text_id, report, label vector), with its pair ``count``.
+
+    ``pairs`` is the standard pairs table, ``manifest`` the evaluated pairs (:func:`select_pairs`);
+    reports of ``extra_splits`` that are empty after stripping are left out.
+    """
+    labels = sorted(c for c in manifest.columns if c.startswith("label_"))
+    parts = [manifest[["report", *labels]]]
+    extra = pairs[pairs["split"].isin(list(extra_splits))].sort_values("pair_id")
+    if not extra.empty:
+        extra = extra.assign(report=extra["report"].str.strip())
+        parts.append(extra.loc[extra["report"] != "", ["report", *labels]])
+    rows = pd.concat(parts, ignore_index=True)
+    ids = dict(zip(manifest["report"], manifest["text_id"], strict=True))
+    for text in pd.unique(rows["report"]):
+        ids.setdefault(text, len(ids))
+    rows.insert(0, "text_id", rows["report"].map(ids).astype(np.int64))
+    corpus = rows.groupby(["text_id", "report", *labels], dropna=False, sort=True).size().rename("count")
+    return corpus.reset_index()
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The image → report candidates, as read from ``corpus.parquet`` (see :func:`build_corpus`)."""
+
+    table: pd.DataFrame
+    digest: str
+
+    @classmethod
+    def read(cls, path: str | Path, manifest: Manifest) -> Corpus:
+        """Read the corpus written with ``manifest``; refuse one written for another manifest."""
+        table, meta = read_table(path)
+        if meta.get("manifest_digest") != manifest.digest or "digest" not in meta:
+            raise MedretError(f"{path}: made for another manifest; delete it and re-run the manifest rule")
+        return cls(table, meta["digest"])
+
+    @property
+    def texts(self) -> list[str]:
+        """Every candidate report string, indexed by ``text_id`` (the evaluated ones first)."""
+        return self.table.drop_duplicates("text_id").sort_values("text_id")["report"].tolist()
+
+    @property
+    def frequency(self) -> np.ndarray:
+        """How many pairs carry each text id (evaluated and added splits together)."""
+        return self.table.groupby("text_id", sort=True)["count"].sum().to_numpy(np.int64)
 
 
 @dataclass(frozen=True)
@@ -203,32 +267,46 @@ class Manifest:
         return self.table["text_id"].to_numpy(np.int64)
 
     def relevance(
-        self, mode: str, *, uncertain: str = "positive", key: str = "relevance"
+        self, mode: str, *, uncertain: str = "positive", key: str = "relevance", corpus: Corpus | None = None
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Relevant candidates of every query under relevance ``mode`` (module doc).
 
-        Returns (text ids relevant to each pair's image, pair positions relevant to each unique
-        text), sorted; ``key`` names the config key in messages.
+        Returns (corpus text ids relevant to each pair's image, pair positions relevant to each
+        evaluated text), sorted. Without ``corpus`` the candidates are the evaluated reports.
+        ``key`` names the config key in messages.
         """
         if mode not in RELEVANCE_MODES:
-            raise MedretError(
-                f"config key {key}: unknown relevance mode {mode!r}; use one of {', '.join(RELEVANCE_MODES)}"
-            )
+            known = ", ".join(RELEVANCE_MODES)
+            raise MedretError(f"config key {key}: unknown relevance mode {mode!r}; use one of {known}")
         text_ids = self.text_ids
-        groups = text_ids if mode == "exact" else label_groups(self.table, uncertain=uncertain, key=key)
+        rows = self.table[["text_id", *self._labels()]] if corpus is None else corpus.table
+        if mode == "exact":
+            groups, row_groups = text_ids, rows["text_id"].to_numpy(np.int64)
+        else:
+            both = pd.concat([self.table, rows], ignore_index=True)
+            codes = label_groups(both, uncertain=uncertain, key=key)
+            groups, row_groups = codes[: len(self.table)], codes[len(self.table) :]
         texts_of_group: dict[int, set[int]] = {}
+        for g, t in zip(row_groups.tolist(), rows["text_id"].tolist(), strict=True):
+            texts_of_group.setdefault(g, set()).add(t)
         groups_of_text: dict[int, set[int]] = {}
         pairs_of_group: dict[int, list[int]] = {}
         for i, (g, t) in enumerate(zip(groups.tolist(), text_ids.tolist(), strict=True)):
-            texts_of_group.setdefault(g, set()).add(t)
             groups_of_text.setdefault(t, set()).add(g)
             pairs_of_group.setdefault(g, []).append(i)
-        i2t = [np.asarray(sorted(texts_of_group[g]), dtype=np.int64) for g in groups.tolist()]
+        # A pair's own report is always relevant (its unknown label vector matches no other row).
+        i2t = [
+            np.asarray(sorted(texts_of_group.get(g, set()) | {t}), dtype=np.int64)
+            for g, t in zip(groups.tolist(), text_ids.tolist(), strict=True)
+        ]
         t2i = [
             np.asarray(sorted(i for g in groups_of_text[t] for i in pairs_of_group[g]), dtype=np.int64)
             for t in range(len(groups_of_text))
         ]
         return i2t, t2i
+
+    def _labels(self) -> list[str]:
+        return sorted(c for c in self.table.columns if c.startswith("label_"))
 
     def clusters(self) -> dict[str, str | None]:
         """Bootstrap cluster of every query id.

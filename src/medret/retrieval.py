@@ -18,13 +18,13 @@ Definitions (DESIGN §4):
 * Memory and device: scores are computed in tiles of at most ``block`` query×candidate entries
   (blocks of query rows against chunks of candidates), on the device given, never for the whole
   N×M matrix at once. The best relevant score of each query is found first, from its relevant
-  (query, candidate) pairs alone, so the candidates can be split into chunks. The work buffers
-  (score tile, its comparison mask, query rows and candidate rows in float64) hold at most
-  ``block`` elements each (at least two embedding rows), are allocated once and reused, so the
-  working memory is at most about 25 bytes × ``block`` whatever N, M and the sizes of the relevant
-  sets. Only the index lists of one query block's relevant pairs are not bounded by ``block``:
-  at most (queries in a block) × M entries, when relevant sets cover most candidates. Ranks do
-  not depend on ``block``.
+  (query, candidate) pairs alone, so the candidates can be split into chunks. The three work
+  buffers (score tile, query rows and candidate rows, float64) hold at most ``block`` elements
+  each (at least two embedding rows), are allocated once and reused, and every comparison and
+  count happens in place, so the working memory is at most 24 bytes × ``block`` (plus small
+  per-query vectors) whatever N, M and the sizes of the relevant sets. Only the index lists of
+  one query block's relevant pairs are not bounded by ``block``: at most (queries in a block) × M
+  entries, when relevant sets cover most candidates. Ranks do not depend on ``block``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,14 @@ import torch
 
 DEFAULT_BLOCK = 1 << 22  # score entries per tile: a 4M-entry float64 tile is 32 MB
 DEFAULT_TOL = 1e-6
+
+
+def scoring_device() -> torch.device:
+    """Where ranks are scored when nothing else is asked: CUDA when present, else the CPU.
+
+    Not Apple MPS, which has no float64.
+    """
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _relevant_pairs(relevant: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +91,6 @@ def pessimistic_ranks(
     q_buf = torch.empty(rows * dim, **f64)
     cand_buf = torch.empty(cols * dim, **f64)
     score_buf = torch.empty(max(rows * cols, 2 * dim), **f64)
-    mask_buf = torch.empty(rows * cols, dtype=torch.bool, device=device)
     pairs_at_once = len(score_buf) // (2 * dim)
     whole = cols == nc
     if whole:  # every candidate fits in one chunk: convert them once
@@ -114,8 +121,8 @@ def pessimistic_ranks(
                 torch.as_tensor(rel_rows[inside], device=device),
                 torch.as_tensor(rel_cols[inside] - c0, device=device),
             ] = -torch.inf
-            mask = torch.ge(scores, threshold, out=mask_buf[: scores.numel()].view(scores.shape))
-            beaten += mask.sum(dim=1)
+            # In place, as 1.0/0.0 in the score buffer: counting a bool mask would copy it to integers.
+            beaten += scores.ge_(threshold).sum(dim=1).to(torch.int64)
         ranks[r0:r1] = (1 + beaten).cpu().numpy()
     return ranks
 
@@ -139,20 +146,23 @@ def rank_table(
 ) -> pd.DataFrame:
     """Ranks in both directions at every (level, repeat) condition and relevance mode, scored on ``device``.
 
-    ``image_emb`` is (C, N, D) for C conditions and the N manifest pairs; ``text_emb`` is (U, D)
-    for the unique texts. ``relevance`` maps each mode to (text ids relevant to each pair's image,
-    pair positions relevant to each text), as :meth:`medret.manifest.Manifest.relevance` returns.
+    ``image_emb`` is (C, N, D) for C conditions and the N manifest pairs; ``text_emb`` is (P, D)
+    for the report corpus, whose first U texts are the evaluated ones. ``relevance`` maps each mode
+    to (corpus text ids relevant to each pair's image, pair positions relevant to each of the U
+    evaluated texts), as :meth:`medret.manifest.Manifest.relevance` returns: every corpus text is
+    an image → report candidate, the U evaluated texts are the report → image queries.
     Returns the tidy table ``level, repeat, relevance, direction, query_id, rank, n_relevant,
     n_candidates``; image queries are named by their pair id, text queries by :func:`text_query_ids`.
     """
-    n, u = len(pair_ids), len(text_emb)
+    n, p = len(pair_ids), len(text_emb)
     frames = []
     for c in range(len(levels)):
         for mode, (i2t_rel, t2i_rel) in relevance.items():
+            u = len(t2i_rel)
             i2t = pessimistic_ranks(image_emb[c], text_emb, i2t_rel, block=block, tol=tol, device=device)
-            t2i = pessimistic_ranks(text_emb, image_emb[c], t2i_rel, block=block, tol=tol, device=device)
+            t2i = pessimistic_ranks(text_emb[:u], image_emb[c], t2i_rel, block=block, tol=tol, device=device)
             for direction, queries, ranks, rel, ncand in (
-                ("i2t", list(pair_ids), i2t, i2t_rel, u),
+                ("i2t", list(pair_ids), i2t, i2t_rel, p),
                 ("t2i", text_query_ids(u), t2i, t2i_rel, n),
             ):
                 frames.append(
@@ -173,7 +183,7 @@ def rank_table(
 
 
 def text_frequency_ranks(
-    text_ids: np.ndarray,
+    frequency: np.ndarray,
     pair_ids: Sequence[str],
     relevance: Mapping[str, tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
 ) -> pd.DataFrame:
@@ -181,8 +191,9 @@ def text_frequency_ranks(
 
     Image → report: every image gets the same ranking of the reports, most frequent first (ties
     pessimistic, as everywhere). Report → image: every image scores the same, so all tie. It is the
-    best a model that ignores the image can do on image → report.
+    best a model that ignores the image can do on image → report. ``frequency``: how many pairs
+    carry each corpus text (:attr:`medret.manifest.Corpus.frequency`).
     """
-    frequency = np.bincount(text_ids).astype(np.float64)[:, None]
+    scores = np.asarray(frequency, dtype=np.float64)[:, None]
     blind = np.ones((1, len(pair_ids), 1))
-    return rank_table(blind, np.zeros(1), np.zeros(1, np.int64), frequency, pair_ids, relevance)
+    return rank_table(blind, np.zeros(1), np.zeros(1, np.int64), scores, pair_ids, relevance)

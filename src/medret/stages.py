@@ -68,15 +68,17 @@ def build_manifest(
     out_manifest: str | Path,
     out_train: str | Path,
     out_skipped: str | Path,
+    out_corpus: str | Path,
 ) -> None:
-    """Read a dataset through its adapter; write the evaluated manifest, the training table and the skipped pairs.
+    """Read a dataset through its adapter; write the evaluated manifest, the training table, the skipped
+    pairs and the report corpus (the evaluated reports plus those of the ``extra_reports`` splits).
 
     The images of the evaluated split are screened under the dataset's ``bad_images`` policy; those of
     the training split are checked when a model's training cache is built (a missing one stops it).
     """
     from medret.datasets import load_pairs
-    from medret.io import atomic_output
-    from medret.manifest import manifest_digest, screen_images, select_pairs, write_table
+    from medret.io import atomic_output, digest
+    from medret.manifest import build_corpus, manifest_digest, screen_images, select_pairs, write_table
 
     pairs = load_pairs(name, entry, list(sources))
     key = f"datasets.{name}.bad_images"
@@ -90,9 +92,23 @@ def build_manifest(
     else:  # an evaluation-only dataset; a model that tries to train on it gets a clear error
         train = manifest.iloc[0:0]
     write_table(train, out_train, digest=manifest_digest(train), dataset=name, split=entry["train_split"])
+    extra = list(entry["extra_reports"])
+    if entry["split"] in extra:
+        raise MedretError(
+            f"config key datasets.{name}.extra_reports: {entry['split']!r} is the evaluated split, whose reports "
+            "are always candidates; list other splits only"
+        )
+    unknown = sorted(set(extra) - set(pairs["split"]))
+    if unknown:
+        found = ", ".join(sorted(pairs["split"].unique()))
+        raise MedretError(f"config key datasets.{name}.extra_reports: no split {unknown[0]!r} (splits: {found})")
+    corpus = build_corpus(pairs, manifest, extra)
+    corpus_digest = digest(corpus.astype(str).to_dict(orient="list"))
+    write_table(corpus, out_corpus, digest=corpus_digest, manifest_digest=manifest_digest(manifest), dataset=name)
+    n_texts, n_corpus = manifest["text_id"].nunique(), corpus["text_id"].nunique()
     print(
-        f"{name}: {len(manifest)} evaluated pairs, {manifest['text_id'].nunique()} unique reports, "
-        f"{len(train)} training pairs",
+        f"{name}: {len(manifest)} evaluated pairs, {n_texts} unique reports, {len(train)} training pairs, "
+        f"{n_corpus} candidate reports ({n_corpus - n_texts} from {', '.join(extra) or 'no other split'})",
         file=sys.stderr,
     )
 
@@ -163,17 +179,19 @@ def embed_texts(
     name: str,
     entry: Mapping[str, Any],
     manifest_path: str | Path,
+    corpus_path: str | Path,
     out_path: str | Path,
     checkpoint: str | None = None,
 ) -> None:
-    """Embed the manifest's unique report strings with one model."""
+    """Embed every report of the corpus (evaluated reports first) with one model."""
     from medret import embeddings
-    from medret.manifest import Manifest
+    from medret.manifest import Corpus, Manifest
     from medret.models import load_model
 
     manifest = Manifest.read(manifest_path)
+    texts = Corpus.read(corpus_path, manifest).texts
     model = load_model(_model_entry(entry, checkpoint), name)
-    embeddings.embed_texts(model, manifest.texts, out_path, model_name=name, manifest_digest=manifest.digest)
+    embeddings.embed_texts(model, texts, out_path, model_name=name, manifest_digest=manifest.digest)
 
 
 def embed_images(
@@ -214,6 +232,7 @@ def embed_images(
 
 def compute_ranks(
     manifest_path: str | Path,
+    corpus_path: str | Path,
     text_path: str | Path,
     image_path: str | Path,
     specs_path: str | Path,
@@ -227,19 +246,20 @@ def compute_ranks(
     ``relevance``: the dataset's ``relevance`` (modes) and ``uncertain_labels`` settings.
     """
     from medret.embeddings import EmbeddingFile, check_provenance
-    from medret.manifest import Manifest, read_table, write_table
-    from medret.retrieval import rank_table
+    from medret.manifest import Corpus, Manifest, read_table, write_table
+    from medret.retrieval import rank_table, scoring_device
 
     manifest = Manifest.read(manifest_path)
+    corpus = Corpus.read(corpus_path, manifest)
     _, spec_meta = read_table(specs_path)
     text, images = EmbeddingFile.read(text_path), EmbeddingFile.read(image_path)
     check_provenance([text, images], {"manifest_digest": manifest.digest})
     check_provenance([images], {"corruption_spec_digest": spec_meta["digest"]})
-    if list(images.arrays["ids"]) != manifest.pair_ids or list(text.arrays["texts"]) != manifest.texts:
+    if list(images.arrays["ids"]) != manifest.pair_ids:
         raise MedretError(f"{image_path}: ids do not match {manifest_path}; delete it and re-run the workflow")
-    key = f"datasets.{dataset}.relevance"
-    uncertain = relevance["uncertain_labels"]
-    sets = {mode: manifest.relevance(mode, uncertain=uncertain, key=key) for mode in relevance["relevance"]}
+    if list(text.arrays["texts"]) != corpus.texts:
+        raise MedretError(f"{text_path}: texts do not match {corpus_path}; delete it and re-run the workflow")
+    sets = _relevance_sets(manifest, corpus, dataset, relevance)
     start = time.perf_counter()
     ranks = rank_table(
         images.arrays["embeddings"],
@@ -249,6 +269,7 @@ def compute_ranks(
         manifest.pair_ids,
         sets,
         block=block,
+        device=scoring_device(),
     )
     print(f"ranked {len(ranks)} queries in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     write_table(
@@ -262,9 +283,17 @@ def compute_ranks(
     )
 
 
+def _relevance_sets(manifest: Any, corpus: Any, dataset: str, relevance: Mapping[str, Any]) -> dict[str, tuple]:
+    """Relevant candidates of every query, per configured relevance mode (``Manifest.relevance``)."""
+    key = f"datasets.{dataset}.relevance"
+    uncertain = relevance["uncertain_labels"]
+    return {m: manifest.relevance(m, uncertain=uncertain, key=key, corpus=corpus) for m in relevance["relevance"]}
+
+
 def compute_metrics(
     dataset: str,
     manifest_path: str | Path,
+    corpus_path: str | Path,
     rank_paths: Sequence[str | Path],
     out_metrics: str | Path,
     out_robustness: str | Path,
@@ -279,22 +308,19 @@ def compute_metrics(
     """
     from medret import metrics
     from medret.io import atomic_output
-    from medret.manifest import Manifest, read_table
+    from medret.manifest import Corpus, Manifest, read_table
     from medret.retrieval import text_frequency_ranks
 
     manifest = Manifest.read(manifest_path)
+    corpus = Corpus.read(corpus_path, manifest)
     frames = []
     for path in rank_paths:
         ranks, meta = read_table(path)
         if meta.get("manifest_digest") != manifest.digest:
             raise MedretError(f"{path}: ranks of another manifest; delete it and re-run the workflow")
         frames.append(ranks.assign(model=meta["model"], corruption=meta["corruption"]))
-    key = f"datasets.{dataset}.relevance"
-    sets = {
-        mode: manifest.relevance(mode, uncertain=relevance["uncertain_labels"], key=key)
-        for mode in relevance["relevance"]
-    }
-    floors = text_frequency_ranks(manifest.text_ids, manifest.pair_ids, sets)
+    sets = _relevance_sets(manifest, corpus, dataset, relevance)
+    floors = text_frequency_ranks(corpus.frequency, manifest.pair_ids, sets)
     result = metrics.evaluate(
         pd.concat(frames, ignore_index=True),
         manifest.clusters(),
@@ -351,7 +377,7 @@ def plot_examples(
         n = min(n_examples, len(cache))
         # Evenly spaced pairs, so the panel does not depend on the first rows only.
         picks = np.linspace(0, len(cache) - 1, n).round().astype(int)
-        images = np.stack([cache.images[i] for i in picks])
+        images = np.stack([cache.read(i, i + 1)[0] for i in picks])
         boxes = torch.from_numpy(cache.boxes[picks])
         ids = [cache.ids[i] for i in picks]
     panel = np.zeros((n, len(levels), *images.shape[1:]), dtype=np.uint8)

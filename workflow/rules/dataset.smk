@@ -25,6 +25,7 @@ rule manifest:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
         train=f"{RESULTS}/{{dataset}}/train.parquet",
         skipped=f"{RESULTS}/{{dataset}}/skipped.csv",
+        corpus=f"{RESULTS}/{{dataset}}/corpus.parquet",
     log:
         "logs/manifest/{dataset}.log",
     conda:

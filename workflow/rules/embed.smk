@@ -4,6 +4,7 @@
 rule embed_texts:
     input:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        corpus=f"{RESULTS}/{{dataset}}/corpus.parquet",
         checkpoint=model_checkpoint,
     output:
         f"{RESULTS}/{{dataset}}/embeddings/{{model}}/text.h5",

@@ -4,6 +4,7 @@
 rule metrics:
     input:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        corpus=f"{RESULTS}/{{dataset}}/corpus.parquet",
         ranks=dataset_ranks,
     output:
         metrics=report(

@@ -4,6 +4,7 @@
 rule ranks:
     input:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        corpus=f"{RESULTS}/{{dataset}}/corpus.parquet",
         text=f"{RESULTS}/{{dataset}}/embeddings/{{model}}/text.h5",
         images=f"{RESULTS}/{{dataset}}/embeddings/{{model}}/images/{{corruption}}.h5",
         specs=f"{RESULTS}/{{dataset}}/corruptions/{{corruption}}.parquet",

@@ -5,6 +5,7 @@ with script_context(snakemake.log[0], snakemake.threads):
         snakemake.wildcards.model,
         snakemake.params.entry,
         snakemake.input.manifest,
+        snakemake.input.corpus,
         snakemake.output[0],
         checkpoint=snakemake.input.checkpoint or None,
     )

@@ -4,6 +4,7 @@ with script_context(snakemake.log[0]):
     compute_metrics(
         snakemake.wildcards.dataset,
         snakemake.input.manifest,
+        snakemake.input.corpus,
         snakemake.input.ranks,
         snakemake.output.metrics,
         snakemake.output.robustness,

@@ -3,6 +3,7 @@ from medret.stages import compute_ranks, script_context
 with script_context(snakemake.log[0], snakemake.threads):
     compute_ranks(
         snakemake.input.manifest,
+        snakemake.input.corpus,
         snakemake.input.text,
         snakemake.input.images,
         snakemake.input.specs,
