@@ -32,6 +32,14 @@ include: "workflow/rules/metrics.smk"
 include: "workflow/rules/plots.smk"
 
 
+# Only when jobs are about to run (not in a dry run): results_dir must accept new files.
+onstart:
+    try:
+        check_output_dir(RESULTS, "results_dir")
+    except MedretError as exc:
+        sys.exit(f"medret config error: {exc}")
+
+
 rule all:
     default_target: True
     input:

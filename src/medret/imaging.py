@@ -137,7 +137,7 @@ class ImageCache:
             self.boxes = self._file["boxes"][:]
             self.ids = [s.decode() if isinstance(s, bytes) else s for s in self._file["ids"][:]]
             self.attrs = dict(self._file.attrs)
-        except (OSError, KeyError) as exc:
+        except (OSError, KeyError, ValueError) as exc:  # ValueError: undecodable ids
             raise MedretError(
                 f"{self.path}: unreadable or incomplete image cache ({exc}); delete it and re-run the workflow"
             ) from exc
@@ -156,7 +156,12 @@ class ImageCache:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Images ``start:stop`` as a (B, S, S) uint8 array."""
-        return self.images[start:stop]
+        try:
+            return self.images[start:stop]
+        except OSError as exc:  # a damaged chunk: HDF5's decompression or checksum filter fails
+            raise MedretError(
+                f"{self.path}: cannot read images {start}-{stop} ({exc}); delete it and re-run the workflow"
+            ) from exc
 
     def close(self) -> None:
         self._file.close()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,25 +16,88 @@ from typing import Any
 
 from medret.errors import MedretError
 
+_SUFFIX = ".partial"
+
+
+def _dir_problem(path: Path, *, writable: bool = True) -> str | None:
+    """Why directory ``path`` cannot be used (created if missing) for new files, or None.
+
+    The nearest existing ancestor decides: it must be a directory and, with ``writable``, accept
+    new files. (Root ignores permission bits, but a read-only file system still refuses it.)
+    """
+    base = next((p for p in (path, *path.parents) if os.path.lexists(p)), Path("."))
+    if not base.is_dir():
+        return f"{base} is a file, not a directory"
+    if not writable or os.access(base, os.W_OK | os.X_OK):
+        return None
+    with contextlib.suppress(OSError):
+        if os.statvfs(base).f_flag & os.ST_RDONLY:
+            return f"{base} is on a read-only file system"
+    return f"{base} is not writable"
+
+
+def check_output_dir(path: str | os.PathLike[str], key: str, *, writable: bool = True) -> None:
+    """Fail with one line naming config ``key`` unless directory ``path`` exists or can be created.
+
+    With ``writable`` (the default) it must also accept new files. ``writable=False`` only rejects
+    a file in the way, which is enough to plan a run (a dry run may read results it cannot write).
+    """
+    problem = _dir_problem(Path(path), writable=writable)
+    if problem:
+        raise MedretError(f"config key {key}: cannot write to {path} ({problem}); choose another {key}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temporaries(dest: Path) -> None:
+    """Delete temporaries of ``dest`` whose writer, a process of this host, no longer runs.
+
+    A process killed mid-write (``kill -9``, out of memory) cannot clean up after itself; the next
+    write of the same output does. Temporaries of live processes and of other hosts (whose
+    processes cannot be checked from here) are left alone.
+    """
+    head, host = f".{dest.name}.", socket.gethostname()
+    for old in dest.parent.glob(f"{glob.escape(head)}*{_SUFFIX}"):
+        fields = old.name[len(head) : -len(_SUFFIX)].rsplit(".", 2)  # host (may hold dots), pid, random
+        if len(fields) != 3 or fields[0] != host or not fields[1].isdigit() or _alive(int(fields[1])):
+            continue
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
     A crash or exception leaves no half-written artifact at ``path`` (the temporary file or
-    directory is removed), so a re-run never mistakes a partial output for a finished one.
+    directory is removed), so a re-run never mistakes a partial output for a finished one. The
+    temporary is named ``.<name>.<host>.<pid>.<random>.partial``: a writer that was killed before it
+    could remove its temporary is recognised as dead, and its leftover removed, by the next write.
     """
     dest = Path(path)
+    problem = _dir_problem(dest.parent)
+    if problem:
+        raise MedretError(f"cannot write {dest}: {problem}; fix that or choose another results_dir")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MedretError(f"cannot create directory {dest.parent}: {exc.strerror}; check permissions") from exc
-    if not os.access(dest.parent, os.W_OK):
-        raise MedretError(f"directory {dest.parent} is not writable; fix its permissions or choose another results_dir")
+    _remove_stale_temporaries(dest)
+    prefix = f".{dest.name}.{socket.gethostname()}.{os.getpid()}."
     if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=_SUFFIX, dir=dest.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=_SUFFIX, dir=dest.parent)
         os.close(fd)
         tmp = Path(name)
         # mkstemp makes the file private (0600); give it the permissions a plain open() would.

@@ -6,6 +6,7 @@ import sys
 from medret.config import load_schema, validate_config
 from medret.datasets import get_adapter
 from medret.errors import MedretError
+from medret.io import check_output_dir
 from medret.models import get_family
 
 # Never reach for a model hub: a missing file must fail at once, not after minutes of retries.
@@ -18,6 +19,8 @@ try:
             config, load_schema(workflow.source_path("../../config/schema.yaml"))
         )
     )
+    # A file in the way of results_dir would crash Snakemake's own planning with a traceback.
+    check_output_dir(config["results_dir"], "results_dir", writable=False)
 except MedretError as exc:
     sys.exit(f"medret config error: {exc}")
 
