@@ -359,7 +359,6 @@ def test_read_table_refuses_truncated_and_damaged_files(tmp_path):
             assert read_table(path)[0]["report"][0] != REPORT
 
 
-@pytest.mark.xfail(strict=True, reason="needs write_page_checksum=True in medret.manifest.write_table (lead)")
 def test_a_flipped_byte_in_a_written_table_is_detected(tmp_path):
     path = tmp_path / "t.parquet"
     write_table(pd.DataFrame({"pair_id": ["a", "b", "c"], "report": REPORTS}), path, digest="d")
@@ -388,7 +387,6 @@ def _text_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="needs ValueError caught in medret.embeddings.EmbeddingFile.read (lead)")
 def test_embedding_file_with_undecodable_text_is_an_error_naming_it(tmp_path):
     path = _text_file(tmp_path)
     data = path.read_bytes()
@@ -398,7 +396,6 @@ def test_embedding_file_with_undecodable_text_is_an_error_naming_it(tmp_path):
         EmbeddingFile.read(path)
 
 
-@pytest.mark.xfail(strict=True, reason="needs fletcher32 checksums in medret.embeddings._write (lead)")
 def test_embedding_file_with_a_flipped_value_is_an_error_naming_it(tmp_path):
     path = _text_file(tmp_path)
     _flip(path, np.full(12, 1.2345678, dtype=np.float32).tobytes())
@@ -458,9 +455,6 @@ def test_check_output_dir(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"] and (tmp_path / "blocker").read_text() == ""
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs check_output_dir(..., writable=False) in workflow/rules/common.smk (lead)"
-)
 def test_results_dir_under_a_file_is_one_line_and_writes_nothing(tmp_path):
     (tmp_path / "blocker").write_text("")
     config = {**copy.deepcopy(MINI), "results_dir": "blocker/results"}
@@ -482,7 +476,6 @@ def _can_mount() -> bool:
 
 
 @pytest.mark.skipif(not _can_mount(), reason="needs unshare -m (mount namespaces) for a read-only bind mount")
-@pytest.mark.xfail(strict=True, reason="needs the onstart check_output_dir(RESULTS, ...) in the Snakefile (lead)")
 def test_read_only_results_is_one_line_and_writes_nothing(finished, tmp_path):
     run = finished
     config = copy.deepcopy(MINI)
@@ -514,11 +507,7 @@ def test_read_only_results_is_one_line_and_writes_nothing(finished, tmp_path):
     ("log", "desc"),
     [
         ("image_cache/demo/eval.log", "decode eval.h5"),
-        pytest.param(
-            "embed_images/demo/local/occlusion.log",
-            "embed local/occlusion",
-            marks=pytest.mark.xfail(strict=True, reason="embed_images writes a tqdm bar (\\r) to its log (lead)"),
-        ),
+        ("embed_images/demo/local/occlusion.log", "embed local/occlusion"),
     ],
     ids=["image-cache", "embedding"],
 )
