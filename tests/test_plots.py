@@ -287,7 +287,7 @@ def test_robustness_figure_structure(plots: ModuleType) -> None:
     assert len(ax_auc.patches) == len(MODELS) * 2  # one bar per model and direction
     heights = sorted(round(p.get_height(), 6) for p in ax_auc.patches)
     assert heights == [0.4, 0.4, 0.5, 0.5]
-    assert [t.get_text() for t in ax_auc.get_xticklabels()] == ["image → report", "report → image"]
+    assert [t.get_text() for t in ax_auc.get_xticklabels()] == ["image →\nreport", "report →\nimage"]
     assert "nAUC" in ax_auc.get_ylabel()
     texts = [t.get_text() for t in fig.legends[0].get_texts()]
     assert set(MODELS) <= set(texts) and "image → report" in texts

@@ -446,7 +446,8 @@ def _robustness_figure(
                 va="bottom",
                 fontsize=8,
             )
-    ax_auc.set_xticks(group_x, [DIRECTIONS[d] for d in directions])
+    # Up to four groups: short stacked labels ("image →", "report", "label match") keep them apart.
+    ax_auc.set_xticks(group_x, [DIRECTIONS[d].replace(" → ", " →\n").replace(", ", "\n") for d in directions])
     bounds = nauc[["value", "ci_low", "ci_high"]].to_numpy()
     bottom, top = np.nanmin(bounds, initial=0.0), np.nanmax(bounds, initial=0.0)
     # Headroom above the tallest error bar for the value labels.
