@@ -10,6 +10,10 @@ rule corruption_specs:
         "logs/corruption_specs/{dataset}/{corruption}.log",
     conda:
         "../../envs/medret.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         entry=corruption_entry,
     script:

@@ -12,6 +12,9 @@ rule demo_data:
     conda:
         "../../envs/medret.yaml"
     threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         entry=dataset_entry,
     script:
@@ -30,6 +33,10 @@ rule manifest:
         "logs/manifest/{dataset}.log",
     conda:
         "../../envs/medret.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         entry=dataset_entry,
     script:

@@ -10,6 +10,10 @@ rule image_cache:
         "logs/image_cache/{dataset}/{subset}.log",
     conda:
         "../../envs/medret.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
     params:
         size=dataset_image_size,
     script:

@@ -15,6 +15,9 @@ rule ranks:
     conda:
         "../../envs/medret.yaml"
     threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
     params:
         block=config["evaluation"]["block"],
         relevance=dataset_relevance,
