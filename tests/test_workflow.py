@@ -155,45 +155,36 @@ def test_adding_a_level_runs_no_text_embedding(demo_run):
     assert jobs["embed_images"] == 1 and jobs["corruption_specs"] == 1 and jobs["ranks"] == 1
 
 
-def test_a_pretrained_family_joins_the_study(demo_run, tmp_path):
-    """Tiny open_clip and BiomedCLIP models (random weights, published file layouts) run end to end."""
+def _hub_checkpoints(root: Path) -> dict[str, dict]:
+    """Config entries of a tiny open_clip model (state dict + JSON architecture) and a tiny BiomedCLIP
+    directory in its published hub layout (config, weights, vocabulary), with random weights."""
     import open_clip
     import torch
-
-    run = tmp_path / "run"
-    shutil.copytree(demo_run, run, symlinks=True)  # keeps mtimes: the copy is up to date
-    arch = tmp_path / "medret-tiny-wf.json"
-    arch.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(arch)
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model("medret-tiny-wf", pretrained=None).state_dict(), tmp_path / "tiny.pt")
-    # A tiny BiomedCLIP directory in the published hub layout (config, weights, vocabulary).
     from test_biomedclip import TINY_CFG as BIOMEDCLIP_CFG
     from test_biomedclip import _write_layout
 
+    arch = root / "medret-tiny-wf.json"
+    arch.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(arch)
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("medret-tiny-wf", pretrained=None).state_dict(), root / "tiny.pt")
     ref = copy.deepcopy(BIOMEDCLIP_CFG)
-    ref["model_cfg"]["text_cfg"].update(hf_model_name=str(tmp_path / "bmc"), hf_tokenizer_name=str(tmp_path / "bmc"))
-    _write_layout(tmp_path / "bmc", ref, None)
-    weights = open_clip.create_model(f"local-dir:{tmp_path / 'bmc'}", pretrained_text=False).state_dict()
-    biomedclip = _write_layout(tmp_path / "BiomedCLIP", BIOMEDCLIP_CFG, weights)
+    ref["model_cfg"]["text_cfg"].update(hf_model_name=str(root / "bmc"), hf_tokenizer_name=str(root / "bmc"))
+    _write_layout(root / "bmc", ref, None)
+    weights = open_clip.create_model(f"local-dir:{root / 'bmc'}", pretrained_text=False).state_dict()
+    biomedclip = _write_layout(root / "BiomedCLIP", BIOMEDCLIP_CFG, weights)
+    return {
+        "tiny-clip": {"family": "open_clip", "model": str(arch), "checkpoint": str(root / "tiny.pt")},
+        "tiny-biomedclip": {"family": "biomedclip", "checkpoint": str(biomedclip)},
+    }
+
+
+def test_a_pretrained_family_joins_the_study(demo_run, tmp_path):
+    """Adding pretrained models to the finished demo plans exactly their jobs (they run in the next test)."""
     config = copy.deepcopy(MINI)
-    config["models"]["tiny-clip"] = {"family": "open_clip", "model": str(arch), "checkpoint": str(tmp_path / "tiny.pt")}
-    config["models"]["tiny-biomedclip"] = {"family": "biomedclip", "checkpoint": str(biomedclip)}
+    config["models"].update(_hub_checkpoints(tmp_path))
     expected = {"embed_texts": 2, "embed_images": 4, "ranks": 4, "metrics": 1, "summary": 1, "plot_results": 2}
-    expected["all"] = 1
-    assert planned_jobs(run, config) == expected
-    snakemake(run, config)
-    metrics = pd.read_csv(run / "results" / "demo" / "metrics.csv")
-    assert set(metrics["model"]) == {"local", "tiny-clip", "tiny-biomedclip"}
-    comparisons = pd.read_csv(run / "results" / "demo" / "comparisons.csv")
-    pairs = set(zip(comparisons["model_a"], comparisons["model_b"], strict=True))
-    assert pairs == {("local", "tiny-biomedclip"), ("local", "tiny-clip"), ("tiny-biomedclip", "tiny-clip")}
-    assert set(comparisons["quantity"]) == {"value", "nauc"}
-    # p in [0, 1]; undefined (NaN) only where the difference is (an nAUC of a curve whose clean value is 0).
-    defined = comparisons["difference"].notna()
-    assert comparisons.loc[defined, "p_value"].between(0, 1).all() and comparisons.loc[~defined, "p_value"].isna().all()
-    ranks = pd.read_parquet(run / "results" / "demo" / "ranks" / "tiny-clip" / "occlusion.parquet")
-    assert len(ranks) == 2 * 3 * (96 + ranks[ranks.direction == "t2i"]["query_id"].nunique())  # 2 relevance modes
+    assert planned_jobs(demo_run, config) == {**expected, "all": 1}
 
 
 def _published_checkpoints(root: Path) -> dict[str, dict]:
@@ -245,7 +236,8 @@ def _published_checkpoints(root: Path) -> dict[str, dict]:
 
 
 def test_every_published_family_runs_end_to_end(demo_run, tmp_path):
-    """CXR-RePaiR, CheXzero, MedCLIP, CXR-CLIP and BioViL (published file layouts) through the whole workflow.
+    """Every family (published file layouts) through the whole workflow: CXR-RePaiR, CheXzero, MedCLIP,
+    CXR-CLIP, BioViL, and tiny open_clip and BiomedCLIP models.
 
     A 16-pair subset of the demo's test split and two levels keep the full-size image towers cheap.
     """
@@ -253,7 +245,7 @@ def test_every_published_family_runs_end_to_end(demo_run, tmp_path):
     subset = pairs[pairs["split"] == "test"].head(16).copy()
     subset["image"] = [str(demo_run / "resources" / "demo" / p) for p in subset["image"]]
     subset.to_csv(tmp_path / "pairs.csv", index=False)
-    models = _published_checkpoints(tmp_path)
+    models = _published_checkpoints(tmp_path) | _hub_checkpoints(tmp_path)
     config = {
         "datasets": {"sub": {"adapter": "csv", "csv": str(tmp_path / "pairs.csv"), "image_size": 64}},
         "models": models,
@@ -266,7 +258,8 @@ def test_every_published_family_runs_end_to_end(demo_run, tmp_path):
     res = run / "results" / "sub"
     metrics = pd.read_csv(res / "metrics.csv")
     assert set(metrics["model"]) == set(models)
-    dims = {"cxr-repair": 512, "chexzero": 512, "medclip": 512, "cxr-clip": 512, "biovil": 128}
+    dims = {"cxr-repair": 512, "chexzero": 512, "medclip": 512, "cxr-clip": 512, "biovil": 128, "tiny-clip": 32}
+    dims["tiny-biomedclip"] = 16
     n_texts = subset["report"].str.strip().nunique()
     for name, dim in dims.items():
         with h5py.File(res / "embeddings" / name / "images" / "occlusion.h5") as f:
@@ -276,6 +269,12 @@ def test_every_published_family_runs_end_to_end(demo_run, tmp_path):
         assert not np.allclose(emb[0], emb[1]), f"{name}: occlusion changed nothing"
         ranks = pd.read_parquet(res / "ranks" / name / "occlusion.parquet")
         assert len(ranks) == 2 * (16 + n_texts) and ranks["rank"].between(1, 16).all()
+    comparisons = pd.read_csv(res / "comparisons.csv")
+    assert len(set(zip(comparisons["model_a"], comparisons["model_b"], strict=True))) == 7 * 6 // 2
+    assert set(comparisons["quantity"]) == {"value", "nauc"}
+    # p in [0, 1]; undefined (NaN) only where the difference is (an nAUC of a curve whose clean value is 0).
+    defined = comparisons["difference"].notna()
+    assert comparisons.loc[defined, "p_value"].between(0, 1).all() and comparisons.loc[~defined, "p_value"].isna().all()
     # Same weights, same architecture and preprocessing: CXR-RePaiR and CheXzero differ only by the fp16 rounding.
     with (
         h5py.File(res / "embeddings" / "cxr-repair" / "text.h5") as a,
