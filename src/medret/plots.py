@@ -227,6 +227,23 @@ def _model_handles(models: Sequence[str], colors: Mapping[str, Any], markers: Ma
 # --------------------------------------------------------------------------------------------------
 
 
+#: Line style and label of each floor column of the metrics table.
+_FLOORS = {
+    "chance": {"color": "0.45", "linestyle": "--", "linewidth": 1.2, "label": "chance"},
+    "text_frequency": {"color": "0.3", "linestyle": ":", "linewidth": 1.4, "label": "text-frequency floor"},
+}
+
+
+def _floor_line(ax: Axes, cell: pd.DataFrame, column: str) -> Any:
+    """Draw floor ``column`` of one panel against level (above the model lines, so it stays visible
+    where a model sits on it); return the line, or None when the panel has no value."""
+    floor = cell.groupby("level")[column].mean().dropna()
+    if floor.empty:
+        return None
+    (line,) = ax.plot(floor.index.to_numpy(), floor.to_numpy(), zorder=2.5, **_FLOORS[column])
+    return line
+
+
 def _recall_figure(
     metrics: pd.DataFrame,
     corruption: str,
@@ -279,30 +296,9 @@ def _recall_figure(
                     label=model,
                     clip_on=False,  # markers at 0 % or 100 % are drawn whole, not cut by the spine
                 )
-            # Chance is a property of the gallery, identical for all models: one line per axes.
-            chance = cell.groupby("level")["chance"].mean().dropna()
-            if not chance.empty:
-                (chance_handle,) = ax.plot(
-                    chance.index.to_numpy(),
-                    chance.to_numpy(),
-                    color="0.45",
-                    linestyle="--",
-                    linewidth=1.2,
-                    label="chance",
-                    zorder=2.5,  # above the model lines: visible where a model sits at chance
-                )
-            # The image-blind floor: what ranking reports by frequency alone reaches.
-            floor = cell.groupby("level")["text_frequency"].mean().dropna()
-            if not floor.empty:
-                (floor_handle,) = ax.plot(
-                    floor.index.to_numpy(),
-                    floor.to_numpy(),
-                    color="0.3",
-                    linestyle=":",
-                    linewidth=1.4,
-                    label="text-frequency floor",
-                    zorder=2.5,
-                )
+            # Floors are properties of the gallery, identical for all models: one line each per axes.
+            chance_handle = _floor_line(ax, cell, "chance") or chance_handle
+            floor_handle = _floor_line(ax, cell, "text_frequency") or floor_handle
             ax.set_title(f"{DIRECTIONS[direction]}: {metric}", fontsize=10)
             ax.set_ylabel(metric_label(metric))
             if metric.startswith("R@"):
@@ -318,12 +314,11 @@ def _recall_figure(
 
     handles = _model_handles(models, colors, markers)
     labels = list(models)
-    if chance_handle is not None:
-        handles.append(Line2D([], [], color="0.45", linestyle="--", linewidth=1.2))
-        labels.append("chance")
-    if floor_handle is not None:
-        handles.append(Line2D([], [], color="0.3", linestyle=":", linewidth=1.4))
-        labels.append("text-frequency floor")
+    for column, handle in (("chance", chance_handle), ("text_frequency", floor_handle)):
+        if handle is not None:
+            style = {k: v for k, v in _FLOORS[column].items() if k != "label"}
+            handles.append(Line2D([], [], **style))
+            labels.append(_FLOORS[column]["label"])
     handles.append(Patch(facecolor="0.5", alpha=CI_ALPHA))
     labels.append("confidence interval")
     _add_figure_legend(fig, handles, labels)
