@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medret.progress import progress
+
 DEFAULT_BLOCK = 1 << 22  # score entries per tile: a 4M-entry float64 tile is 32 MB
 DEFAULT_TOL = 1e-6
 
@@ -156,7 +158,7 @@ def rank_table(
     """
     n, p = len(pair_ids), len(text_emb)
     frames = []
-    for c in range(len(levels)):
+    for c in progress(range(len(levels)), len(levels), "rank", unit="condition"):
         for mode, (i2t_rel, t2i_rel) in relevance.items():
             u = len(t2i_rel)
             i2t = pessimistic_ranks(image_emb[c], text_emb, i2t_rel, block=block, tol=tol, device=device)
