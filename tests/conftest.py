@@ -33,19 +33,3 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("demo")
     snakemake(workdir, MINI)
     return workdir
-
-
-#: Test files that share the session's reduced demo run: one worker runs them all, so it is built once.
-_DEMO_GROUP = {"test_workflow.py", "test_reliability.py"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``pytest -n 2 --dist loadgroup`` (make test), keep each file's tests on one worker.
-
-    Session fixtures (the full-size model builds, the demo run) are then built once; the SLURM
-    test, which mostly waits for the scheduler, overlaps with the rest of the suite.
-    """
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            name = item.path.name
-            item.add_marker(pytest.mark.xdist_group("demo" if name in _DEMO_GROUP else name))
