@@ -336,13 +336,14 @@ def _validate(ranks: pd.DataFrame) -> None:
 
 
 def _per_query(ranks: pd.DataFrame) -> pd.DataFrame:
-    """Average each query's hits, reciprocal rank and rank over its repeats at each level."""
-    r = ranks["rank"].to_numpy(float)
-    # column "median_rank" holds the rank itself: its per-query mean is what the median is taken of
-    stats = {f"R@{k}": 100.0 * hits(r, k) for k in KS} | {"MRR": 1.0 / r, "median_rank": r}
-    table = ranks[[*_CELL, "query_id", "repeat", "n_candidates", "n_relevant"]].assign(**stats)
+    """One row per query and level: its mean rank over its repeats (what the median rank is taken of),
+    its candidate pool and its number of repeats. The means (R@K, MRR) are bootstrapped per repeat
+    by :func:`_repeat_bootstrap_means`, which reads the ranks table itself."""
+    table = ranks[[*_CELL, "query_id", "repeat", "n_candidates", "n_relevant"]].assign(
+        median_rank=ranks["rank"].to_numpy(float)
+    )
     grouped = table.groupby([*_CELL, "query_id"], sort=True, observed=True)
-    per_query = grouped[list(METRICS)].mean()
+    per_query = grouped[["median_rank"]].mean()
     pool = grouped[["n_candidates", "n_relevant"]]
     smallest = pool.min()
     if (smallest != pool.max()).any().any():
