@@ -39,6 +39,27 @@ def test_defaults_are_filled(demo):
     assert "device" not in demo["models"]["local"], "the input config is not modified"
 
 
+def _reversed_keys(value):
+    """``value`` with every mapping's keys in reverse order."""
+    if isinstance(value, dict):
+        return {key: _reversed_keys(value[key]) for key in reversed(list(value))}
+    return value
+
+
+def test_key_order_does_not_change_the_entries(demo):
+    # Snakemake compares params as strings: the order keys are written in must not show in them.
+    shuffled = _reversed_keys(demo)
+    shuffled["corruptions"]["occlusion"]["repeats"] = 1  # a default written out in another place
+    a, b = validate_config(demo), validate_config(shuffled)
+    assert list(b["models"]) == list(reversed(list(demo["models"]))), "named entries keep the user's order"
+    assert list(b["models"]["local-occaug"]["train"]) == sorted(b["models"]["local-occaug"]["train"])
+    for section in ("datasets", "models", "corruptions"):
+        for name in a[section]:
+            assert str(a[section][name]) == str(b[section][name]), (section, name)
+    assert str(a["evaluation"]) == str(b["evaluation"])
+    assert a["corruptions"]["occlusion"]["levels"] == demo["corruptions"]["occlusion"]["levels"], "lists keep order"
+
+
 def test_every_schema_key_is_documented():
     def walk(node, path):
         for key, sub in node.get("properties", {}).items():

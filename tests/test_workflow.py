@@ -21,6 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from medret.config import validate_config
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MINI = yaml.safe_load((ROOT / "tests" / "configs" / "mini.yaml").read_text())
@@ -153,6 +155,17 @@ def test_adding_a_level_runs_no_text_embedding(demo_run):
     jobs = planned_jobs(demo_run, config)
     assert "embed_texts" not in jobs and "train_model" not in jobs and "image_cache" not in jobs
     assert jobs["embed_images"] == 1 and jobs["corruption_specs"] == 1 and jobs["ranks"] == 1
+
+
+def test_reordering_config_keys_runs_nothing(demo_run):
+    # Every key of every entry written in reverse order, and a default written out: same study.
+    def reverse(value):
+        return {k: reverse(value[k]) for k in reversed(list(value))} if isinstance(value, dict) else value
+
+    config = reverse(copy.deepcopy(MINI))
+    assert "ci" not in MINI["evaluation"]
+    config["evaluation"]["ci"] = validate_config(MINI)["evaluation"]["ci"]
+    assert planned_jobs(demo_run, config) == {}
 
 
 def _hub_checkpoints(root: Path) -> dict[str, dict]:

@@ -72,7 +72,28 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
         raise MedretError(_message(error))
     _fill_defaults(config, schema)
     _check_references(config)
-    return config
+    # Named entries keep the user's order (plots and tables follow it); everything inside them is
+    # sorted, because Snakemake compares a rule's params as strings: the order keys are written in,
+    # or where a default was filled in, would otherwise re-run every job that reads the entry.
+    return {
+        key: {name: _sorted_keys(entry) for name, entry in value.items()}
+        if key in _NAMED_SECTIONS
+        else _sorted_keys(value)
+        for key, value in config.items()
+    }
+
+
+#: Top-level sections that map user-chosen names to entries.
+_NAMED_SECTIONS = ("datasets", "models", "corruptions")
+
+
+def _sorted_keys(value: Any) -> Any:
+    """``value`` with the keys of every mapping in it sorted, recursively (lists keep their order)."""
+    if isinstance(value, dict):
+        return {key: _sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(item) for item in value]
+    return value
 
 
 def _check_references(config: Mapping[str, Any]) -> None:
