@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import errno
 import os
 import re
 import shlex
@@ -437,6 +438,26 @@ def test_a_second_run_in_the_same_directory_meets_the_lock(finished, demo_run, t
 # Unwritable results
 
 
+def test_job_context_caps_torch_threads_without_importing_torch():
+    # Stages that never need torch (manifest, image cache, plots) must not pay its import.
+    code = """
+import sys
+from medret import stages
+with stages.script_context(None, threads=1):  # torch's default here is the number of cores
+    from medret import imaging, manifest, plots
+    print("torch" in sys.modules)
+    import torch
+    print(torch.get_num_threads())
+import torch
+with stages.script_context(None, threads=3):  # torch already imported: set directly
+    print(torch.get_num_threads())
+"""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=PATIENCE)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "1", "3"]
+
+
 def test_check_output_dir(tmp_path):
     check_output_dir(tmp_path / "new" / "deeper", "results_dir")  # creatable: fine
     (tmp_path / "blocker").write_text("")
@@ -497,6 +518,60 @@ def test_read_only_results_is_one_line_and_writes_nothing(finished, tmp_path):
     assert expected in proc.stderr.splitlines()
     assert sorted(str(p.relative_to(run)) for p in (run / "results").rglob("*")) == before
     assert not _leftovers(run)
+
+
+def test_a_full_disk_is_one_line_naming_the_output(tmp_path):
+    def fill():
+        with atomic_output(tmp_path / "table.parquet") as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(MedretError) as err:
+        fill()
+    assert str(err.value) == (
+        f"cannot write {tmp_path / 'table.parquet'}: no space left on device on {tmp_path}; "
+        "free space there or choose another results_dir"
+    )
+    assert list(tmp_path.iterdir()) == []
+    # Wrapped by a writer without an errno (h5py says it in its message), or over quota: recognised.
+    h5py_error = RuntimeError("Unable to flush raw data (file write failed: error message = 'No space left on device')")
+    for cause in (h5py_error, OSError(errno.EDQUOT, "Disk quota exceeded")):
+        with (
+            pytest.raises(MedretError, match=r"(no space left on device|disk quota exceeded) on"),
+            atomic_output(tmp_path / "x.h5"),
+        ):
+            raise cause
+    # Other errors pass unchanged.
+    with pytest.raises(PermissionError), atomic_output(tmp_path / "x.h5"):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs unshare -m (mount namespaces) to mount a small tmpfs")
+def test_a_full_disk_during_a_real_cache_build_is_one_line_and_leaves_nothing(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(8):  # noise does not compress: 8 x 64 kB of cache on a 256 kB file system
+        Image.fromarray(rng.integers(0, 256, (256, 256), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    small = tmp_path / "small"
+    small.mkdir()
+    code = (
+        "from medret import imaging, stages\n"
+        "with stages.script_context(None):\n"
+        f"    paths = [f'{tmp_path}/{{i}}.png' for i in range(8)]\n"
+        f"    imaging.build_image_cache(list('01234567'), paths, '{small}/eval.h5', size=256, manifest_digest='d')\n"
+    )
+    mount = f"mount -t tmpfs -o size=256k tmpfs {shlex.quote(str(small))}"
+    run = f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
+    script = f"{mount} && {{ {run}; echo status=$?; ls -A {shlex.quote(str(small))}; }}"
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=PATIENCE)
+    # Exit status 1, not a crash (HDF5 segfaults at exit after a failed flush unless we leave first),
+    # the one line, and an empty file system: the temporary was removed.
+    assert proc.stdout.split() == ["status=1"], (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Segmentation" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"medret error: cannot write {small}/eval.h5: no space left on device on {small}; "
+        "free space there or choose another results_dir"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -109,12 +110,39 @@ def atomic_output(path: str | os.PathLike[str], *, directory: bool = False) -> I
         if directory and dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
+            # Emptied first: a writer that still holds it open (h5py retries closing a file it
+            # could not flush) then finds space to finish, and the space returns at once.
+            with contextlib.suppress(OSError):
+                os.truncate(tmp, 0)
             tmp.unlink(missing_ok=True)
+        full = disk_full(exc)
+        if full:
+            raise MedretError(
+                f"cannot write {dest}: {full} on {dest.parent}; free space there or choose another results_dir"
+            ) from exc
         raise
+
+
+#: What the writers' errors say when the disk or the user's quota is full (h5py and pyarrow wrap
+#: the OS error in their own message, often without an errno).
+_FULL = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+
+
+def disk_full(exc: BaseException | None) -> str | None:
+    """ "no space left on device" / "disk quota exceeded" when ``exc`` (or its cause) says so, else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError | RuntimeError):  # h5py reports a failed flush as a RuntimeError
+            for code, text in _FULL.items():
+                if getattr(exc, "errno", None) == code or text.lower() in str(exc).lower():
+                    return text.lower()
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def canonical_json(obj: Any) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from medret.errors import MedretError
+from medret.io import disk_full
 
 
 @contextlib.contextmanager
@@ -25,7 +26,9 @@ def script_context(log_path: str | os.PathLike[str] | None, threads: int = 1) ->
     """Send stderr to the job's log, cap torch threads, and turn a MedretError into one line.
 
     The one-line message goes to the log and to the terminal; the job then exits with status 1
-    (Snakemake removes the outputs of failed jobs, and ours are atomic anyway).
+    (Snakemake removes the outputs of failed jobs, and ours are atomic anyway). Torch is not
+    imported here: stages that never need it (manifest, image cache, metrics, plots) save the
+    seconds its import takes, and those that do get ``threads`` from ``OMP_NUM_THREADS``.
     """
     terminal = sys.stderr
     log = open(log_path, "w", buffering=1) if log_path else None  # noqa: SIM115 (closed below)
@@ -33,13 +36,22 @@ def script_context(log_path: str | os.PathLike[str] | None, threads: int = 1) ->
         sys.stderr = log
     os.environ.setdefault("MPLCONFIGDIR", str(Path(log_path or ".").resolve().parent / ".mplconfig"))
     try:
-        import torch
-
-        torch.set_num_threads(max(1, int(threads)))
+        threads = max(1, int(threads))
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+        else:  # read by torch when a stage first imports it
+            os.environ["OMP_NUM_THREADS"] = str(threads)
         yield
     except MedretError as exc:
         for stream in {terminal, sys.stderr}:
             print(f"medret error: {exc}", file=stream, flush=True)
+        if disk_full(exc):
+            # HDF5 cannot close a file it failed to flush and crashes in its exit handler; the
+            # outputs are already removed, so leave without running exit handlers.
+            sys.stdout.flush()
+            if log is not None:
+                log.close()
+            os._exit(1)
         raise SystemExit(1) from None
     finally:
         sys.stderr = terminal
@@ -113,8 +125,8 @@ def build_manifest(
     )
 
 
-def build_image_cache(table_path: str | Path, out_path: str | Path, size: int) -> None:
-    """Decode the images of a manifest or training table once into the HDF5 image cache."""
+def build_image_cache(table_path: str | Path, out_path: str | Path, size: int, workers: int = 1) -> None:
+    """Decode the images of a manifest or training table once into the HDF5 image cache (``workers`` threads)."""
     from medret import imaging
     from medret.manifest import read_table
 
@@ -125,6 +137,7 @@ def build_image_cache(table_path: str | Path, out_path: str | Path, size: int) -
         out_path,
         size=size,
         manifest_digest=meta["digest"],
+        workers=workers,
     )
 
 
