@@ -185,6 +185,65 @@ def test_decode_keeps_aspect_and_records_the_box(tmp_path):
     assert canvas.shape == (10, 10) and box == (0, 0, 10, 10) and (canvas == 90).all()
 
 
+def _radiograph_like(h: int, w: int) -> np.ndarray:
+    """A smooth greyscale image with edges and fine texture, like a radiograph at full resolution."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = 120 + 80 * np.sin(x / 37.0) * np.cos(y / 53.0) + 20 * np.sin((x + 2 * y) / 5.0)
+    img[h // 3 : h // 2, w // 4 : w // 2] += 60  # a sharp-edged bright block
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    path = tmp_path / "big.jpg"
+    Image.fromarray(_radiograph_like(1500, 1250)).save(path, quality=95)
+    requested = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(
+        JpegImagePlugin.JpegImageFile, "draft", lambda im, mode, size: requested.append(size) or draft(im, mode, size)
+    )
+    canvas, box = decode_to_canvas(path, 128)
+    # Full decode + Lanczos, computed independently: same box, pixels within about a grey level.
+    with Image.open(path) as im:
+        full = np.asarray(im.convert("L").resize((107, 128), Image.Resampling.LANCZOS), dtype=np.float64)
+    assert box == (0, 10, 128, 107) and requested == [(214, 256)]
+    diff = np.abs(canvas[:, 10:117].astype(np.float64) - full)
+    assert diff.mean() < 1.0 and diff.max() <= 12, (diff.mean(), diff.max())
+    assert canvas[:, :10].max() == 0 and canvas[:, 117:].max() == 0
+    # A JPEG not much larger than the target is decoded in full (the request is above its size).
+    Image.fromarray(_radiograph_like(200, 150)).save(tmp_path / "small.jpg", quality=95)
+    requested.clear()
+    small, _ = decode_to_canvas(tmp_path / "small.jpg", 128)
+    with Image.open(tmp_path / "small.jpg") as im:
+        ref = np.asarray(im.convert("L").resize((96, 128), Image.Resampling.LANCZOS))
+    assert requested == [(192, 256)] and np.array_equal(small[:, 16:112], ref)
+
+
+def test_threaded_decoding_writes_the_same_cache(tmp_path):
+    paths = []
+    for i in range(11):  # more images than the 4 x workers queue; PNG and JPEG, odd shapes
+        path = tmp_path / f"i{i}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(_radiograph_like(90 + 7 * i, 140 - 5 * i)).save(path)
+        paths.append(str(path))
+    ids = [f"p{i}" for i in range(len(paths))]
+    files = {}
+    for workers in (1, 2, 3):
+        files[workers] = tmp_path / f"cache{workers}.h5"
+        build_image_cache(ids, paths, files[workers], size=32, manifest_digest="d", workers=workers)
+    with ImageCache(files[1]) as one:
+        reference = (one.read(0, len(ids)), one.boxes)
+    for workers in (2, 3):
+        with ImageCache(files[workers]) as other:
+            assert np.array_equal(other.read(0, len(ids)), reference[0]) and np.array_equal(other.boxes, reference[1])
+    # A broken image in the middle stops the threaded build with its name, and leaves nothing behind.
+    Path(paths[6]).write_bytes(b"not an image")
+    out = tmp_path / "broken.h5"
+    with pytest.raises(MedretError, match=r"i6\.jpg: cannot decode image"):
+        build_image_cache(ids, paths, out, size=32, manifest_digest="d", workers=3)
+    assert not out.exists() and not list(tmp_path.glob(".broken.h5*"))
+
+
 def test_image_cache_round_trip_and_provenance(tmp_path):
     path = _write_csv(tmp_path, _rows())
     pairs = read_pairs_csv(path)

@@ -10,7 +10,7 @@ rule image_cache:
         "logs/image_cache/{dataset}/{subset}.log",
     conda:
         "../../envs/medret.yaml"
-    threads: 1
+    threads: 4  # decoding threads; Snakemake gives fewer on a smaller machine
     resources:
         mem_mb=4000,
         runtime=240,

@@ -1,4 +1,9 @@
 from medret.stages import build_image_cache, script_context
 
 with script_context(snakemake.log[0]):
-    build_image_cache(snakemake.input.table, snakemake.output[0], snakemake.params.size)
+    build_image_cache(
+        snakemake.input.table,
+        snakemake.output[0],
+        snakemake.params.size,
+        workers=snakemake.threads,
+    )
