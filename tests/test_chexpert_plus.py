@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import assert_study_list_errors, one_line
 from PIL import Image
 
 from medret.datasets import get_adapter, load_pairs
@@ -345,21 +346,16 @@ def test_study_list(tmp_path, content):
 
 def test_study_list_errors(tmp_path):
     base = _build(tmp_path)
-    path = tmp_path / "studies.txt"
-    path.write_text("patient99999/study1\n", encoding="utf-8")
-    with pytest.raises(MedretError, match="none of its 1 study ids is in"):
-        _load(_entry(base, study_list=str(path)))
-    path.write_text("64541\n", encoding="utf-8")
-    with pytest.raises(MedretError, match="'64541' is not a study id; list ids like patient00001/study1"):
-        _load(_entry(base, study_list=str(path)))
-    with pytest.raises(MedretError, match=r"nope\.txt: study list not found; .* datasets\.cxp\.study_list"):
-        _load(_entry(base, study_list=str(tmp_path / "nope.txt")))
-
-
-def _one_line(exc: pytest.ExceptionInfo) -> str:
-    message = str(exc.value)
-    assert "\n" not in message
-    return message
+    assert_study_list_errors(
+        lambda path: _load(_entry(base, study_list=str(path))),
+        tmp_path / "studies.txt",
+        unknown="patient99999/study1",
+        malformed="64541",
+        key="datasets.cxp.study_list",
+    )
+    (tmp_path / "studies.txt").write_text("64541\n", encoding="utf-8")
+    with pytest.raises(MedretError, match="list ids like patient00001/study1"):
+        _load(_entry(base, study_list=str(tmp_path / "studies.txt")))
 
 
 def test_missing_files_and_wrong_root(tmp_path):
@@ -384,14 +380,14 @@ def test_missing_files_and_wrong_root(tmp_path):
     for change, message in cases:
         with pytest.raises(MedretError) as exc:
             sources("cxp", _entry(base, **change))
-        assert message in _one_line(exc), change
+        assert message in one_line(exc), change
     with pytest.raises(MedretError, match=r"config key datasets\.cxp\.reports is missing"):
         sources("cxp", {"adapter": "chexpert_plus", "root": str(base / "PNG" / "PNG")})
     (base / "chexbert_labels" / "findings_fixed.json").unlink()
     sources("cxp", _entry(base))  # the impression file is all the default section needs
     with pytest.raises(MedretError) as exc:
         sources("cxp", _entry(base, section="longest"))
-    assert "findings_fixed.json: CheXbert label file not found; set datasets.cxp.labels" in _one_line(exc)
+    assert "findings_fixed.json: CheXbert label file not found; set datasets.cxp.labels" in one_line(exc)
 
 
 def test_bad_inputs_at_load(tmp_path):
@@ -406,24 +402,24 @@ def test_bad_inputs_at_load(tmp_path):
 
     with pytest.raises(MedretError) as exc:  # another CSV (e.g. CheXpert's train.csv)
         load_csv(frame.drop(columns=["section_impression", "deid_patient_id"]))
-    assert "missing column(s) deid_patient_id, section_impression; expected the CheXpert Plus report CSV" in _one_line(
+    assert "missing column(s) deid_patient_id, section_impression; expected the CheXpert Plus report CSV" in one_line(
         exc
     )
     with pytest.raises(MedretError) as exc:  # paths with the CheXpert-v1.0-small prefix
         load_csv(frame.assign(path_to_image="CheXpert-v1.0-small/" + frame["path_to_image"]))
     assert "row 2: path_to_image 'CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg' is not" in (
-        _one_line(exc)
+        one_line(exc)
     )
     changed = frame.copy()
     changed.loc[9, "section_impression"] = "Something else."  # the repeated row now disagrees
     with pytest.raises(MedretError) as exc:
         load_csv(changed)
-    assert "'train/patient00001/study1/view1_frontal.jpg' appears on two rows with different values" in _one_line(exc)
+    assert "'train/patient00001/study1/view1_frontal.jpg' appears on two rows with different values" in one_line(exc)
     with pytest.raises(MedretError, match="the CSV has no rows"):
         load_csv(frame.iloc[0:0])
     with pytest.raises(MedretError) as exc:
         load_pairs("cxp", entry, [str(base / "gone.csv"), *sources[1:]])
-    assert "gone.csv: CheXpert Plus report CSV (df_chexpert_plus_240401.csv) not found" in _one_line(exc)
+    assert "gone.csv: CheXpert Plus report CSV (df_chexpert_plus_240401.csv) not found" in one_line(exc)
 
     labels = tmp_path / "labels.json"
     good = (base / "chexbert_labels" / "impression_fixed.json").read_text(encoding="utf-8")
@@ -446,4 +442,4 @@ def test_bad_inputs_at_load(tmp_path):
         labels.write_text(text, encoding="utf-8")
         with pytest.raises(MedretError) as exc:
             load_pairs("cxp", entry, [sources[0], str(labels)])
-        assert message in _one_line(exc), message
+        assert message in one_line(exc), message

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import one_line
 from PIL import Image
 
 from medret.datasets import get_adapter, load_pairs
@@ -168,24 +169,18 @@ def test_study_list(tmp_path, content):
     assert table["pair_id"].tolist() == ["1_IM-0001-3001.dcm.png", "1_IM-0001-4001.dcm.png", "4_IM-2050-2001.dcm.png"]
 
 
-def _one_line(exc: pytest.ExceptionInfo) -> str:
-    message = str(exc.value)
-    assert "\n" not in message
-    return message
-
-
 def test_missing_files_and_wrong_root(tmp_path):
     root = _build(tmp_path)
     sources = get_adapter("iu_xray").source_files
     with pytest.raises(MedretError) as exc:  # the images directory instead of the dataset directory
         sources("iu", _entry(root / "images"))
     assert "indiana_reports.csv(.gz): IU X-ray file (Kaggle chest-xrays-indiana-university) not found" in (
-        _one_line(exc)
+        one_line(exc)
     )
     assert "datasets.iu.root" in str(exc.value)
     with pytest.raises(MedretError) as exc:
         sources("iu", _entry(tmp_path / "absent"))
-    assert "absent: IU X-ray directory not found; check the config key datasets.iu.root" in _one_line(exc)
+    assert "absent: IU X-ray directory not found; check the config key datasets.iu.root" in one_line(exc)
     with pytest.raises(MedretError, match=r"config key datasets\.iu\.root is missing"):
         sources("iu", {"adapter": "iu_xray"})
     with pytest.raises(MedretError, match=r"config key datasets\.iu\.section is 'summary'; use one of"):
@@ -195,11 +190,11 @@ def test_missing_files_and_wrong_root(tmp_path):
     (root / "images" / "images_normalized").rename(root / "images" / "normalized")
     with pytest.raises(MedretError) as exc:
         sources("iu", _entry(root))
-    assert "images_normalized: image directory not found; set datasets.iu.root" in _one_line(exc)
+    assert "images_normalized: image directory not found; set datasets.iu.root" in one_line(exc)
     (root / "indiana_projections.csv").unlink()
     with pytest.raises(MedretError) as exc:
         sources("iu", _entry(root))
-    assert "indiana_projections.csv(.gz): IU X-ray file" in _one_line(exc)
+    assert "indiana_projections.csv(.gz): IU X-ray file" in one_line(exc)
 
 
 def test_bad_inputs_at_load(tmp_path):
@@ -230,10 +225,10 @@ def test_bad_inputs_at_load(tmp_path):
     for reports_frame, projections_frame, message in cases:
         with pytest.raises(MedretError) as exc:
             load(reports_frame, projections_frame)
-        assert message in _one_line(exc), message
+        assert message in one_line(exc), message
     with pytest.raises(MedretError) as exc:
         load_pairs("iu", entry, [str(root / "gone.csv"), sources[1]])
-    assert "gone.csv: IU X-ray file (Kaggle chest-xrays-indiana-university) not found" in _one_line(exc)
+    assert "gone.csv: IU X-ray file (Kaggle chest-xrays-indiana-university) not found" in one_line(exc)
     (tmp_path / "uids.txt").write_text("CXR1\n", encoding="utf-8")
     with pytest.raises(MedretError, match="'CXR1' is not a study id; list ids like 1 or 3999"):
         _load(_entry(root, study_list=str(tmp_path / "uids.txt")))

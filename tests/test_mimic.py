@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import assert_study_list_errors, one_line
 from PIL import Image
 
 from medret.datasets import get_adapter, load_pairs
@@ -365,21 +366,13 @@ def test_study_list(tmp_path, content):
 
 def test_study_list_errors(tmp_path):
     _build(tmp_path)
-    path = tmp_path / "studies.txt"
-    path.write_text("59999999\n", encoding="utf-8")
-    with pytest.raises(MedretError, match="none of its 1 study ids"):
-        _load(_entry(tmp_path, study_list=str(path)))
-    path.write_text("study-one\n", encoding="utf-8")
-    with pytest.raises(MedretError, match="'study-one' is not a study id"):
-        _load(_entry(tmp_path, study_list=str(path)))
-    with pytest.raises(MedretError, match=r"nope\.txt: study list not found; .* datasets\.mimic\.study_list"):
-        _load(_entry(tmp_path, study_list=str(tmp_path / "nope.txt")))
-
-
-def _one_line(exc: pytest.ExceptionInfo) -> str:
-    message = str(exc.value)
-    assert "\n" not in message
-    return message
+    assert_study_list_errors(
+        lambda path: _load(_entry(tmp_path, study_list=str(path))),
+        tmp_path / "studies.txt",
+        unknown="59999999",
+        malformed="study-one",
+        key="datasets.mimic.study_list",
+    )
 
 
 def test_missing_files(tmp_path):
@@ -387,10 +380,10 @@ def test_missing_files(tmp_path):
     sources = get_adapter("mimic_cxr").source_files
     with pytest.raises(MedretError) as exc:
         sources("cxr", _entry(tmp_path, root=str(tmp_path / "absent")))
-    assert "absent" in _one_line(exc) and "datasets.cxr.root" in str(exc.value)
+    assert "absent" in one_line(exc) and "datasets.cxr.root" in str(exc.value)
     with pytest.raises(MedretError) as exc:
         sources("cxr", _entry(tmp_path, reports=str(tmp_path / "absent.zip")))
-    assert "absent.zip" in _one_line(exc) and "datasets.cxr.reports" in str(exc.value)
+    assert "absent.zip" in one_line(exc) and "datasets.cxr.reports" in str(exc.value)
     with pytest.raises(MedretError, match=r"datasets\.cxr\.reports is missing"):
         sources("cxr", {"adapter": "mimic_cxr", "root": str(root)})
     with pytest.raises(MedretError, match=r"datasets\.cxr\.section is 'summary'; use one of"):
@@ -398,7 +391,7 @@ def test_missing_files(tmp_path):
     (root / "mimic-cxr-2.0.0-chexpert.csv.gz").unlink()
     with pytest.raises(MedretError) as exc:
         sources("cxr", _entry(tmp_path))
-    assert "mimic-cxr-2.0.0-chexpert.csv(.gz): MIMIC-CXR-JPG file not found" in _one_line(exc)
+    assert "mimic-cxr-2.0.0-chexpert.csv(.gz): MIMIC-CXR-JPG file not found" in one_line(exc)
     assert "datasets.cxr.root" in str(exc.value)
 
 
@@ -409,7 +402,7 @@ def test_bad_inputs_at_load(tmp_path):
     # A file deleted between planning and loading.
     with pytest.raises(MedretError) as exc:
         load_pairs("mimic", entry, [str(root / "gone.csv"), *sources[1:]])
-    assert "gone.csv: MIMIC-CXR-JPG file not found" in _one_line(exc)
+    assert "gone.csv: MIMIC-CXR-JPG file not found" in one_line(exc)
     # Wrong columns (e.g. the 1.0 metadata or another CSV).
     bad = tmp_path / "bad.csv"
     bad.write_text("dicom_id,study\nx,1\n", encoding="utf-8")
