@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-import medret.models.biomedclip as bmc  # registers the family
+import medret.models.biomedclip as bmc
 from medret.errors import MedretError
 from medret.models import list_families, load_model
 

@@ -32,7 +32,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preproc
 from PIL import Image
 from torchvision.transforms import Compose, InterpolationMode, Normalize, Resize
 
-import medret.models.clip_family as cf  # registers the families
+import medret.models.clip_family as cf
 from medret.errors import MedretError
 from medret.imaging import decode_to_canvas
 from medret.models import list_families, load_model

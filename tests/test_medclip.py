@@ -39,7 +39,7 @@ transformers = pytest.importorskip("transformers")
 import torchvision  # noqa: E402
 from transformers import BertConfig, BertModel, BertTokenizer, SwinConfig, SwinModel  # noqa: E402
 
-import medret.models.medclip as mc  # noqa: E402  (registers the family)
+import medret.models.medclip as mc  # noqa: E402
 from medret.errors import MedretError  # noqa: E402
 from medret.imaging import decode_to_canvas  # noqa: E402
 from medret.models import list_families, load_model  # noqa: E402

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
+import medret
+import medret.models
+from medret.config import SCHEMA_PATH, validate_config
 from medret.errors import MedretError
-from medret.models import get_family, list_families, load_model
+from medret.models import Family, ModelAdapter, get_family, list_families, load_model, register_family
 from medret.models.local import (
     BagTokenizer,
     build_vocab,
@@ -74,6 +83,126 @@ def test_load_model_errors_name_the_key(checkpoint):
         get_family({"family": "local", "chekpoint": "x"}, "m")
     with pytest.raises(MedretError, match=r"models\.m\.checkpoint is required"):
         load_model({"family": "local"}, "m")
+
+
+# Checking a config must stay cheap: Snakemake does it on every call (every dry-run, every job).
+_TORCH_FREE = """
+import glob, json, sys
+import yaml
+from medret.config import SCHEMA_PATH, validate_config
+from medret.models import get_family, list_families
+
+for path in ["config/config.yaml", *sorted(glob.glob("config/examples/*.yaml"))]:
+    with open(path) as f:
+        validate_config(yaml.safe_load(f))
+families = list_families()
+for name, family in families.items():
+    assert get_family({"family": name}, "m") is family
+    assert family.options and family.description and isinstance(family.required, tuple)
+    family.train is None
+heavy = ("torch", "transformers", "open_clip", "timm", "safetensors")
+print(json.dumps({
+    "families": sorted(families),
+    "trainable": sorted(n for n, f in families.items() if f.train is not None),
+    "heavy": sorted(m for m in sys.modules if m.split(".")[0] in heavy),
+    "models": sorted(m for m in sys.modules if m.startswith("medret.models.")),
+}))
+"""
+
+
+def test_checking_configs_imports_no_torch_and_no_family_module():
+    src = Path(medret.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-c", _TORCH_FREE], cwd=src.parent, env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["families"] == sorted(list_families())
+    assert out["trainable"] == ["local"]
+    assert out["heavy"] == []
+    assert out["models"] == ["medret.models.families"]
+
+
+def test_builtin_families_name_module_level_callables():
+    for family in list_families().values():
+        assert isinstance(family.build, str) and callable(family.builder())
+        assert family.train is None or callable(family.trainer())
+    assert list_families()["local"].trainer().__module__ == "medret.models.local"
+    with pytest.raises(MedretError, match="family open_clip is not trainable"):
+        list_families()["open_clip"].trainer()
+
+
+def test_option_texts_follow_the_family_modules():
+    # The declarations live in medret.models.families (torch-free); their texts quote these constants.
+    from medret.models import biomedclip, medclip
+
+    text = list_families()["biomedclip"].options["checkpoint"]
+    for value in (biomedclip.REPO, biomedclip.CONFIG_FILE, biomedclip.WEIGHTS_FILE, biomedclip.VOCAB_FILE):
+        assert value in text
+    assert f"(default {medclip.DEFAULT_MAX_LENGTH})" in list_families()["medclip"].options["max_length"]
+
+
+class TinyAdapter(ModelAdapter):
+    """A third-party family's adapter: constant embeddings."""
+
+    family = "tiny"
+
+    @property
+    def embed_dim(self) -> int:
+        return 4
+
+    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return torch.ones(len(images), 4, device=images.device)
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        return torch.full((len(texts), 4), float(self.entry["scale"]))
+
+
+def _tiny_train(entry, pairs, images, out_path, **kwargs):
+    return {"trained": True}
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The registry, restored after the test (built-ins loaded first, so they stay registered)."""
+    list_families()
+    monkeypatch.setattr(medret.models, "_FAMILIES", dict(medret.models._FAMILIES))
+
+
+@pytest.mark.parametrize("form", ["callable", "string"])
+def test_third_party_family(registry, form):
+    build = TinyAdapter if form == "callable" else f"{__name__}:TinyAdapter"
+    train = _tiny_train if form == "callable" else f"{__name__}:_tiny_train"
+    family = register_family(
+        Family(
+            name="tiny",
+            build=build,
+            options={"scale": "a number", "train": "training options"},
+            description="test",
+            train=train,
+        )
+    )
+    assert list_families()["tiny"] is family and family.builder() is TinyAdapter and family.trainer() is _tiny_train
+    model = load_model({"family": "tiny", "scale": 3.0, "batch_size": 2}, "t")
+    assert isinstance(model, TinyAdapter)
+    torch.testing.assert_close(model.encode_texts(["a", "b", "c"]), torch.full((3, 4), 0.5))
+    with pytest.raises(MedretError, match=r"models\.t\.scales: not an option of family tiny"):
+        load_model({"family": "tiny", "scales": 3.0}, "t")
+    # A config may name it (the schema lists the options it knows); a train section is accepted
+    # because the family has a trainer.
+    config = yaml.safe_load((SCHEMA_PATH.parent / "config.yaml").read_text())
+    config["models"] = {"t": {"family": "tiny", "train": {"dataset": "demo"}}}
+    assert validate_config(config)["models"]["t"]["family"] == "tiny"
+
+
+def test_malformed_family_targets():
+    with pytest.raises(ValueError, match=r"family x: build='medret\.models\.local' is not 'module:attribute'"):
+        Family(name="x", build="medret.models.local", options={}, description="")
+    with pytest.raises(ValueError, match=r"family x: train=':train' is not 'module:attribute'"):
+        Family(name="x", build=TinyAdapter, options={}, description="", train=":train")
+    with pytest.raises(TypeError, match="family x: build must be a callable"):
+        Family(name="x", build=None, options={}, description="")
 
 
 def test_checkpoint_format_and_embeddings(checkpoint):

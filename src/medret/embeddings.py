@@ -36,7 +36,7 @@ from medret.corruptions import get_kind
 from medret.errors import MedretError
 from medret.imaging import ImageCache
 from medret.io import atomic_output
-from medret.models import ModelAdapter
+from medret.models.base import ModelAdapter
 from medret.progress import progress
 
 

@@ -178,7 +178,7 @@ def train_model(
         raise MedretError(f"config key models.{name}.train.dataset: that dataset has no pairs in its train_split")
     with ImageCache(train_images, manifest_digest=meta["digest"]) as cache:
         images = cache.read(0, len(cache))
-    family.train(entry, table, images, out_path, data_digest=meta["digest"], threads=threads)
+    family.trainer()(entry, table, images, out_path, data_digest=meta["digest"], threads=threads)
 
 
 def _model_entry(entry: Mapping[str, Any], checkpoint: str | None) -> dict[str, Any]:

@@ -3,8 +3,15 @@
 Every model is an adapter with one contract (DESIGN §5): ``encode_images`` takes uint8 images in
 cache space (the square canvases of the image cache, plus their content boxes) and
 ``encode_texts`` takes report strings; both return L2-normalised float32 embeddings. A family is
-one module that knows its checkpoint format, preprocessing and tokeniser, and registers itself
-here with :func:`register_family`; adding a family never touches the workflow.
+one module that knows its checkpoint format, preprocessing and tokeniser; it is registered here
+with :func:`register_family` (the built-in ones in :mod:`medret.models.families`); adding a family
+never touches the workflow.
+
+This module is torch-free: a family's ``build``/``train`` may be named as ``"module:attribute"``
+and is imported only when a model is built or trained, so checking a config (which the workflow
+does on every Snakemake call) imports no family module. :class:`~medret.models.base.ModelAdapter`
+and :func:`~medret.models.base.resolve_device` live in :mod:`medret.models.base` and are still
+importable from here (lazily).
 
 Config entry of a model (``models.<name>`` in the config)::
 
@@ -17,119 +24,53 @@ Config entry of a model (``models.<name>`` in the config)::
 
 from __future__ import annotations
 
-import contextlib
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
 
 from medret.errors import MedretError
-from medret.io import digest
+
+if TYPE_CHECKING:
+    from medret.models.base import ModelAdapter
 
 #: Options every family accepts, with their defaults.
 COMMON_OPTIONS: dict[str, Any] = {"batch_size": 64, "device": "auto", "dtype": "float32"}
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+#: Names served lazily from :mod:`medret.models.base` (importing it imports torch).
+_BASE_NAMES = ("ModelAdapter", "resolve_device")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, then Apple MPS, else the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MedretError(f"config key device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MedretError(f"config key device: {name!r} requested but CUDA is not available; use device: auto")
-    return device
+def __getattr__(name: str) -> Any:
+    if name in _BASE_NAMES:
+        from medret.models import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class ModelAdapter(ABC):
-    """Base of every family's adapter: batching, device, autocast and normalisation live here."""
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_BASE_NAMES})
 
-    #: Family name, set by each subclass.
-    family: str = ""
 
-    def __init__(self, entry: Mapping[str, Any]) -> None:
-        self.entry = {**COMMON_OPTIONS, **entry}
-        self.batch_size = int(self.entry["batch_size"])
-        self.device = resolve_device(str(self.entry["device"]))
-        self.dtype = _DTYPES[self.entry["dtype"]]
+def _check_target(target: Any, field: str, family: str) -> None:
+    if isinstance(target, str):
+        module, sep, attribute = target.partition(":")
+        if not (module and sep and attribute):
+            raise ValueError(f"family {family}: {field}={target!r} is not 'module:attribute'")
+    elif not callable(target):
+        raise TypeError(f"family {family}: {field} must be a callable or a 'module:attribute' string")
 
-    @property
-    @abstractmethod
-    def embed_dim(self) -> int:
-        """Size of the joint embedding space."""
 
-    def spec(self) -> dict[str, Any]:
-        """Everything that determines this model's embeddings (hashed into the provenance).
-
-        The config entry without the keys that cannot change an embedding (batch size, device) or
-        that only name files (``checkpoint``, ``text_model``), plus the family's :meth:`identity`:
-        the files' content, not their paths, identifies a model.
-        """
-        skip = ("batch_size", "device", "checkpoint", "text_model")
-        return {**{k: v for k, v in self.entry.items() if k not in skip}, **self.identity()}
-
-    def identity(self) -> dict[str, Any]:
-        """Content digests of the model's files and the preprocessing/tokenising settings they imply."""
-        return {}
-
-    def spec_hash(self) -> str:
-        """Digest of :meth:`spec`, stored in every embedding file this model writes."""
-        return digest(self.spec())
-
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        if self.dtype == torch.float32:
-            yield
-        else:
-            with torch.autocast(self.device.type, dtype=self.dtype):
-                yield
-
-    @torch.inference_mode()
-    def encode_images(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
-        """Embed (B, S, S) uint8 cache-space images; ``boxes`` are their content boxes (B, 4).
-
-        Returns (B, D) float32, L2-normalised, on the CPU.
-        """
-        if images.dtype != torch.uint8 or images.ndim != 3:
-            raise ValueError(f"expected (B, S, S) uint8 images, got {tuple(images.shape)} {images.dtype}")
-        if boxes is None:
-            size = images.shape[-1]
-            boxes = torch.tensor([[0, 0, size, size]] * len(images))
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size].to(self.device, non_blocking=True)
-            with self._autocast():
-                emb = self._encode_images(batch, boxes[start : start + self.batch_size].to(self.device))
-            out.append(F.normalize(emb.float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
-
-    @torch.inference_mode()
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """Embed report strings; returns (B, D) float32, L2-normalised, on the CPU."""
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            with self._autocast():
-                emb = self._encode_texts(texts[start : start + self.batch_size])
-            out.append(F.normalize(emb.float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
-
-    @abstractmethod
-    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Family-specific preprocessing and image tower on one batch (already on the device)."""
-
-    @abstractmethod
-    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """Family-specific tokenisation and text tower on one batch."""
+def _resolve(target: Callable[..., Any] | str) -> Callable[..., Any]:
+    """``target`` itself, or the object a ``"module:attribute"`` string names (imported now)."""
+    if not isinstance(target, str):
+        return target
+    module, _, attribute = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attribute.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 @dataclass(frozen=True)
@@ -139,33 +80,47 @@ class Family:
     ``options`` documents the family-specific config keys (name -> description); any other key
     in a model's entry is an error. ``train``, when set, makes the workflow train the model
     before embedding: ``train(entry, pairs, images, out_path, threads)``.
+
+    ``build`` and ``train`` are callables or ``"module:attribute"`` strings; a string is imported
+    only by :meth:`builder` / :meth:`trainer`, so the registry can be read (names, options,
+    ``train is None``) without importing the family's module or torch.
     """
 
     name: str
-    build: Callable[[Mapping[str, Any]], ModelAdapter]
+    build: Callable[[Mapping[str, Any]], ModelAdapter] | str
     options: dict[str, str]
     description: str
     required: tuple[str, ...] = ()
-    train: Callable[..., None] | None = None
+    train: Callable[..., Any] | str | None = None
+
+    def __post_init__(self) -> None:
+        _check_target(self.build, "build", self.name)
+        if self.train is not None:
+            _check_target(self.train, "train", self.name)
+
+    def builder(self) -> Callable[[Mapping[str, Any]], ModelAdapter]:
+        """The callable that builds this family's adapter from a config entry (imports its module)."""
+        return _resolve(self.build)
+
+    def trainer(self) -> Callable[..., Any]:
+        """The callable that trains this family (imports its module); an error if it is not trainable."""
+        if self.train is None:
+            raise MedretError(f"family {self.name} is not trainable")
+        return _resolve(self.train)
 
 
 _FAMILIES: dict[str, Family] = {}
 
 
 def register_family(family: Family) -> Family:
-    """Add a family to the registry (called at import time by each family module)."""
+    """Add a family to the registry (a family with the same name is replaced)."""
     _FAMILIES[family.name] = family
     return family
 
 
 def _load_builtin_families() -> None:
-    # Lazy, so that importing medret.models does not import every family's dependencies.
-    from medret.models import biomedclip as _biomedclip  # noqa: F401
-    from medret.models import biovil as _biovil  # noqa: F401
-    from medret.models import clip_family as _clip_family  # noqa: F401
-    from medret.models import cxr_clip as _cxr_clip  # noqa: F401
-    from medret.models import local as _local  # noqa: F401
-    from medret.models import medclip as _medclip  # noqa: F401
+    # The declarations only (registered once, on first import): no family module, no torch.
+    from medret.models import families as _families  # noqa: F401
 
 
 def list_families() -> dict[str, Family]:
@@ -204,4 +159,4 @@ def load_model(entry: Mapping[str, Any], name: str = "<model>") -> ModelAdapter:
     missing = [k for k in family.required if k not in entry]
     if missing:
         raise MedretError(f"config key models.{name}.{missing[0]} is required by family {family.name}")
-    return family.build(entry)
+    return family.builder()(entry)

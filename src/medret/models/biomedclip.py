@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from medret.errors import MedretError
-from medret.models import Family, ModelAdapter, register_family
+from medret.models.base import ModelAdapter
 from medret.models.checkpoints import BERT_BASE, error_line, file_sha256
 from medret.models.clip_family import (
     _quiet_open_clip,
@@ -280,17 +280,3 @@ class BiomedClipAdapter(ModelAdapter):
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenize(texts).to(self.device))
-
-
-register_family(
-    Family(
-        name="biomedclip",
-        build=BiomedClipAdapter,
-        options={
-            "checkpoint": f"directory in the {REPO} layout: {CONFIG_FILE}, {WEIGHTS_FILE} and BiomedBERT's "
-            f"{VOCAB_FILE} (optionally tokenizer_config.json, config.json); a hub-cache snapshot directory works",
-        },
-        description="BiomedCLIP (Zhang et al. 2023): timm ViT-B/16 + BiomedBERT, CLIP-trained on PMC-15M figures",
-        required=("checkpoint",),
-    )
-)

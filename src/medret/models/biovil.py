@@ -82,7 +82,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medret.errors import MedretError
-from medret.models import Family, ModelAdapter, register_family
+from medret.models.base import ModelAdapter
 from medret.models.checkpoints import BERT_BASE, error_line, file_sha256, key_problems, read_vocab, skip_random_init
 from medret.models.cxr_clip import pil_resize_crop, resized_size
 from medret.models.medclip import describe_checkpoint
@@ -565,22 +565,3 @@ class BioViLAdapter(ModelAdapter):
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         ids, mask = self.tokenizer(texts)
         return self.text_model(ids.to(self.device), mask.to(self.device))
-
-
-register_family(
-    Family(
-        name=FAMILY,
-        build=BioViLAdapter,
-        options={
-            "biovil_version": "biovil (BioViL: ResNet-50, crop 480) or biovil_t (BioViL-T single-image path, crop "
-            "448), matching the checkpoint",
-            "checkpoint": "image weights: biovil_image_resnet50_proj_size_128.pt (huggingface.co/microsoft/"
-            "BiomedVLP-CXR-BERT-specialized, v1.1) or biovil_t_image_model_proj_size_128.pt (huggingface.co/"
-            "microsoft/BiomedVLP-BioViL-T, v1.0)",
-            "text_model": "directory with the same repository's config.json, pytorch_model.bin and vocab.txt "
-            "(CXR-BERT; never run as remote code)",
-        },
-        description="BioViL / BioViL-T (Microsoft, 2022/2023): ResNet-50 + CXR-BERT, 128-d, MIMIC-CXR",
-        required=("biovil_version", "checkpoint", "text_model"),
-    )
-)

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import _weights_only_unpickler
 
 from medret.errors import MedretError
-from medret.models import Family, ModelAdapter, register_family
+from medret.models.base import ModelAdapter
 from medret.models.checkpoints import error_line, file_sha256, key_problems
 
 #: Keys of OpenAI's TorchScript state dict that are not weights (deleted by OpenAI's and open_clip's loaders).
@@ -637,39 +637,3 @@ class CheXzeroAdapter(_CxrClipAdapter):
         f"a best_*.pt file (e.g. best_64_5e-05_original_22000_0.864.pt) from {CHEXZERO_URL} "
         "(github.com/rajpurkarlab/CheXzero)"
     )
-
-
-register_family(
-    Family(
-        name="open_clip",
-        build=OpenClipAdapter,
-        options={
-            "model": "open_clip architecture (open_clip.list_models()), e.g. ViT-B-32-quickgelu; "
-            "OpenAI-derived weights need a -quickgelu architecture",
-            "checkpoint": "local weights file: a state dict (.pt/.pth/.bin), .safetensors, or an OpenAI "
-            "TorchScript .pt (read without running its code)",
-            "pretrained": "open_clip pretrained tag (e.g. openai), taken from the local hub cache only; it also "
-            "selects the tag's preprocessing (with checkpoint, the file is used as that tag's weights)",
-        },
-        description="any open_clip CLIP architecture with local weights and open_clip's eval preprocessing",
-        required=("model",),
-    )
-)
-register_family(
-    Family(
-        name="cxr_repair",
-        build=CxrRepairAdapter,
-        options={"checkpoint": "path of CXR-RePaiR's clip-imp-pretrained_128_6_after_4.pt"},
-        description="CXR-RePaiR (Endo et al. 2021): OpenAI CLIP ViT-B/32 fine-tuned on MIMIC-CXR impressions",
-        required=("checkpoint",),
-    )
-)
-register_family(
-    Family(
-        name="chexzero",
-        build=CheXzeroAdapter,
-        options={"checkpoint": "path of a CheXzero best_*.pt checkpoint"},
-        description="CheXzero (Tiu et al. 2022): OpenAI CLIP ViT-B/32 fine-tuned on MIMIC-CXR impressions",
-        required=("checkpoint",),
-    )
-)

@@ -77,7 +77,7 @@ import torch
 from torch import nn
 
 from medret.errors import MedretError
-from medret.models import Family, ModelAdapter, register_family
+from medret.models.base import ModelAdapter
 from medret.models.checkpoints import BERT_BASE, error_line, file_sha256, read_vocab, skip_random_init
 
 if TYPE_CHECKING:
@@ -720,20 +720,3 @@ class CxrClipAdapter(ModelAdapter):
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         ids, mask, types = self.tokenizer(texts)
         return self.model.encode_text(ids.to(self.device), mask.to(self.device), types.to(self.device))
-
-
-register_family(
-    Family(
-        name=FAMILY,
-        build=CxrClipAdapter,
-        options={
-            "checkpoint": "released CXR-CLIP file r50_{m,mc,mcc}.tar or swint_{m,mc,mcc}.tar "
-            "(github.com/kakaobrain/cxr-clip)",
-            "text_model": "local directory with Bio_ClinicalBERT's vocab.txt (and optionally config.json) from "
-            "huggingface.co/emilyalsentzer/Bio_ClinicalBERT",
-            "max_length": "report truncation in tokens (default: the checkpoint's base.text_max_length, 256)",
-        },
-        description="CXR-CLIP (You et al. 2023): ResNet-50 or Swin-T + Bio_ClinicalBERT, 512-d",
-        required=("checkpoint", "text_model"),
-    )
-)

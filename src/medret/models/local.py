@@ -38,7 +38,7 @@ import medret
 from medret.corruptions import occlude
 from medret.errors import MedretError
 from medret.io import atomic_output, digest
-from medret.models import Family, ModelAdapter, register_family, resolve_device
+from medret.models.base import ModelAdapter, resolve_device
 from medret.models.checkpoints import error_line
 
 FORMAT = "medret.local/1"
@@ -333,7 +333,7 @@ def train(
     return record
 
 
-def _train_from_files(
+def train_from_files(
     entry: Mapping[str, Any],
     pairs: Any,
     images: np.ndarray,
@@ -352,19 +352,3 @@ def _train_from_files(
         data_digest=data_digest,
         threads=threads,
     )
-
-
-register_family(
-    Family(
-        name="local",
-        build=LocalAdapter,
-        options={
-            "checkpoint": "path of the trained checkpoint (set by the workflow for trained models)",
-            "train": "training options: dataset, epochs, batch_size, lr, seed, occlusion_augmentation, "
-            "input_size, embed_dim, min_count",
-        },
-        description="the project's small contrastive CNN + bag-of-words model, trained by the workflow",
-        required=("checkpoint",),
-        train=_train_from_files,
-    )
-)

@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medret.errors import MedretError
-from medret.models import Family, ModelAdapter, register_family
+from medret.models.base import ModelAdapter
 from medret.models.checkpoints import error_line, file_sha256, key_problems, read_vocab, skip_random_init
 
 FAMILY = "medclip"
@@ -607,21 +607,3 @@ class MedCLIPAdapter(ModelAdapter):
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         ids, mask = self.tokenizer(texts)
         return self.model.text_model(ids.to(self.device), mask.to(self.device))
-
-
-register_family(
-    Family(
-        name=FAMILY,
-        build=MedCLIPAdapter,
-        options={
-            "variant": "vit (Swin-T image tower) or resnet (ResNet-50), matching the checkpoint",
-            "checkpoint": "MedCLIP's pytorch_model.bin, extracted from medclip-vit-pretrained.zip or "
-            "medclip-pretrained.zip (storage.googleapis.com/pytrial/)",
-            "text_model": "directory with Bio_ClinicalBERT's vocab.txt (+ optional config.json), from "
-            "huggingface.co/emilyalsentzer/Bio_ClinicalBERT",
-            "max_length": f"tokens per report, truncated and padded to this length (default {DEFAULT_MAX_LENGTH})",
-        },
-        description="MedCLIP (Wang et al. 2022): Swin-T or ResNet-50 + Bio_ClinicalBERT, MIMIC-CXR + CheXpert",
-        required=("variant", "checkpoint", "text_model"),
-    )
-)

@@ -1,0 +1,119 @@
+"""The torch side of the model contract: :class:`ModelAdapter` and device resolution.
+
+Kept apart from :mod:`medret.models` (the registry), so that checking a config never imports
+torch; family modules import from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from medret.errors import MedretError
+from medret.io import digest
+from medret.models import COMMON_OPTIONS
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, then Apple MPS, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MedretError(f"config key device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MedretError(f"config key device: {name!r} requested but CUDA is not available; use device: auto")
+    return device
+
+
+class ModelAdapter(ABC):
+    """Base of every family's adapter: batching, device, autocast and normalisation live here."""
+
+    #: Family name, set by each subclass.
+    family: str = ""
+
+    def __init__(self, entry: Mapping[str, Any]) -> None:
+        self.entry = {**COMMON_OPTIONS, **entry}
+        self.batch_size = int(self.entry["batch_size"])
+        self.device = resolve_device(str(self.entry["device"]))
+        self.dtype = _DTYPES[self.entry["dtype"]]
+
+    @property
+    @abstractmethod
+    def embed_dim(self) -> int:
+        """Size of the joint embedding space."""
+
+    def spec(self) -> dict[str, Any]:
+        """Everything that determines this model's embeddings (hashed into the provenance).
+
+        The config entry without the keys that cannot change an embedding (batch size, device) or
+        that only name files (``checkpoint``, ``text_model``), plus the family's :meth:`identity`:
+        the files' content, not their paths, identifies a model.
+        """
+        skip = ("batch_size", "device", "checkpoint", "text_model")
+        return {**{k: v for k, v in self.entry.items() if k not in skip}, **self.identity()}
+
+    def identity(self) -> dict[str, Any]:
+        """Content digests of the model's files and the preprocessing/tokenising settings they imply."""
+        return {}
+
+    def spec_hash(self) -> str:
+        """Digest of :meth:`spec`, stored in every embedding file this model writes."""
+        return digest(self.spec())
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.dtype == torch.float32:
+            yield
+        else:
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                yield
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """Embed (B, S, S) uint8 cache-space images; ``boxes`` are their content boxes (B, 4).
+
+        Returns (B, D) float32, L2-normalised, on the CPU.
+        """
+        if images.dtype != torch.uint8 or images.ndim != 3:
+            raise ValueError(f"expected (B, S, S) uint8 images, got {tuple(images.shape)} {images.dtype}")
+        if boxes is None:
+            size = images.shape[-1]
+            boxes = torch.tensor([[0, 0, size, size]] * len(images))
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start : start + self.batch_size].to(self.device, non_blocking=True)
+            with self._autocast():
+                emb = self._encode_images(batch, boxes[start : start + self.batch_size].to(self.device))
+            out.append(F.normalize(emb.float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Embed report strings; returns (B, D) float32, L2-normalised, on the CPU."""
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            with self._autocast():
+                emb = self._encode_texts(texts[start : start + self.batch_size])
+            out.append(F.normalize(emb.float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+    @abstractmethod
+    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Family-specific preprocessing and image tower on one batch (already on the device)."""
+
+    @abstractmethod
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Family-specific tokenisation and text tower on one batch."""
