@@ -15,7 +15,9 @@ Rows are ordered: the ``n_train`` training pairs first, then the ``n_test`` test
 indexed *within* their split and each pair is a pure function of ``(seed, split, index)``, so the
 test set does not change when ``n_train`` does. Two independent random streams are used per pair:
 one for the findings, view and report phrasing (so report text does not depend on ``size``) and
-one for rendering. Patients have 1-3 studies (one image each), share body anatomy across their
+one for rendering. Anatomy, edge widths and texture scale with ``size`` and the pixel noise grows
+with it as quantum noise does, so an image rendered large and downsampled to 128 px looks like one
+rendered at 128 px. Patients have 1-3 studies (one image each), share body anatomy across their
 studies and never cross splits. Images follow the radiological convention: the patient's left is
 on the image right.
 
@@ -719,7 +721,10 @@ def _render(
     lut = (np.arange(1024, dtype=np.float32) / 1023.0) ** gamma
     img = lut[(img * 1023.0 + 0.5).astype(np.intp)]
     noise = _rng(seed, split, _STREAM_RENDER, index, _R_NOISE).standard_normal((size, size), dtype=np.float32)
-    img += noise_sigma * noise
+    # Quantum noise at a fixed dose: a pixel of a quarter of the area catches a quarter of the
+    # photons, so its noise doubles. The level is set at 128 px; downsampled to 128 px, an image
+    # rendered at any size shows about the same noise.
+    img += (noise_sigma * size / 128.0) * noise
     img *= 255.0
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
