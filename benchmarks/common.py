@@ -91,13 +91,6 @@ def report(out_dir: Path, name: str, text: str, record: Mapping[str, Any]) -> No
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
-def demo_render_size() -> int:
-    """The side of the demo's source PNGs in ``config/config.yaml`` (``datasets.demo.render_size``)."""
-    import yaml
-
-    return int(yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["datasets"]["demo"]["render_size"])
-
-
 def demo_config(
     root: Path,
     *,
