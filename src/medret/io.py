@@ -133,7 +133,7 @@ _FULL = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exce
 
 
 def disk_full(exc: BaseException | None) -> str | None:
-    """ "no space left on device" / "disk quota exceeded" when ``exc`` (or its cause) says so, else None."""
+    """Which of "no space left on device" and "disk quota exceeded" ``exc`` or its causes report, or None."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

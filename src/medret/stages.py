@@ -27,7 +27,7 @@ def script_context(log_path: str | os.PathLike[str] | None, threads: int = 1) ->
 
     The one-line message goes to the log and to the terminal; the job then exits with status 1
     (Snakemake removes the outputs of failed jobs, and ours are atomic anyway). Torch is not
-    imported here: stages that never need it (manifest, image cache, metrics, plots) save the
+    imported here: stages that never need it (demo data, manifest, image cache, plots) save the
     seconds its import takes, and those that do get ``threads`` from ``OMP_NUM_THREADS``.
     """
     terminal = sys.stderr
