@@ -142,9 +142,9 @@ def _write_layout(d: Path, cfg: dict, state: dict | None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory) -> SimpleNamespace:
+def published(module_tmp) -> SimpleNamespace:
     """A tiny BiomedCLIP directory in the published layout, plus open_clip's own model and transforms on it."""
-    root = tmp_path_factory.mktemp("biomedclip")
+    root = module_tmp("biomedclip")
     # open_clip's offline route: hf_model_name / hf_tokenizer_name point at a local dir with a BERT config.
     ref_dir = root / "reference"
     ref_cfg = json.loads(json.dumps(TINY_CFG))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -163,9 +164,9 @@ def write_published(root: Path, versions: tuple[str, ...] = tuple(bv.VERSIONS)) 
     return out
 
 
-@pytest.fixture(scope="session")
-def published(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return write_published(tmp_path_factory.mktemp("biovil"))
+@pytest.fixture(scope="module")
+def published(module_tmp: Callable[[str], Path]) -> dict:
+    return write_published(module_tmp("biovil"))
 
 
 def entry(published: dict, version: str = "biovil", **over) -> dict:
@@ -179,7 +180,7 @@ def entry(published: dict, version: str = "biovil", **over) -> dict:
     return {**base, **over}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def adapters(published: dict) -> dict:
     return {v: load_model(entry(published, v)) for v in bv.VERSIONS}
 

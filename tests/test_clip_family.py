@@ -17,6 +17,7 @@ import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -75,10 +76,11 @@ def _reference_tokenizer() -> Any:
     shared = SimpleTokenizer(str(path))  # used only to read the vocabulary and merge ranks
     vocab = {**shared.encoder, "<|startoftext|>": 49406, "<|endoftext|>": 49407}
     merges = sorted(shared.bpe_ranks, key=shared.bpe_ranks.get)
-    d = Path(tempfile.mkdtemp(prefix="clip-bpe-"))
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    with tempfile.TemporaryDirectory(prefix="clip-bpe-") as tmp:  # the tokenizer reads both files at once
+        d = Path(tmp)
+        (d / "vocab.json").write_text(json.dumps(vocab))
+        (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+        return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
 
 
 def original_tokenize(texts: list[str], context_length: int = 77) -> torch.Tensor:
@@ -157,23 +159,23 @@ def openai_fp16(model: torch.nn.Module) -> OrderedDict[str, torch.Tensor]:
     return state
 
 
-@pytest.fixture(scope="session")
-def tiny_arch(tmp_path_factory: pytest.TempPathFactory) -> str:
+@pytest.fixture(scope="module")
+def tiny_arch(module_tmp: Callable[[str], Path]) -> str:
     """Registers two tiny open_clip architectures (QuickGELU and GELU) for fast tests."""
-    d = tmp_path_factory.mktemp("open_clip_configs")
+    d = module_tmp("open_clip_configs")
     (d / f"{TINY}.json").write_text(json.dumps(TINY_CFG))
     (d / "medret-tiny.json").write_text(json.dumps({**TINY_CFG, "quick_gelu": False}))
     open_clip.add_model_config(d)
     return TINY
 
 
-@pytest.fixture(scope="session")
-def tiny(tiny_arch: str, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+@pytest.fixture(scope="module")
+def tiny(tiny_arch: str, module_tmp: Callable[[str], Path]) -> SimpleNamespace:
     """A tiny random model (fp16-representable weights) and its weights in every supported file layout."""
     torch.manual_seed(0)
     model = cf.create_open_clip(tiny_arch)
     mixed = openai_fp16(model)
-    d = tmp_path_factory.mktemp("tiny")
+    d = module_tmp("tiny")
     state = OrderedDict((k, v.clone()) for k, v in model.state_dict().items())
     torch.save(state, d / "plain.pt")
     from safetensors.torch import save_file
@@ -184,26 +186,26 @@ def tiny(tiny_arch: str, tmp_path_factory: pytest.TempPathFactory) -> SimpleName
     return SimpleNamespace(model=model, state=state, mixed=mixed, dir=d)
 
 
-@pytest.fixture(scope="session")
-def images(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    paths = write_images(tmp_path_factory.mktemp("images"), SIZES)
+@pytest.fixture(scope="module")
+def images(module_tmp: Callable[[str], Path]) -> SimpleNamespace:
+    paths = write_images(module_tmp("images"), SIZES)
     canvases, boxes = cache_batch(paths, 320)
     return SimpleNamespace(paths=paths, canvases=canvases, boxes=boxes)
 
 
-@pytest.fixture(scope="session")
-def vitb32(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+@pytest.fixture(scope="module")
+def vitb32(module_tmp: Callable[[str], Path]) -> SimpleNamespace:
     """One random full-size ViT-B/32 and its CXR-RePaiR (fp16 subset) and CheXzero (fp32) files."""
     torch.manual_seed(1)
     model = cf.create_open_clip(ARCH)
     mixed = openai_fp16(model)  # the model now holds exactly the fp16-rounded weights, in fp32
-    d = tmp_path_factory.mktemp("vitb32")
+    d = module_tmp("vitb32")
     torch.save(mixed, d / "clip-imp-pretrained_128_6_after_4.pt")
     torch.save(model.state_dict(), d / "best_64_5e-05_original_22000_0.864.pt")
     return SimpleNamespace(model=model, mixed=mixed, dir=d)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def reference(vitb32: SimpleNamespace, images: SimpleNamespace) -> SimpleNamespace:
     """Embeddings of the original pipelines: open_clip's model on the original preprocessing and tokens."""
     with torch.inference_mode():
@@ -220,13 +222,13 @@ def reference(vitb32: SimpleNamespace, images: SimpleNamespace) -> SimpleNamespa
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cxr_repair(vitb32: SimpleNamespace):
     path = vitb32.dir / "clip-imp-pretrained_128_6_after_4.pt"
     return load_model({"family": "cxr_repair", "checkpoint": str(path), "device": "cpu", "batch_size": 2})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chexzero(vitb32: SimpleNamespace):
     path = vitb32.dir / "best_64_5e-05_original_22000_0.864.pt"
     return load_model({"family": "chexzero", "checkpoint": str(path), "device": "cpu"})
@@ -242,13 +244,13 @@ def _fake_hub_file(root: Path, repo: str, filename: str) -> Path:
     return snapshot / filename
 
 
-@pytest.fixture(scope="session")
-def openai_hub(vitb32: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module")
+def openai_hub(vitb32: SimpleNamespace, module_tmp: Callable[[str], Path]):
     """open_clip family with ``pretrained: openai`` resolved from a hub cache holding open_clip's mirror file."""
     from huggingface_hub import constants
     from safetensors.torch import save_file
 
-    root = tmp_path_factory.mktemp("hub")
+    root = module_tmp("hub")
     target = _fake_hub_file(root, "timm/vit_base_patch32_clip_224.openai", "open_clip_model.safetensors")
     save_file(vitb32.model.state_dict(), target)  # the mirror is a plain fp32 open_clip-layout state dict
     with pytest.MonkeyPatch.context() as mp:

@@ -357,8 +357,8 @@ def pil_pixels(crops: list[np.ndarray], mean, std) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def tiny_text(tmp_path_factory) -> Path:
-    return write_text_model(tmp_path_factory.mktemp("bio_tiny"), WORDS, TINY_BERT)
+def tiny_text(module_tmp) -> Path:
+    return write_text_model(module_tmp("bio_tiny"), WORDS, TINY_BERT)
 
 
 class Built:
@@ -369,10 +369,10 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(module_tmp):
     """Factory of tiny checkpoints, cached by (image kind, pooling)."""
     cache: dict[tuple[str, str], Built] = {}
-    root = tmp_path_factory.mktemp("tiny")
+    root = module_tmp("tiny")
 
     def make(kind: str = "swin", pooling: str = "eos") -> Built:
         if (kind, pooling) not in cache:
@@ -388,9 +388,9 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=["r50", "swint"])
-def full(request, tmp_path_factory):
+def full(request, module_tmp):
     """One full-size file per architecture (523 / 436 keys), with reference embeddings on fixed inputs."""
-    tmp = tmp_path_factory.mktemp(f"full_{request.param}")
+    tmp = module_tmp(f"full_{request.param}")
     kind = "resnet" if request.param == "r50" else "swin"
     arch = (3, 4, 6, 3) if kind == "resnet" else cxr.SWIN_CONFIGS[SWIN_T]
     bert = cxr.BERT_CONFIGS[BIO]

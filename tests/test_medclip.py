@@ -26,6 +26,7 @@ import pickle
 import shutil
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -146,9 +147,9 @@ def write_vocab(directory: Path, size: int = 28996) -> Path:
     return directory / "vocab.txt"
 
 
-@pytest.fixture(scope="session")
-def vocab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("Bio_ClinicalBERT")
+@pytest.fixture(scope="module")
+def vocab_dir(module_tmp: Callable[[str], Path]) -> Path:
+    directory = module_tmp("Bio_ClinicalBERT")
     write_vocab(directory)
     # Bio_ClinicalBERT's config.json (HF emilyalsentzer/Bio_ClinicalBERT).
     config = {
@@ -191,7 +192,7 @@ def _perturb(module: torch.nn.Module, gen: torch.Generator) -> None:
                 b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def towers() -> SimpleNamespace:
     """MedCLIP's towers with random weights, built once."""
     return build_towers()
@@ -254,10 +255,10 @@ def shapes_only(state: dict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor
     return OrderedDict((k, torch.zeros((), dtype=v.dtype).expand(v.shape)) for k, v in state.items())
 
 
-@pytest.fixture(scope="session")
-def checkpoints(towers: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module")
+def checkpoints(towers: SimpleNamespace, module_tmp: Callable[[str], Path]):
     """``{variant: SimpleNamespace(path, new, old)}``: the two release-layout files, removed afterwards."""
-    root = tmp_path_factory.mktemp("medclip")
+    root = module_tmp("medclip")
     out = {}
     for variant, folder in (("vit", "medclip-vit"), ("resnet", "medclip-resnet")):
         new = new_layout(towers, variant)
@@ -470,9 +471,9 @@ def test_refuses_a_file_whose_old_buffers_are_not_medclips(checkpoints, vocab_di
 
 
 @pytest.fixture(scope="module")
-def canvases_224(tmp_path_factory) -> torch.Tensor:
+def canvases_224(module_tmp) -> torch.Tensor:
     # Sources with longest side 224: the cache canvas is exactly MedCLIP's padded square, no resampling.
-    tmp = tmp_path_factory.mktemp("img224")
+    tmp = module_tmp("img224")
     return torch.from_numpy(
         np.stack([canvas_of(phantom(h, w, i), 224, tmp) for i, (h, w) in enumerate([(224, 180), (170, 224)])])
     )
