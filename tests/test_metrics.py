@@ -16,6 +16,7 @@ from medret.metrics import (
     METRICS,
     METRICS_COLUMNS,
     ROBUSTNESS_COLUMNS,
+    ROBUSTNESS_QUANTITIES,
     _bootstrap_means,
     _bootstrap_median,
     bootstrap_counts,
@@ -26,6 +27,7 @@ from medret.metrics import (
     hits,
     mean_reciprocal_rank,
     median_rank,
+    popularity_baseline,
     recall_at_k,
     repeat_weights,
 )
@@ -178,6 +180,61 @@ def test_chance_levels_match_monte_carlo():
     assert abs(first.mean() - expected_rank(n, m)) < 4 * first.std() / math.sqrt(trials)  # (N+1)/(m+1)
 
 
+def test_chance_with_candidates_ahead_by_hand():
+    # a = 2 sure misses first, then a random order of N = 4 with m = 1: R = 2 + J, J uniform on 1..4.
+    assert chance_recall_at_k(4, 1, 1, ahead=2) == 0.0  # K <= a
+    assert chance_recall_at_k(4, 1, 2, ahead=2) == 0.0
+    assert chance_recall_at_k(4, 1, 3, ahead=2) == pytest.approx(1 / 4)
+    assert chance_recall_at_k(4, 1, 5, ahead=2) == pytest.approx(3 / 4)
+    assert chance_recall_at_k(4, 1, 10, ahead=2) == pytest.approx(1.0)
+    assert chance_reciprocal_rank(4, 1, ahead=2) == pytest.approx((1 / 3 + 1 / 4 + 1 / 5 + 1 / 6) / 4)
+    assert expected_rank(4, 1, ahead=2) == pytest.approx(4.5)
+    # m = 2 of N = 4 behind a = 1: P(J=1) = 1/2, P(J=2) = 1/3, P(J=3) = 1/6.
+    assert chance_recall_at_k(4, 2, 2, ahead=1) == pytest.approx(1 / 2)
+    assert chance_reciprocal_rank(4, 2, ahead=1) == pytest.approx(1 / 4 + 1 / 9 + 1 / 24)
+    # per-query arrays mix offsets; ahead = 0 is plain chance
+    np.testing.assert_allclose(
+        chance_recall_at_k([4, 4, 20], [1, 2, 3], 5, ahead=[2, 1, 0]), [3 / 4, 1.0, chance_recall_at_k(20, 3, 5)]
+    )
+
+
+def test_popularity_baseline_hand_checked():
+    # Reports A ×3, B ×2, C ×1 over six images (exact relevance): the ranking is A, B, C for every image.
+    text_ids = np.array([0, 0, 1, 2, 0, 1])
+    i2t = [np.array([t]) for t in text_ids]
+    t2i = [np.flatnonzero(text_ids == t) for t in range(3)]
+    got = popularity_baseline(np.bincount(text_ids), {"exact": (i2t, t2i)}).set_index("metric")["value"]
+    # ranks 1, 1, 2, 3, 1, 2: R@1 = 3/6, MRR = (3 + 2/2 + 1/3)/6, median rank 1.5
+    assert got["R@1"] == pytest.approx(50.0) and got["R@5"] == pytest.approx(100.0)
+    assert got["MRR"] == pytest.approx((3 + 1 + 1 / 3) / 6) and got["median_rank"] == pytest.approx(1.5)
+    # Equal frequencies are in random order, not pessimistic: A, B twice each -> rank 1 or 2 with
+    # probability 1/2 each (the pessimistic tie rule would give every image rank 2 and R@1 = 0).
+    tied = np.array([0, 0, 1, 1])
+    got = popularity_baseline(np.bincount(tied), {"exact": ([np.array([t]) for t in tied], [])})
+    got = got.set_index("metric")["value"]
+    assert got["R@1"] == pytest.approx(50.0) and got["MRR"] == pytest.approx(0.75)
+    assert got["median_rank"] == pytest.approx(1.5)
+
+
+def test_popularity_baseline_equals_simulated_random_tie_breaks():
+    # Label-like relevance (several relevant reports per image) and a frequency profile with ties;
+    # 20,000 seeded fixed rankings (frequency, then a random order among equals) scored pessimistically.
+    rng = np.random.default_rng(5)
+    freq = rng.integers(1, 5, 30)
+    i2t = [rng.choice(30, size=rng.integers(1, 4), replace=False) for _ in range(40)]
+    got = popularity_baseline(freq, {"labels": (i2t, [])}).set_index("metric")["value"]
+    trials = 20_000
+    order = np.lexsort((rng.random((trials, 30)), np.broadcast_to(-freq, (trials, 30))), axis=1)
+    position = np.empty_like(order)
+    np.put_along_axis(position, order, np.arange(1, 31), axis=1)
+    first = np.stack([position[:, rel].min(axis=1) for rel in i2t], axis=1)  # (trials, queries)
+    for k in KS:
+        sim = 100.0 * (first <= k).mean(axis=1)
+        assert abs(sim.mean() - got[f"R@{k}"]) < 4 * sim.std() / math.sqrt(trials) + 1e-9
+    rr = (1.0 / first).mean(axis=1)
+    assert abs(rr.mean() - got["MRR"]) < 4 * rr.std() / math.sqrt(trials)
+
+
 def test_chance_rejects_impossible_pools():
     with pytest.raises(MedretError, match="n_relevant"):
         chance_recall_at_k(3, 4, 1)
@@ -239,10 +296,11 @@ def test_output_columns_and_rows():
     assert set(metrics["dataset"]) == {"toy"}
     assert list(metrics["metric"][: len(METRICS)]) == list(METRICS)
     assert not metrics[["value", "ci_low", "ci_high", "chance"]].isna().any().any()
-    # per curve and metric: auc, nauc and one relative drop per level > 0
-    assert len(robustness) == 2 * 2 * 4 * (2 + 2)
-    assert set(robustness["quantity"]) == {"auc", "nauc", "relative_drop"}
-    assert robustness.loc[robustness["quantity"] != "relative_drop", "level"].isna().all()
+    # per curve and metric: auc, nauc, chance_nauc, and a relative drop and a retention per level > 0
+    assert len(robustness) == 2 * 2 * 4 * (3 + 2 * 2)
+    assert set(robustness["quantity"]) == set(ROBUSTNESS_QUANTITIES)
+    per_level = robustness["quantity"].isin(["relative_drop", "chance_retention"])
+    assert robustness.loc[~per_level, "level"].isna().all() and robustness.loc[per_level, "level"].notna().all()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -407,6 +465,40 @@ def test_robustness_on_a_hand_made_curve():
     assert value("MRR", "auc") == pytest.approx(0.43)
     assert value("MRR", "nauc") == pytest.approx(0.43 / 0.81)
     assert value("MRR", "relative_drop", 1.0) == pytest.approx(1 - 0.05 / 0.81)
+    # Above chance (R@1 chance = 1/20 = 5 %): (40 − 5)/(80 − 5) of the area, (40 − 5)/(80 − 5) kept at
+    # level 0.5 and (0 − 5)/75 at level 1 (below chance: negative).
+    assert value("R@1", "chance_nauc") == pytest.approx(35 / 75)
+    assert value("R@1", "chance_retention", 0.5) == pytest.approx(35 / 75)
+    assert value("R@1", "chance_retention", 1.0) == pytest.approx(-5 / 75)
+    h20 = sum(1 / r for r in range(1, 21)) / 20  # MRR chance, one relevant of 20
+    assert value("MRR", "chance_nauc") == pytest.approx((0.43 - h20) / (0.81 - h20))
+
+
+def test_chance_normalised_robustness_sees_through_a_near_chance_model():
+    # 100 queries among 20 candidates (R@5 chance 25 %). "weak" is a little above chance: 40 % then
+    # 30 %; "strong" falls from 90 % to 50 %. nAUC calls the weak one more robust (0.875 vs 0.78);
+    # above chance it kept 5 of its 15 points and the strong one 25 of its 65.
+    def curve(model, hits0, hits1):
+        return [
+            block([1] * h + [20] * (100 - h), model=model, level=lv, n_candidates=20)
+            for lv, h in ((0.0, hits0), (1.0, hits1))
+        ]
+
+    _, rob, _ = evaluate(table(*curve("weak", 40, 30), *curve("strong", 90, 50)), None, dataset="toy", n_boot=200)
+    r5 = rob[rob["metric"] == "R@5"].set_index(["model", "quantity"])["value"]
+    assert r5["weak", "nauc"] == pytest.approx((40 + 30) / 2 / 40)
+    assert r5["strong", "nauc"] == pytest.approx((90 + 50) / 2 / 90)
+    assert r5["weak", "nauc"] > r5["strong", "nauc"]
+    assert r5["weak", "chance_retention"] == pytest.approx(5 / 15)
+    assert r5["strong", "chance_retention"] == pytest.approx(25 / 65)
+    assert r5["weak", "chance_retention"] < r5["strong", "chance_retention"]
+    assert r5["weak", "chance_nauc"] == pytest.approx((35 - 25) / 15)
+    # A model at chance on clean images has nothing above chance to keep, and one whose clean
+    # interval reaches down to chance (31 %: [22, 40] with 100 queries) no stable share: undefined.
+    _, rob, _ = evaluate(table(*curve("blind", 25, 30), *curve("close", 31, 28)), None, dataset="toy", n_boot=200)
+    undefined = rob[(rob["metric"] == "R@5") & rob["quantity"].str.startswith("chance")]
+    assert len(undefined) == 4 and undefined[["value", "ci_low", "ci_high"]].isna().all().all()
+    assert rob.loc[(rob["metric"] == "R@5") & (rob["quantity"] == "nauc"), "value"].notna().all()
 
 
 def test_robustness_with_uneven_levels_and_zero_clean_value():
@@ -510,8 +602,8 @@ def test_evaluate_on_a_demo_sized_table():
     metrics, robustness, _ = evaluate(ranks, None, dataset="toy", n_boot=1000)
     assert len(metrics) == 3 * 11 * 2 * len(METRICS)
     assert metrics[["value", "ci_low", "ci_high"]].notna().all().all()
-    # auc + nauc + 10 relative drops per (model, direction, metric)
-    assert len(robustness) == 3 * 2 * 4 * 12
+    # auc, nauc, chance_nauc + 10 relative drops and 10 retentions per (model, direction, metric)
+    assert len(robustness) == 3 * 2 * 4 * 23
 
 
 # ---------------------------------------------------------------------------------------------------

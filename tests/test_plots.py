@@ -56,7 +56,7 @@ def make_metrics(n_queries: int = 200) -> pd.DataFrame:
                             "ci_high": value * 1.1,
                             "n_queries": n_queries,
                             "chance": chance,
-                            "text_frequency": 2 * chance if direction == "i2t" else np.nan,
+                            "popularity": 2 * chance if direction == "i2t" else np.nan,
                         }
                     )
     return pd.DataFrame(rows)
@@ -138,8 +138,8 @@ def test_recall_figure_structure(plots: ModuleType) -> None:
     assert len(axes) == 2 * 3
     for ax in axes:
         labels = [line.get_label() for line in ax.get_lines()]
-        floor = ["text-frequency floor"] if ax.get_title().startswith("image") else []
-        assert sorted(labels) == sorted([*MODELS, "chance", *floor])
+        baseline = ["popularity baseline"] if ax.get_title().startswith("image") else []
+        assert sorted(labels) == sorted([*MODELS, "chance", *baseline])
         assert ax.get_ylim() == (0.0, 100.0)
         assert ax.get_ylabel() in {"Recall@1 (%)", "Recall@5 (%)", "Recall@10 (%)"}
         assert ax.get_legend() is None  # legend is figure-level, never over the data

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from medret.retrieval import pessimistic_ranks, rank_table, text_frequency_ranks
+from medret.retrieval import pessimistic_ranks, rank_table
 
 
 def _unit(x):
@@ -213,18 +213,3 @@ def test_scoring_on_cuda_equals_cpu():
     np.testing.assert_array_equal(
         pessimistic_ranks(q, c, relevant, block=100, device="cuda"), brute_force_ranks(q, c, relevant)
     )
-
-
-def test_text_frequency_floor_hand_checked():
-    # Reports A x3, B x2, C x1 over six pairs: the floor ranks A, then B, then C for every image.
-    text_ids = np.array([0, 0, 1, 2, 0, 1])
-    table = text_frequency_ranks(np.bincount(text_ids), [f"p{i}" for i in range(6)], _exact(text_ids))
-    i2t = table[table.direction == "i2t"]
-    assert i2t["rank"].tolist() == [1, 1, 2, 3, 1, 2] and set(i2t["level"]) == {0.0}
-    # Report -> image: all six images tie, so a report with m relevant images ranks 6 - m + 1.
-    t2i = table[table.direction == "t2i"].set_index("query_id")["rank"].to_dict()
-    assert t2i == {"text:0": 4, "text:1": 5, "text:2": 6}
-    # Equal frequencies tie, pessimistically: A and B both twice -> each ranks 2.
-    tied = np.array([0, 0, 1, 1])
-    ranks = text_frequency_ranks(np.bincount(tied), ["a", "b", "c", "d"], _exact(tied))
-    assert ranks.loc[ranks.direction == "i2t", "rank"].tolist() == [2, 2, 2, 2]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from test_metrics import block, table
 
-from medret.metrics import evaluate
+from medret.metrics import evaluate, popularity_baseline
 from medret.summary import summary_markdown, write_summary
 
 EVALUATION = {"bootstrap": 200, "ci": 0.95}
@@ -22,8 +22,9 @@ def _tables():
         if not (m == "b" and lvl == 0.5)
     ]
     blocks.append(block(np.full(20, 30), model="b", level=0.5, n_candidates=40))
-    floors = block(np.arange(1, 21), n_candidates=40)[["relevance", "direction", "query_id", "rank"]]
-    return evaluate(table(*blocks), None, dataset="toy", n_boot=200, floors=floors)
+    # 40 reports of distinct frequencies; image q's report is the (q+1)-th most frequent
+    popularity = popularity_baseline(40 - np.arange(40), {"exact": ([np.array([q]) for q in range(20)], [])})
+    return evaluate(table(*blocks), None, dataset="toy", n_boot=200, popularity=popularity)
 
 
 def test_summary_tables_hand_checked(tmp_path):
@@ -37,12 +38,15 @@ def test_summary_tables_hand_checked(tmp_path):
     a0 = lines[header + 2]
     assert a0.startswith("| a | 0 | 50.0 [") and "| 0.517 [" in a0
     assert lines[header + 5] == "| b | 0.5 | 0.0 [0.0, 0.0] | 0.0 [0.0, 0.0] | 0.0 [0.0, 0.0] | 0.033 [0.033, 0.033] |"
-    # Floors: chance R@1 = 1/40; the text-frequency floor ranks 1..20: R@1 5 %, R@5 25 %, R@10 50 %.
+    # Chance R@1 = 1/40; the popularity baseline ranks the 20 queries 1..20: R@1 5 %, R@5 25 %, R@10 50 %.
     assert lines[header + 6] == "| *chance* |  | 2.5 | 12.5 | 25.0 | 0.107 |"
-    assert lines[header + 7].startswith("| *text-frequency* |  | 5.0 | 25.0 | 50.0 | 0.180 |")
+    assert lines[header + 7].startswith("| *popularity* |  | 5.0 | 25.0 | 50.0 | 0.180 |")
     # nAUC of R@5: a keeps everything (1.000), b keeps half of its clean area (0.500).
     nauc = next(line for line in lines if line.startswith("nAUC of R@5"))
     assert nauc.startswith("nAUC of R@5: a 1.000 [") and "; b 0.500 [" in nauc
+    # Above chance (R@5 chance 12.5 %): a keeps all; b (25 − 12.5) / (50 − 12.5) = 1/3.
+    above = next(line for line in lines if line.startswith("nAUC of R@5 above chance"))
+    assert above.startswith("nAUC of R@5 above chance: a 1.000 [") and "; b 0.333 [" in above
     pair = next(line for line in lines if line.startswith("| a | b |"))
     assert pair.startswith("| a | b | 0.500 | [")
     write_summary(

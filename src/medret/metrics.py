@@ -45,7 +45,7 @@ from medret.manifest import RELEVANCE_MODES
 KS = (1, 5, 10)
 METRICS = ("R@1", "R@5", "R@10", "MRR", "median_rank")
 ROBUSTNESS_METRICS = ("R@1", "R@5", "R@10", "MRR")
-ROBUSTNESS_QUANTITIES = ("auc", "nauc", "relative_drop")
+ROBUSTNESS_QUANTITIES = ("auc", "nauc", "chance_nauc", "relative_drop", "chance_retention")
 DIRECTIONS = ("i2t", "t2i")
 RANK_COLUMNS = (
     "model",
@@ -72,7 +72,7 @@ METRICS_COLUMNS = (
     "ci_high",
     "n_queries",
     "chance",
-    "text_frequency",
+    "popularity",
 )
 ROBUSTNESS_COLUMNS = (
     "dataset",
@@ -151,56 +151,108 @@ def _nonempty(ranks: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------
 # Chance levels: a uniformly random ordering of the N candidates of a query with m relevant ones
+#
+# Every function also takes ``ahead``: candidates known to outrank all relevant ones, followed by a
+# uniformly random ordering of the N tied candidates. ahead = 0 is chance; the popularity baseline
+# (a fixed ranking with ties broken at random) uses it for the candidates more frequent than the
+# query's most frequent relevant one.
 
 
-def _check_pool(n_candidates: np.ndarray, n_relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    n, m = np.broadcast_arrays(np.asarray(n_candidates, np.int64), np.asarray(n_relevant, np.int64))
+def _check_pool(
+    n_candidates: np.ndarray, n_relevant: np.ndarray, ahead: np.ndarray | int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n, m, a = np.broadcast_arrays(
+        np.asarray(n_candidates, np.int64), np.asarray(n_relevant, np.int64), np.asarray(ahead, np.int64)
+    )
     if np.any(m < 1) or np.any(m > n):
         raise MedretError("n_relevant must be between 1 and n_candidates for every query")
-    return n, m
+    if np.any(a < 0):
+        raise MedretError("ahead must be >= 0 for every query")
+    return n, m, a
 
 
-def chance_recall_at_k(n_candidates: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
+def chance_recall_at_k(
+    n_candidates: np.ndarray, n_relevant: np.ndarray, k: int, ahead: np.ndarray | int = 0
+) -> np.ndarray:
     """Per-query probability (a fraction) that a random ordering puts a relevant item in the top K.
 
     P = 1 − C(N−m, K) / C(N, K). The ratio is taken as the product over i < K of (N−m−i)/(N−i), each
     factor in [0, 1], so there are no huge binomials and large N is exact to rounding. K = 1 gives m/N;
-    K >= N−m+1 gives 1.
+    K >= N−m+1 gives 1. With ``ahead`` = a, the random ordering starts at position a + 1: K − a
+    replaces K, and K <= a gives 0.
     """
     if k < 1:
         raise MedretError(f"K must be >= 1, got {k}")
-    n, m = _check_pool(n_candidates, n_relevant)
+    n, m, a = _check_pool(n_candidates, n_relevant, ahead)
     miss = np.ones(n.shape)
     for i in range(k):
         # once N-m-i reaches 0 every top-K set must contain a relevant item: the factor is 0
-        miss *= np.clip(n - m - i, 0, None) / np.maximum(n - i, 1)
+        factor = np.clip(n - m - i, 0, None) / np.maximum(n - i, 1)
+        miss *= np.where(i < k - a, factor, 1.0)
     return 1.0 - miss
 
 
-def chance_reciprocal_rank(n_candidates: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+def chance_reciprocal_rank(n_candidates: np.ndarray, n_relevant: np.ndarray, ahead: np.ndarray | int = 0) -> np.ndarray:
     """Per-query E[1/R], R the position of the first of m relevant items in a random order of N.
 
     P(R = r) = C(N−r, m−1) / C(N, m) for r = 1..N−m+1, built by the recursion P(1) = m/N,
-    P(r+1) = P(r)·(N−r−m+1)/(N−r) (stable cumulative product). For m = 1 this is H_N / N. Computed
-    once per distinct (N, m) pair, which are few.
+    P(r+1) = P(r)·(N−r−m+1)/(N−r) (stable cumulative product). For m = 1 this is H_N / N. With
+    ``ahead`` = a it is E[1/(a + R)]. Computed once per distinct (N, m, a), which are few.
     """
-    n, m = _check_pool(n_candidates, n_relevant)
-    base = int(n.max()) + 1 if n.size else 1
-    keys, inverse = np.unique(n * base + m, return_inverse=True)  # one int per (N, m) pair
-    out = np.array([_expected_reciprocal(int(k) // base, int(k) % base) for k in keys])
-    return out[inverse].reshape(n.shape)
+    n, m, a = _check_pool(n_candidates, n_relevant, ahead)
+    keys, inverse = np.unique(np.stack([n.ravel(), m.ravel(), a.ravel()], axis=1), axis=0, return_inverse=True)
+    out = np.array([_expected_reciprocal(int(ni), int(mi), int(ai)) for ni, mi, ai in keys])
+    return out[inverse.ravel()].reshape(n.shape)
 
 
-def _expected_reciprocal(n: int, m: int) -> float:
+def _expected_reciprocal(n: int, m: int, ahead: int = 0) -> float:
     r = np.arange(1, n - m + 2, dtype=float)
     ratios = np.concatenate([[m / n], (n - r[:-1] - m + 1) / (n - r[:-1])])
-    return float(np.sum(np.cumprod(ratios) / r))
+    return float(np.sum(np.cumprod(ratios) / (ahead + r)))
 
 
-def expected_rank(n_candidates: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
-    """Per-query E[R] = (N+1)/(m+1) under a random ordering; its median over queries is chance median rank."""
-    n, m = _check_pool(n_candidates, n_relevant)
-    return (n + 1) / (m + 1)
+def expected_rank(n_candidates: np.ndarray, n_relevant: np.ndarray, ahead: np.ndarray | int = 0) -> np.ndarray:
+    """Per-query E[R] = a + (N+1)/(m+1) under a random ordering; its median over queries is chance median rank."""
+    n, m, a = _check_pool(n_candidates, n_relevant, ahead)
+    return a + (n + 1) / (m + 1)
+
+
+def popularity_baseline(
+    frequency: np.ndarray, relevance: Mapping[str, tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]
+) -> pd.DataFrame:
+    """Image → report point metrics of the popularity baseline, a model that ignores the image (harness §7.4).
+
+    Every image gets the same ranking of the candidate reports, most frequent first (``frequency``:
+    how many pairs carry each corpus text, :attr:`medret.manifest.Corpus.frequency`), reports of
+    equal frequency in random order. The values are exact expectations over that order: a query's
+    best relevant report has frequency f; the a reports more frequent than f come first, then the N
+    reports of frequency f, m of them relevant, in random order, so the chance formulas apply with
+    ``ahead`` = a. (Pessimistic ties, as used for models' scores, would rank the relevant report
+    last in its frequency group, below what any real fixed ranking gets.) Report → image has no
+    such baseline: an image-blind model scores every image the same, which is chance.
+
+    A reference, not the best an image-blind model can do: with label relevance, a ranking that
+    puts one report of each label group first reaches more. ``relevance`` maps each mode to (corpus
+    texts relevant to each image, images relevant to each evaluated text), as
+    :meth:`medret.manifest.Manifest.relevance`. Returns columns relevance, direction (``i2t``),
+    metric, value, with the metrics table's definitions.
+    """
+    freq = np.asarray(frequency, dtype=np.int64)
+    ordered = np.sort(freq)
+    rows = []
+    for mode, (i2t_rel, _) in relevance.items():
+        counts = np.fromiter((len(r) for r in i2t_rel), dtype=np.int64, count=len(i2t_rel))
+        flat = freq[np.concatenate([np.asarray(r, dtype=np.int64) for r in i2t_rel])]
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        best = np.maximum.reduceat(flat, starts)  # each query's most frequent relevant report
+        m = np.add.reduceat((flat == np.repeat(best, counts)).astype(np.int64), starts)
+        upper = np.searchsorted(ordered, best, side="right")
+        n, ahead = upper - np.searchsorted(ordered, best, side="left"), len(freq) - upper
+        values = {f"R@{k}": 100.0 * chance_recall_at_k(n, m, k, ahead).mean() for k in KS}
+        values["MRR"] = chance_reciprocal_rank(n, m, ahead).mean()
+        values["median_rank"] = float(np.median(expected_rank(n, m, ahead)))
+        rows += [{"relevance": mode, "direction": "i2t", "metric": k, "value": v} for k, v in values.items()]
+    return pd.DataFrame(rows, columns=["relevance", "direction", "metric", "value"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -285,7 +337,8 @@ def _percentile_ci(replicates: np.ndarray, ci: float) -> tuple[np.ndarray, np.nd
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     num, den = np.broadcast_arrays(num, den)
-    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den != 0)
+    # Undefined (NaN) where nothing is left to keep: a clean value of 0, or not above chance.
+    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -410,7 +463,7 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
-    floors: pd.DataFrame | None = None,
+    popularity: pd.DataFrame | None = None,
 ) -> Evaluation:
     """Return the metrics, robustness and comparisons tables with paired cluster-bootstrap CIs.
 
@@ -432,12 +485,18 @@ def evaluate(
     Robustness, columns ``ROBUSTNESS_COLUMNS``, for R@1, R@5, R@10 and MRR of every (model,
     corruption, relevance, direction) curve with a level-0 point and at least two levels: ``auc`` = trapezoid
     area under value-vs-level divided by the level range (metric units, level NaN); ``nauc`` = auc /
-    value(0); ``relative_drop`` = 1 − value(level)/value(0) for each level > 0. Ratios are NaN where
-    value(0) is 0, and such replicates are left out of the CI. All use the metrics' replicates, so
-    the CIs account for the pairing across levels.
+    value(0); ``relative_drop`` = 1 − value(level)/value(0) for each level > 0. The chance-normalised
+    forms measure only what a model holds above a random ranking, since recall does not fall to 0
+    (harness §5.2): ``chance_nauc`` = (auc − chance)/(value(0) − chance) and ``chance_retention`` =
+    (value(level) − chance)/(value(0) − chance); a model near chance otherwise looks robust (nAUC
+    near 1) because it has nothing to lose. ``chance`` is the cell's (it depends on the query pool
+    only, not on the level); both are NaN unless the clean value's interval lies above chance. Ratios
+    are NaN where the denominator is not positive (value(0) = 0, or not above chance), and such
+    replicates are left out of the CI. All use the metrics' replicates, so the CIs account for the
+    pairing across levels.
 
-    ``text_frequency`` is the floor an image-blind model reaches (:func:`floor_metrics` of
-    ``floors``, matched on relevance, direction and metric; NaN without ``floors``).
+    ``popularity`` is the value of the image-blind popularity baseline (the table of
+    :func:`popularity_baseline`, matched on relevance, direction and metric; NaN without it).
 
     Comparisons, columns ``COMPARISON_COLUMNS``: every two models' paired differences (module doc).
     """
@@ -465,28 +524,13 @@ def evaluate(
         reps[:, c, -1] = _bootstrap_median(mean_rank[mine], cluster[query_codes[mine]], counts_int)
 
     metrics = _metrics_table(cells, point, reps, ci, dataset)
-    if floors is not None:
-        floor = floor_metrics(floors).set_index(["relevance", "direction", "metric"])["value"]
+    if popularity is not None:
+        baseline = popularity.set_index(["relevance", "direction", "metric"])["value"]
         keys = pd.MultiIndex.from_frame(metrics[["relevance", "direction", "metric"]])
-        metrics["text_frequency"] = floor.reindex(keys).to_numpy()
+        metrics["popularity"] = baseline.reindex(keys).to_numpy()
     robustness, curves = _robustness_table(cells, point, reps, ci, dataset)
     comparisons = _comparisons_table(cells, point, reps, curves, ci, dataset)
     return Evaluation(metrics, robustness, comparisons)
-
-
-def floor_metrics(ranks: pd.DataFrame) -> pd.DataFrame:
-    """Point metrics (no interval) of a floor model's ranks at one condition.
-
-    ``ranks`` has columns relevance, direction, query_id, rank (one row per query). Returns columns
-    relevance, direction, metric, value, with the same definitions as the metrics table.
-    """
-    rows = []
-    for (relevance, direction), group in ranks.groupby(["relevance", "direction"], sort=True):
-        r = group["rank"].to_numpy(float)
-        values = {f"R@{k}": recall_at_k(r, k) for k in KS}
-        values |= {"MRR": mean_reciprocal_rank(r), "median_rank": median_rank(r)}
-        rows += [{"relevance": relevance, "direction": direction, "metric": m, "value": v} for m, v in values.items()]
-    return pd.DataFrame(rows, columns=["relevance", "direction", "metric", "value"])
 
 
 def repeat_weights(n_repeats: int, n_boot: int, seed: int) -> np.ndarray:
@@ -559,7 +603,7 @@ def _metrics_table(cells: pd.DataFrame, point: np.ndarray, reps: np.ndarray, ci:
     out["value"], out["ci_low"], out["ci_high"] = point.ravel(), low.ravel(), high.ravel()
     out["n_queries"] = np.repeat(cells["n_queries"].to_numpy(), n_metrics)
     out["chance"] = cells[[f"chance_{k}" for k in METRICS]].to_numpy().ravel()
-    out["text_frequency"] = np.nan
+    out["popularity"] = np.nan
     return out[list(METRICS_COLUMNS)]
 
 
@@ -581,11 +625,19 @@ def _robustness_table(
         if levels[0] != 0.0 or len(levels) < 2:
             continue  # no clean reference or no curve: nothing to summarise
         y = samples[:, curve.index.to_numpy()]  # (1 + B, levels, n)
+        # chance depends only on the query pool, the same at every level
+        chance = curve[[f"chance_{m}" for m in ROBUSTNESS_METRICS]].to_numpy(float)[0]
+        # Only clean values clearly above chance: a denominator whose interval reaches 0 makes the ratio
+        # swing without bound across replicates.
+        chance = np.where(_percentile_ci(y[1:, 0], ci)[0] > chance, chance, np.nan)
         auc = np.trapezoid(y, x=levels, axis=1) / (levels[-1] - levels[0])
         summaries = [("auc", np.nan, auc), ("nauc", np.nan, _ratio(auc, y[:, 0]))]
+        summaries.append(("chance_nauc", np.nan, _ratio(auc - chance, y[:, 0] - chance)))
         curves[(model, corruption, relevance, direction)] = summaries[1][2]
         drops = 1.0 - _ratio(y[:, 1:], y[:, :1])
+        kept = _ratio(y[:, 1:] - chance, y[:, :1] - chance)
         summaries += [("relative_drop", lvl, drops[:, i]) for i, lvl in enumerate(levels[1:])]
+        summaries += [("chance_retention", lvl, kept[:, i]) for i, lvl in enumerate(levels[1:])]
         intervals = [_percentile_ci(s[1:], ci) for _, _, s in summaries]
         for j, metric in enumerate(ROBUSTNESS_METRICS):
             for (quantity, level, s), (low, high) in zip(summaries, intervals, strict=True):

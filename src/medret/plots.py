@@ -227,20 +227,20 @@ def _model_handles(models: Sequence[str], colors: Mapping[str, Any], markers: Ma
 # --------------------------------------------------------------------------------------------------
 
 
-#: Line style and label of each floor column of the metrics table.
-_FLOORS = {
+#: Line style and label of each reference column of the metrics table (chance and an image-blind baseline).
+_REFERENCE_LINES = {
     "chance": {"color": "0.45", "linestyle": "--", "linewidth": 1.2, "label": "chance"},
-    "text_frequency": {"color": "0.3", "linestyle": ":", "linewidth": 1.4, "label": "text-frequency floor"},
+    "popularity": {"color": "0.3", "linestyle": ":", "linewidth": 1.4, "label": "popularity baseline"},
 }
 
 
-def _floor_line(ax: Axes, cell: pd.DataFrame, column: str) -> Any:
-    """Draw floor ``column`` of one panel against level (above the model lines, so it stays visible
+def _reference_line(ax: Axes, cell: pd.DataFrame, column: str) -> Any:
+    """Draw reference ``column`` of one panel against level (above the model lines, so it stays visible
     where a model sits on it); return the line, or None when the panel has no value."""
-    floor = cell.groupby("level")[column].mean().dropna()
-    if floor.empty:
+    values = cell.groupby("level")[column].mean().dropna()
+    if values.empty:
         return None
-    (line,) = ax.plot(floor.index.to_numpy(), floor.to_numpy(), zorder=2.5, **_FLOORS[column])
+    (line,) = ax.plot(values.index.to_numpy(), values.to_numpy(), zorder=2.5, **_REFERENCE_LINES[column])
     return line
 
 
@@ -263,7 +263,7 @@ def _recall_figure(
             f"{corruption!r} (available: {available})"
         )
     sub = sub[sub["metric"].isin(metrics_to_plot)]
-    sub = _as_float(sub, ["level", "value", "ci_low", "ci_high", "n_queries", "chance", "text_frequency"], "metrics")
+    sub = _as_float(sub, ["level", "value", "ci_low", "ci_high", "n_queries", "chance", "popularity"], "metrics")
     _check_unique(sub, ["model", "direction", "metric", "level"], "metrics")
 
     dataset = str(sub["dataset"].iloc[0])
@@ -275,7 +275,7 @@ def _recall_figure(
     nrows, ncols = len(directions), len(metrics_to_plot)
     fig = _new_figure(3.4 * ncols + 0.6, 2.9 * nrows + 1.3)
     axes = np.atleast_2d(fig.subplots(nrows, ncols, sharex=True, squeeze=False))
-    chance_handle = floor_handle = None
+    chance_handle = baseline_handle = None
     for r, direction in enumerate(directions):
         for c, metric in enumerate(metrics_to_plot):
             ax: Axes = axes[r, c]
@@ -296,9 +296,9 @@ def _recall_figure(
                     label=model,
                     clip_on=False,  # markers at 0 % or 100 % are drawn whole, not cut by the spine
                 )
-            # Floors are properties of the gallery, identical for all models: one line each per axes.
-            chance_handle = _floor_line(ax, cell, "chance") or chance_handle
-            floor_handle = _floor_line(ax, cell, "text_frequency") or floor_handle
+            # Reference lines are properties of the gallery, identical for all models: one line each per axes.
+            chance_handle = _reference_line(ax, cell, "chance") or chance_handle
+            baseline_handle = _reference_line(ax, cell, "popularity") or baseline_handle
             ax.set_title(f"{DIRECTIONS[direction]}: {metric}", fontsize=10)
             ax.set_ylabel(metric_label(metric))
             if metric.startswith("R@"):
@@ -314,11 +314,11 @@ def _recall_figure(
 
     handles = _model_handles(models, colors, markers)
     labels = list(models)
-    for column, handle in (("chance", chance_handle), ("text_frequency", floor_handle)):
+    for column, handle in (("chance", chance_handle), ("popularity", baseline_handle)):
         if handle is not None:
-            style = {k: v for k, v in _FLOORS[column].items() if k != "label"}
+            style = {k: v for k, v in _REFERENCE_LINES[column].items() if k != "label"}
             handles.append(Line2D([], [], **style))
-            labels.append(_FLOORS[column]["label"])
+            labels.append(_REFERENCE_LINES[column]["label"])
     handles.append(Patch(facecolor="0.5", alpha=CI_ALPHA))
     labels.append("confidence interval")
     _add_figure_legend(fig, handles, labels)

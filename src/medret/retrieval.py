@@ -182,20 +182,3 @@ def rank_table(
                     )
                 )
     return pd.concat(frames, ignore_index=True)
-
-
-def text_frequency_ranks(
-    frequency: np.ndarray,
-    pair_ids: Sequence[str],
-    relevance: Mapping[str, tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
-) -> pd.DataFrame:
-    """Ranks of the image-blind floor model, as :func:`rank_table` returns them (one condition, level 0).
-
-    Image → report: every image gets the same ranking of the reports, most frequent first (ties
-    pessimistic, as everywhere). Report → image: every image scores the same, so all tie. It is the
-    best a model that ignores the image can do on image → report. ``frequency``: how many pairs
-    carry each corpus text (:attr:`medret.manifest.Corpus.frequency`).
-    """
-    scores = np.asarray(frequency, dtype=np.float64)[:, None]
-    blind = np.ones((1, len(pair_ids), 1))
-    return rank_table(blind, np.zeros(1), np.zeros(1, np.int64), scores, pair_ids, relevance)

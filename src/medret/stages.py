@@ -316,13 +316,12 @@ def compute_metrics(
 ) -> None:
     """Metrics with bootstrap CIs, robustness summaries and paired model comparisons of a dataset.
 
-    The ``text_frequency`` floor is that of :func:`medret.retrieval.text_frequency_ranks`
-    (``relevance``: the dataset's relevance settings, as for the ranks).
+    The ``popularity`` column is :func:`medret.metrics.popularity_baseline` (``relevance``: the
+    dataset's relevance settings, as for the ranks).
     """
     from medret import metrics
     from medret.io import atomic_output
     from medret.manifest import Corpus, Manifest, read_table
-    from medret.retrieval import text_frequency_ranks
 
     manifest = Manifest.read(manifest_path)
     corpus = Corpus.read(corpus_path, manifest)
@@ -333,7 +332,7 @@ def compute_metrics(
             raise MedretError(f"{path}: ranks of another manifest; delete it and re-run the workflow")
         frames.append(ranks.assign(model=meta["model"], corruption=meta["corruption"]))
     sets = _relevance_sets(manifest, corpus, dataset, relevance)
-    floors = text_frequency_ranks(corpus.frequency, manifest.pair_ids, sets)
+    popularity = metrics.popularity_baseline(corpus.frequency, sets)
     result = metrics.evaluate(
         pd.concat(frames, ignore_index=True),
         manifest.clusters(),
@@ -341,7 +340,7 @@ def compute_metrics(
         n_boot=int(evaluation["bootstrap"]),
         seed=int(evaluation["seed"]),
         ci=float(evaluation["ci"]),
-        floors=floors,
+        popularity=popularity,
     )
     for frame, path in zip(result, (out_metrics, out_robustness, out_comparisons), strict=True):
         with atomic_output(path) as tmp:

@@ -1,7 +1,7 @@
 """``summary.md``: the dataset's results as Markdown tables, ready to paste into a paper.
 
 For every corruption, relevance mode and direction: a model × level table of R@1, R@5, R@10 and
-MRR with their intervals, the chance and text-frequency floors, each model's normalised AUC, and
+MRR with their intervals, chance and the popularity baseline, each model's normalised AUC, and
 the paired nAUC differences between models. Everything is read from the tables the metrics stage
 wrote; nothing is recomputed.
 """
@@ -60,9 +60,10 @@ def summary_markdown(
         "",
         f"Values with {100 * ci:g}% percentile bootstrap intervals (B = {n_boot}; image queries resampled by "
         "patient, report queries singly, repeats as whole placement sets). R@K in percent, MRR as a fraction. "
-        "`chance`: a uniformly random ranking; `text-frequency`: an image-blind model that ranks the most "
-        "frequent reports first (report → image: every image tied). nAUC: area under the metric-vs-level "
-        "curve over the level range, divided by the clean value.",
+        "`chance`: a uniformly random ranking; `popularity`: an image-blind baseline that ranks the most "
+        "frequent reports first, equally frequent ones in random order (expected values). nAUC: area under the "
+        "metric-vs-level curve over the level range, divided by the clean value; above chance: (area − chance) / "
+        "(clean value − chance), empty where the clean value's interval reaches chance.",
     ]
     for corruption in sorted(metrics["corruption"].unique(), key=lambda c: (c != "occlusion", c)):
         entry = corruptions.get(corruption, {})
@@ -89,9 +90,9 @@ def summary_markdown(
                             row.append(_with_ci(r["value"], r["ci_low"], r["ci_high"], metric))
                         rows.append(row)
                 first = part.drop_duplicates("metric").set_index("metric")
-                for floor, column in (("chance", "chance"), ("text-frequency", "text_frequency")):
-                    if column in first and first[column].notna().any():
-                        rows.append([f"*{floor}*", ""] + [_number(first.loc[m, column], m) for m in TABLE_METRICS])
+                for name in ("chance", "popularity"):
+                    if name in first and first[name].notna().any():
+                        rows.append([f"*{name}*", ""] + [_number(first.loc[m, name], m) for m in TABLE_METRICS])
                 out += _table(["model", "level", *TABLE_METRICS], rows)
                 out += _nauc_lines(robustness, comparisons, corruption, relevance, direction)
     return "\n".join(out).rstrip() + "\n"
@@ -100,21 +101,20 @@ def summary_markdown(
 def _nauc_lines(
     robustness: pd.DataFrame, comparisons: pd.DataFrame, corruption: str, relevance: str, direction: str
 ) -> list[str]:
-    keys = (
+    curve = (
         (robustness["corruption"] == corruption)
         & (robustness["relevance"] == relevance)
         & (robustness["direction"] == direction)
-        & (robustness["quantity"] == "nauc")
+        & (robustness["metric"] == "R@5")
     )
-    nauc = robustness[keys & (robustness["metric"] == "R@5")].sort_values("model")
-    if nauc.empty:
+    lines = []
+    for quantity, name in (("nauc", "nAUC of R@5"), ("chance_nauc", "nAUC of R@5 above chance")):
+        rows = robustness[curve & (robustness["quantity"] == quantity)].sort_values("model")
+        if not rows.empty:
+            values = (f"{r.model} {_with_ci(r.value, r.ci_low, r.ci_high, 'nAUC')}" for r in rows.itertuples())
+            lines += ["", f"{name}: " + "; ".join(values) + "."]
+    if not lines:
         return []
-    lines = [
-        "",
-        "nAUC of R@5: "
-        + "; ".join(f"{r.model} {_with_ci(r.value, r.ci_low, r.ci_high, 'nAUC')}" for r in nauc.itertuples())
-        + ".",
-    ]
     pairs = comparisons[
         (comparisons["corruption"] == corruption)
         & (comparisons["relevance"] == relevance)
