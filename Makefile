@@ -29,5 +29,6 @@ test: setup
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/snakefmt --check Snakefile workflow/rules && $(BIN)/snakemake --lint
 
+# Only what the workflow regenerates: the demo's generated data (resources/demo), never downloaded weights.
 clean:
-	rm -rf results resources logs .snakemake
+	rm -rf results logs .snakemake resources/demo

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from medret.config import load_schema, validate_config
+from medret.datasets import COMMON_OPTIONS, get_adapter, list_adapters
 from medret.errors import MedretError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +28,8 @@ def demo():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
-    validate_config(yaml.safe_load(path.read_text()))
+    config = validate_config(yaml.safe_load(path.read_text()))
+    assert validate_config(config) == config, "a validated config validates again, unchanged"
 
 
 def test_defaults_are_filled(demo):
@@ -105,3 +108,90 @@ def test_bad_configs(demo, edit, message):
     with pytest.raises(MedretError, match=message) as err:
         validate_config(config)
     assert "\n" not in str(err.value)
+
+
+def _with_dataset(demo, entry):
+    config = copy.deepcopy(demo)
+    config["datasets"]["mine"] = entry
+    return config
+
+
+MIMIC = {"adapter": "mimic_cxr", "root": "/data/mimic", "reports": "/data/reports.zip"}
+CSV = {"adapter": "csv", "csv": "/data/pairs.csv"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ({**CSV, "study_list": "ids.txt"}, "study_list"),  # the audit's case: the restriction would be lost
+        ({**CSV, "section": "findings"}, "section"),
+        ({**CSV, "n_train": 10}, "n_train"),
+        ({**MIMIC, "csv": "/data/pairs.csv"}, "csv"),
+        ({**MIMIC, "labels": "/data/labels"}, "labels"),  # chexpert_plus only
+        ({**MIMIC, "render_size": 64}, "render_size"),
+        ({"adapter": "demo", "study_list": "ids.txt"}, "study_list"),
+        ({"adapter": "demo", "root": "/data"}, "root"),
+        ({"adapter": "iu_xray", "root": "/data", "reports": "r.csv"}, "reports"),
+    ],
+)
+def test_adapter_refuses_other_adapters_options(demo, entry, key):
+    with pytest.raises(MedretError) as err:
+        validate_config(_with_dataset(demo, entry))
+    message = str(err.value)
+    assert message.startswith(f"config key datasets.mine.{key}: not an option of adapter {entry['adapter']} (")
+    assert "\n" not in message
+
+
+def test_adapter_option_error_lists_the_options(demo):
+    with pytest.raises(MedretError) as err:
+        validate_config(_with_dataset(demo, {**CSV, "study_list": "ids.txt"}))
+    assert str(err.value) == (
+        "config key datasets.mine.study_list: not an option of adapter csv (options: csv; every adapter takes "
+        "bad_images, extra_reports, image_size, relevance, split, train_split, uncertain_labels); remove it"
+    )
+
+
+def test_adapters_take_their_own_options_and_only_their_defaults(demo):
+    config = copy.deepcopy(demo)
+    config["datasets"].update(
+        mine={**CSV, "split": "valid", "bad_images": "skip"},
+        mimic={**MIMIC, "section": "longest", "study_list": "ids.txt"},
+        chexpert={"adapter": "chexpert_plus", "root": "/d", "reports": "r.csv", "split": "valid", "labels": "/l"},
+        iu={"adapter": "iu_xray", "root": "/d", "section": "findings", "study_list": "uids.txt"},
+    )
+    out = validate_config(config)["datasets"]
+    common = {
+        "adapter",
+        "split",
+        "train_split",
+        "bad_images",
+        "image_size",
+        "extra_reports",
+        "relevance",
+        "uncertain_labels",
+    }
+    assert set(out["mine"]) == common | {"csv"}, "the demo's n_train, n_test, render_size, seed are not filled in"
+    assert set(out["mimic"]) == common | {"root", "reports", "section", "study_list"}
+    assert set(out["chexpert"]) == common | {"root", "reports", "labels"}
+    assert set(out["iu"]) == common | {"root", "section", "study_list"}
+    assert out["demo"]["n_train"] == 2000 and out["demo"]["render_size"] == 128  # demo keeps its defaults
+    assert out["mine"]["split"] == "valid" and out["mine"]["train_split"] == "train"
+
+
+def test_adapter_options_match_the_schema():
+    # Every key of a dataset entry in the schema is common or some adapter's, and the "(adapter X)" /
+    # "(adapters X, Y)" notes in its description name exactly the adapters that declare it.
+    properties = load_schema()["properties"]["datasets"]["additionalProperties"]["properties"]
+    adapters = {name: get_adapter(name) for name in list_adapters()}
+    assert {"csv", "demo", "mimic_cxr", "chexpert_plus", "iu_xray"} <= set(adapters)
+    declared = {key for a in adapters.values() for key in a.options}
+    assert set(properties) == {"adapter", *COMMON_OPTIONS, *declared}
+    for key, sub in properties.items():
+        documented = {
+            name
+            for group in re.findall(r"\(adapters? ([a-z_]+(?:, [a-z_]+)*)\)", sub["description"])
+            for name in group.split(", ")
+        }
+        owners = {name for name, a in adapters.items() if key in a.options}
+        assert documented == owners, key
+        assert not (owners and key in COMMON_OPTIONS), key

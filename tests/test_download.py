@@ -75,6 +75,25 @@ def test_zip_member_is_extracted(server, tmp_path):
     assert (tmp_path / "w" / "medclip-vit-pytorch_model.bin").read_bytes() == PAYLOAD
 
 
+def test_default_destination_and_biovil_text_model(server, tmp_path, monkeypatch):
+    # Without --dest, files land in weights/ (where config/examples look), here the BioViL text model
+    # directory, fetched from its pinned revision.
+    root, base = server
+    files = {"config.json": b'{"model_type": "cxr-bert"}', "pytorch_model.bin": PAYLOAD, "vocab.txt": b"[PAD]\n"}
+    for fname, data in files.items():
+        _publish(root, f"/microsoft/BiomedVLP-CXR-BERT-specialized/resolve/v1.1/{fname}", data)
+    monkeypatch.chdir(tmp_path)
+    names = ["biovil-text-config", "biovil-text-pytorch-model", "biovil-text-vocab"]
+    assert main(["download", *names, "--mirror", base]) == 0
+    for fname, data in files.items():
+        assert (tmp_path / "weights" / "BiomedVLP-CXR-BERT-specialized" / fname).read_bytes() == data
+    assert {p.name for p in tmp_path.iterdir()} == {"www", "weights"}, "nothing written anywhere else"
+    assert dl.PUBLIC_FILES["biovil-t-text-vocab"].url == (
+        "https://huggingface.co/microsoft/BiomedVLP-BioViL-T/resolve/v1.0/vocab.txt"
+    )
+    assert dl.PUBLIC_FILES["biovil-t-text-pytorch-model"].filename == "BiomedVLP-BioViL-T/pytorch_model.bin"
+
+
 def test_missing_file_and_manual_files(server, tmp_path, capsys):
     _, base = server
     with pytest.raises(MedretError, match="download failed"):

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("files", help="list the public files that `download` can fetch")
     dl = sub.add_parser("download", help="download public checkpoint/tokenizer files (needs internet)")
     dl.add_argument("names", nargs="+", help="file names, see `files`")
-    dl.add_argument("--dest", default="resources/weights", help="directory to write to (default: %(default)s)")
+    dl.add_argument("--dest", default=None, help="directory to write to (default: weights)")
     dl.add_argument("--mirror", default=None, help="replace scheme and host of every URL (a mirror)")
     args = parser.parse_args(argv)
     try:
@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
                 where = spec.url or f"manual: {spec.manual}"
                 print(f"{spec.name:28s} {spec.family:18s} {spec.filename}\n    {where}")
         else:
-            from medret.download import download
+            from medret.download import DEFAULT_DEST, download
 
             for name in args.names:
-                print(download(name, args.dest, mirror=args.mirror))
+                print(download(name, args.dest or DEFAULT_DEST, mirror=args.mirror))
     except MedretError as exc:
         print(f"medret error: {exc}", file=sys.stderr)
         return 1

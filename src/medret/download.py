@@ -1,11 +1,13 @@
 """Opt-in download of the public checkpoint and tokenizer files, for users with internet access.
 
 Nothing in the workflow or the tests downloads anything: this module only runs when a user asks,
-``python -m medret download NAME --dest DIR``. Each file is streamed to a temporary file beside
-its destination, checked against its published digest where one is known, and renamed into place,
-so an interrupted download never leaves a file that looks complete. Some checkpoints are only
-published behind interactive pages (Box, Google Drive); for those the command prints where to get
-the file and which config key takes its path, instead of scraping the page.
+``python -m medret download NAME [--dest DIR]``. The default destination, ``weights/``, is where the
+README's config snippets and ``config/examples`` look, and ``make clean`` never touches it. Each file
+is streamed to a temporary file beside its destination, checked against its published digest where
+one is known, and renamed into place, so an interrupted download never leaves a file that looks
+complete. Some checkpoints are only published behind interactive pages (Box, Google Drive); for
+those the command prints where to get the file and which config key takes its path, instead of
+scraping the page.
 
 ``--mirror URL`` (or ``MEDRET_DOWNLOAD_MIRROR``) replaces the scheme and host of every URL, for
 institutional mirrors (and for the tests, which serve fixtures from a loopback server).
@@ -29,6 +31,9 @@ from medret.io import atomic_output
 _HF = "https://huggingface.co"
 _CXR_CLIP = "https://twg.kakaocdn.net/brainrepo/models/cxr-clip"
 
+#: Where ``python -m medret download`` writes when no ``--dest`` is given.
+DEFAULT_DEST = "weights"
+
 
 @dataclass(frozen=True)
 class PublicFile:
@@ -47,6 +52,32 @@ class PublicFile:
 
 def _hf(repo: str, path: str, revision: str = "main") -> str:
     return f"{_HF}/{repo}/resolve/{revision}/{path}"
+
+
+def _hf_directory(
+    prefix: str,
+    repo: str,
+    directory: str,
+    filenames: tuple[str, ...],
+    family: str,
+    config_key: str,
+    revision: str = "main",
+) -> list[PublicFile]:
+    """Entries for files of one Hugging Face repo that a model reads as one directory.
+
+    Each is named ``<prefix>-<file stem>`` (``_`` as ``-``) and lands in ``<directory>/<file>`` under the
+    destination, so downloading all of them builds the directory the config key takes.
+    """
+    return [
+        PublicFile(
+            f"{prefix}-{fname.split('.')[0].replace('_', '-')}",
+            _hf(repo, fname, revision),
+            f"{directory}/{fname}",
+            family,
+            config_key,
+        )
+        for fname in filenames
+    ]
 
 
 PUBLIC_FILES: dict[str, PublicFile] = {
@@ -112,16 +143,14 @@ PUBLIC_FILES: dict[str, PublicFile] = {
                 ("swint", "mcc", "a25ce760064591c899f67c97ed7790de"),
             ]
         ],
-        *[
-            PublicFile(
-                f"bio-clinicalbert-{fname.split('.')[0]}",
-                _hf("emilyalsentzer/Bio_ClinicalBERT", fname),
-                f"Bio_ClinicalBERT/{fname}",
-                "medclip, cxr_clip",
-                "models.<name>.text_model (the directory)",
-            )
-            for fname in ("vocab.txt", "config.json")
-        ],
+        *_hf_directory(
+            "bio-clinicalbert",
+            "emilyalsentzer/Bio_ClinicalBERT",
+            "Bio_ClinicalBERT",
+            ("vocab.txt", "config.json"),
+            "medclip, cxr_clip",
+            "models.<name>.text_model (the directory)",
+        ),
         PublicFile(
             "biovil-image",
             _hf("microsoft/BiomedVLP-CXR-BERT-specialized", "biovil_image_resnet50_proj_size_128.pt", "v1.1"),
@@ -138,16 +167,34 @@ PUBLIC_FILES: dict[str, PublicFile] = {
             "models.<name>.checkpoint",
             md5="a83080e2f23aa584a4f2b24c39b1bb64",
         ),
-        *[
-            PublicFile(
-                f"biomedclip-{fname.split('.')[0].replace('_', '-')}",
-                _hf("microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", fname),
-                f"BiomedCLIP/{fname}",
-                "biomedclip",
-                "models.<name>.checkpoint (the directory)",
-            )
-            for fname in ("open_clip_pytorch_model.bin", "open_clip_config.json", "vocab.txt")
-        ],
+        # CXR-BERT, the text model, from the same repo and revision as each image model (hi-ml-multimodal's pins).
+        *_hf_directory(
+            "biovil-text",
+            "microsoft/BiomedVLP-CXR-BERT-specialized",
+            "BiomedVLP-CXR-BERT-specialized",
+            ("config.json", "pytorch_model.bin", "vocab.txt"),
+            "biovil",
+            "models.<name>.text_model (the directory)",
+            revision="v1.1",
+        ),
+        *_hf_directory(
+            "biovil-t-text",
+            "microsoft/BiomedVLP-BioViL-T",
+            "BiomedVLP-BioViL-T",
+            ("config.json", "pytorch_model.bin", "vocab.txt"),
+            "biovil",
+            "models.<name>.text_model (the directory)",
+            revision="v1.0",
+        ),
+        # No revision or digest of BiomedCLIP's files is recorded, so they follow main (its config changed over time).
+        *_hf_directory(
+            "biomedclip",
+            "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+            "BiomedCLIP",
+            ("open_clip_pytorch_model.bin", "open_clip_config.json", "vocab.txt"),
+            "biomedclip",
+            "models.<name>.checkpoint (the directory)",
+        ),
     ]
 }
 

@@ -16,6 +16,9 @@ import pandas as pd
 
 from medret.errors import MedretError
 
+#: Dataset keys every adapter takes (besides ``adapter``); each adapter declares its own in ``options``.
+COMMON_OPTIONS = ("split", "train_split", "bad_images", "image_size", "extra_reports", "relevance", "uncertain_labels")
+
 #: Columns of the standard pairs table, in order. ``patient_id``, ``study_id`` and ``view`` may be
 #: empty strings when a dataset does not have them; label columns are named ``label_<finding>``.
 PAIR_COLUMNS = ("pair_id", "image_path", "report", "split", "patient_id", "study_id", "view")
@@ -26,13 +29,16 @@ class DatasetAdapter:
     """A registered dataset format.
 
     ``source_files(name, entry)`` lists the files the workflow tracks as inputs (relative to the
-    working directory); ``load(entry, sources)`` returns the standard pairs table.
+    working directory); ``load(entry, sources)`` returns the standard pairs table. ``options`` names
+    the adapter's own config keys (documented in config/schema.yaml); any key of a dataset entry that
+    is neither one of them nor in :data:`COMMON_OPTIONS` is an error.
     """
 
     name: str
     source_files: Callable[[str, Mapping[str, Any]], list[str]]
     load: Callable[[Mapping[str, Any], list[str]], pd.DataFrame]
     description: str
+    options: tuple[str, ...] = ()
 
 
 _ADAPTERS: dict[str, DatasetAdapter] = {}

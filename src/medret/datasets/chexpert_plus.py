@@ -245,5 +245,6 @@ register_adapter(
         _chexpert_sources,
         load_chexpert_plus,
         "CheXpert Plus report CSV with its PNG (or CheXpert JPEG) images and CheXbert labels",
+        options=("root", "reports", "labels", "image_format", "section", "study_list"),
     )
 )

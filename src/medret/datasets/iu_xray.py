@@ -129,5 +129,6 @@ register_adapter(
         _iu_sources,
         load_iu_xray,
         "IU X-ray / OpenI (Kaggle chest-xrays-indiana-university): reports, projections and PNG images",
+        options=("root", "section", "study_list"),
     )
 )

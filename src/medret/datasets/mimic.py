@@ -258,5 +258,11 @@ def load_mimic(entry: Mapping[str, Any], sources: list[str]) -> pd.DataFrame:
 
 
 register_adapter(
-    DatasetAdapter("mimic_cxr", _mimic_sources, load_mimic, "MIMIC-CXR-JPG 2.x images with MIMIC-CXR report sections")
+    DatasetAdapter(
+        "mimic_cxr",
+        _mimic_sources,
+        load_mimic,
+        "MIMIC-CXR-JPG 2.x images with MIMIC-CXR report sections",
+        options=("root", "reports", "section", "study_list"),
+    )
 )
