@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 import medret.models.biomedclip as bmc
+from medret.embeddings import needed_image_size
 from medret.errors import MedretError
 from medret.models import list_families, load_model
 
@@ -369,3 +370,20 @@ def test_spec_depends_on_content_not_path(published, adapter, tmp_path):
     other = load_model({"family": "biomedclip", "checkpoint": str(d), "batch_size": 4})
     assert other.spec_hash() == adapter.spec_hash()
     assert "checkpoint" not in adapter.spec() and adapter.spec()["context_length"] == TINY_CONTEXT
+    # open_clip_config.json is hashed by content: the same directory with an edited config is another model.
+    _edit_cfg(d, lambda c: c["preprocess_cfg"].update(interpolation="bilinear"))
+    edited = load_model({"family": "biomedclip", "checkpoint": str(d), "batch_size": 4})
+    assert edited.spec_hash() != adapter.spec_hash() and edited.spec()["preprocess"]["interpolation"] == "bilinear"
+    _edit_cfg(d, lambda c: c["model_cfg"].update(quick_gelu=True))  # unused by a timm + BERT model, still hashed
+    assert load_model({"family": "biomedclip", "checkpoint": str(d)}).spec_hash() not in (
+        edited.spec_hash(),
+        adapter.spec_hash(),
+    )
+
+
+def test_upsampling_is_the_shorter_side_to_the_tower_size(adapter):
+    # The tiny tower takes 64 px, shortest side (the published one 224).
+    boxes = np.array([[8, 0, 48, 64], [0, 0, 64, 64]])
+    np.testing.assert_allclose(adapter.enlargement(boxes, 64), [64 / 48, 1.0])
+    # At S' = 85 the 48 side becomes round(48 * 85 / 64) = round(63.75) = 64; at 84, round(63.0) = 63.
+    assert needed_image_size(adapter, boxes, 64) == 85

@@ -36,6 +36,7 @@ from health_multimodal.image.model.model import ImageModel as HimlImageModel
 from health_multimodal.text.model import CXRBertConfig, CXRBertModel, CXRBertTokenizer
 
 import medret.models.biovil as bv
+from medret.embeddings import needed_image_size
 from medret.errors import MedretError
 from medret.models import list_families, load_model
 
@@ -296,6 +297,18 @@ def test_spec_names_contents(adapters: dict) -> None:
     assert spec["preprocess"]["crop"] == 448 and len(spec["weights"]) == 64
     assert "checkpoint" not in spec and "text_model" not in spec
     assert adapters["biovil"].spec_hash() != adapters["biovil_t"].spec_hash()
+
+
+@pytest.mark.parametrize("version", list(bv.VERSIONS))
+def test_upsampling_is_the_shorter_side_to_512(adapters: dict, version: str) -> None:
+    """MIMIC-CXR's 2544 x 3056 images in a 512 cache: box 512 x 426, which Resize(512) makes 615 x 512."""
+    model = adapters[version]
+    boxes = np.array([[0, 43, 512, 426], [43, 0, 426, 512], [0, 0, 512, 512]])
+    np.testing.assert_allclose(model.enlargement(boxes, 512), [512 / 426, 512 / 426, 1.0])
+    assert bv.resized_size(512, 426, bv.RESIZE) == (615, 512)  # the real resize: 426 -> 512 is the largest factor
+    # At S' = 615 the 426 side becomes round(426 * 615 / 512) = round(511.70) = 512; at 614, round(510.87) = 511.
+    assert needed_image_size(model, boxes, 512) == 615
+    assert model.upsampling(np.array([[0, 87, 1024, 851]]), 1024) == 1.0  # 512 / 851: shrinks
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,9 +34,10 @@ from PIL import Image
 from torchvision.transforms import Compose, InterpolationMode, Normalize, Resize
 
 import medret.models.clip_family as cf
+from medret.embeddings import needed_image_size
 from medret.errors import MedretError
 from medret.imaging import decode_to_canvas
-from medret.models import list_families, load_model
+from medret.models import ResizeRule, list_families, load_model
 
 ARCH = "ViT-B-32-quickgelu"
 TINY = "medret-tiny-quickgelu"
@@ -477,7 +478,9 @@ def test_torchscript_archive_is_read_without_running_it(tiny, tiny_arch, tmp_pat
         state, torchscript = cf.read_state_dict(path, missing_hint="")
         model = load_model({"family": "open_clip", "model": tiny_arch, "checkpoint": str(path)})
         img, txt = model.encode_images(canvases, boxes), model.encode_texts(REPORTS)
-        with pytest.raises(MedretError, match=r"OpenAI TorchScript weights were trained with QuickGELU"):
+        with pytest.raises(
+            MedretError, match=r"the weights in ViT-B-32\.pt \(OpenAI's: .*\) were trained with QuickGELU"
+        ):
             load_model({"family": "open_clip", "model": "medret-tiny", "checkpoint": str(path)})
     assert torchscript and cf.is_torchscript_archive(path)
     # The reference reader runs the archive (our own file here): same keys, values and dtypes.
@@ -607,3 +610,113 @@ def test_pretrained_tags_resolve_only_from_the_local_cache(tmp_path, monkeypatch
         load_model({"family": "open_clip", "model": "ViT-B-16-SigLIP", "checkpoint": "x.pt"})
     with pytest.raises(MedretError, match=r"models\.m\.model is required by family open_clip"):
         load_model({"family": "open_clip", "checkpoint": "x.pt"}, "m")
+
+
+# (e) QuickGELU: the conversion hint keeps OpenAI's mark; bare files on OpenAI architecture names -----
+
+
+def test_file_converted_as_the_hint_says_still_needs_quickgelu(tiny, tiny_arch, tmp_path, monkeypatch):
+    make_openai_torchscript(tiny.state, tmp_path / "IN.pt")
+    code = re.search(r'python -c "(.+?)"', cf._CONVERT_HINT).group(1)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():  # the hint runs torch.jit.load on the user's trusted file (our own here)
+        warnings.simplefilter("ignore", FutureWarning)
+        exec(code, {})
+    state, openai = cf.read_state_dict(tmp_path / "OUT.pt", missing_hint="")
+    assert openai and set(state) == set(tiny.state)  # the int entries mark the file, and are not weights
+    gelu_json = tmp_path / "medret-tiny-gelu.json"
+    gelu_json.write_text(json.dumps({**TINY_CFG, "quick_gelu": False}))
+    for model, fix in (
+        ("medret-tiny", "use model medret-tiny-quickgelu"),
+        (str(gelu_json), 'set "quick_gelu": true in'),
+    ):
+        with pytest.raises(MedretError, match=rf"OUT\.pt \(OpenAI's: .*trained with QuickGELU .*; {fix}") as err:
+            load_model({"family": "open_clip", "model": model, "checkpoint": "OUT.pt"})
+        assert "\n" not in str(err.value)
+    canvases, boxes = cache_batch(write_images(tmp_path, [(90, 60)]), 64)
+    converted = load_model({"family": "open_clip", "model": tiny_arch, "checkpoint": "OUT.pt"})
+    original = load_model({"family": "open_clip", "model": tiny_arch, "checkpoint": "IN.pt"})
+    torch.testing.assert_close(converted.encode_images(canvases, boxes), original.encode_images(canvases, boxes))
+
+
+@pytest.mark.parametrize("arch", ["ViT-B-32", "RN50", "ViT-L-14-336"])
+def test_bare_checkpoint_on_an_openai_gelu_architecture_is_refused(tiny, arch):
+    with pytest.raises(
+        MedretError,
+        match=rf"models\.<name>\.model: {arch} uses GELU, and a checkpoint without a pretrained tag cannot be told "
+        rf"apart from OpenAI's QuickGELU weights .*; use model {arch}-quickgelu for OpenAI-derived weights, or set "
+        r"models\.<name>\.pretrained to the open_clip tag of GELU-trained weights$",
+    ) as err:
+        load_model({"family": "open_clip", "model": arch, "checkpoint": str(tiny.dir / "plain.pt")})
+    assert "\n" not in str(err.value)
+    assert cf.has_openai_weights(arch) and not cf.has_openai_weights("medret-tiny")
+
+
+# (f) provenance: an edited architecture JSON is another model ----------------------------------
+
+
+def test_spec_holds_the_architecture_config_not_its_path(tiny, tmp_path):
+    arch = tmp_path / "medret-edited.json"
+    entry = {"family": "open_clip", "model": str(arch), "checkpoint": str(tiny.dir / "plain.pt")}
+    arch.write_text(json.dumps({**TINY_CFG, "quick_gelu": False}))
+    gelu = load_model(entry)
+    arch.write_text(json.dumps(TINY_CFG))  # the same path, now QuickGELU: other embeddings
+    quick = load_model(entry)
+    assert gelu.spec()["architecture"]["quick_gelu"] is False and quick.spec()["architecture"]["quick_gelu"] is True
+    assert gelu.spec_hash() != quick.spec_hash()
+    assert not torch.allclose(gelu.encode_texts(REPORTS[:2]), quick.encode_texts(REPORTS[:2]), atol=1e-4)
+    assert load_model(entry).spec_hash() == quick.spec_hash()  # and it is stable
+
+
+# (g) upsampling: the resize geometry each adapter declares ----------------------------------
+
+
+def test_upsampling_of_cxr_canvas_families(cxr_repair, chexzero):
+    # Their 320-px canvas comes from the longest side, which the cache sets to S: 320 / S when S < 320.
+    for model in (cxr_repair, chexzero):
+        assert model.upsampling(np.array([[28, 0, 200, 256], [0, 0, 256, 256]]), 256) == 1.25
+        assert model.upsampling(np.array([[0, 35, 320, 250]]), 320) == 1.0
+        assert model.upsampling(torch.tensor([[0, 0, 512, 400]]), 512) == 1.0  # 0.625: shrinks, not reported
+        assert needed_image_size(model, np.array([[28, 0, 200, 256]]), 256) == 320
+
+
+def test_upsampling_of_open_clip_geometries(tiny, tiny_arch):
+    model = load_model({"family": "open_clip", "model": tiny_arch, "checkpoint": str(tiny.dir / "plain.pt")})
+    assert model.resize_rule == ResizeRule("shorter", (32, 32))  # the tiny tower's 32 px, shortest side
+    boxes = np.array([[0, 5, 30, 20], [0, 0, 30, 30]])
+    np.testing.assert_allclose(model.enlargement(boxes, 30), [32 / 20, 32 / 30])
+    # At S' = 48 the 20-px side becomes round(20 * 48 / 30) = 32; at 47, round(31.33) = 31.
+    assert needed_image_size(model, boxes, 30) == 48
+    cases = [  # (preprocess config, box (h, w), factor, description)
+        (
+            {"size": 224, "resize_mode": "longest"},
+            (200, 150),
+            1.12,
+            "its longer side is resized to 224 px, the cache gives 200 px",
+        ),
+        ({"size": 224, "resize_mode": "longest"}, (300, 200), 1.0, None),  # min(224/300, 224/200) < 1
+        (
+            {"size": 224, "resize_mode": "squash"},
+            (300, 200),
+            1.12,
+            "it is resized to 224x224 px (height x width), the cache gives 300x200 px",
+        ),
+        (
+            {"size": (224, 192), "resize_mode": "shortest"},
+            (250, 180),
+            192 / 180,
+            "it is resized to cover 224x192 px (height x width), the cache gives 250x180 px",
+        ),
+        (
+            {"size": 224, "resize_mode": "shortest"},
+            (300, 180),
+            224 / 180,
+            "its shorter side is resized to 224 px, the cache gives 180 px",
+        ),
+    ]
+    for cfg, (h, w), factor, text in cases:
+        rule = cf.open_clip_resize_rule(cfg)
+        box = np.array([[0, 0, h, w]])
+        assert max(1.0, rule.factors(box, 300)[0]) == pytest.approx(factor, abs=1e-12)
+        if text is not None:
+            assert rule.describe(box[0], 300) == text

@@ -14,6 +14,7 @@ import collections
 import json
 import pickle
 import pickletools
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -31,6 +32,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from transformers import BertConfig, BertModel, BertTokenizer, SwinConfig, SwinModel
 
 import medret.models.cxr_clip as cxr
+from medret.embeddings import needed_image_size
 from medret.errors import MedretError
 from medret.imaging import decode_to_canvas
 from medret.models import get_family, load_model
@@ -690,12 +692,35 @@ def test_code_carrying_pickle_is_refused_without_running(tiny, tiny_text, tmp_pa
     assert not marker.exists()
 
 
-def test_unlisted_omegaconf_type_is_refused(tiny, tiny_text, tmp_path):
+def test_unlisted_omegaconf_type_is_refused(tiny, tiny_text, tmp_path, monkeypatch):
     built = tiny("swin")
     config = {**built.config, "extra": OmegaConf.create({"typed": StringNode("x")})}
-    path = save_tar(tmp_path / "typed.tar", built.state, config, built.training)
-    with pytest.raises(MedretError, match=r"refused to load: the pickle references .*"):
+    path = save_tar(tmp_path / "IN.tar", built.state, config, built.training)
+    with pytest.raises(
+        MedretError,
+        match=r"IN\.tar: refused to load: its pickled config references the OmegaConf class "
+        r"omegaconf\.nodes\.StringNode, which is outside medret's allow-list of 10 classes .*nothing was run; "
+        r"if this is an unmodified released file, please report the class name .*convert it once with python -c",
+    ) as err:
         load_model({"family": "cxr_clip", "checkpoint": str(path), "text_model": str(tiny_text)})
+    assert "released files do not use" not in str(err.value) and "\n" not in str(err.value)
+    # The conversion the message gives (for a trusted file) yields a file that loads, with the same model.
+    monkeypatch.chdir(tmp_path)
+    exec(re.search(r'python -c "(.+?)"', str(err.value)).group(1), {})
+    entry = {"family": "cxr_clip", "text_model": str(tiny_text), "device": "cpu"}
+    converted = load_model({**entry, "checkpoint": "OUT.tar"})
+    original = load_model({**entry, "checkpoint": str(built.path)})
+    assert torch.equal(converted.encode_texts(["no effusion"]), original.encode_texts(["no effusion"]))
+
+
+def test_upsampling_is_the_shorter_side_to_224(tiny, tiny_text):
+    model = load_model({"family": "cxr_clip", "checkpoint": str(tiny("swin").path), "text_model": str(tiny_text)})
+    boxes = np.array([[0, 20, 200, 160], [0, 0, 200, 200]])
+    np.testing.assert_allclose(model.enlargement(boxes, 200), [224 / 160, 224 / 200])
+    assert cxr.resized_size(200, 160) == (280, 224)  # the real resize: 160 -> 224 is the largest factor
+    # At S' = 280 the 160 side becomes 160 * 280 / 200 = 224 exactly; at 279, round(223.2) = 223.
+    assert needed_image_size(model, boxes, 200) == 280
+    assert model.upsampling(np.array([[0, 0, 224, 224], [0, 37, 300, 226]]), 300) == 1.0
 
 
 def test_wrong_family_files_are_named(tmp_path, tiny_text):

@@ -15,11 +15,12 @@ from PIL import Image
 from medret import stages
 from medret.config import validate_config
 from medret.corruptions import get_kind
-from medret.embeddings import BlockReader, EmbeddingFile, embed_images
+from medret.embeddings import BlockReader, EmbeddingFile, embed_images, upsampling_warning
 from medret.errors import MedretError
-from medret.imaging import ImageCache
+from medret.imaging import ImageCache, decode_to_canvas
 from medret.manifest import read_table
-from medret.models import load_model
+from medret.models import ModelAdapter, ResizeRule, load_model
+from medret.models.biovil import BioViLAdapter
 from medret.models.local import train
 
 REPORTS = ["No effusion.", "Left effusion.", "No effusion.", "Right pneumothorax.", "Cardiomegaly.", "No effusion."]
@@ -274,3 +275,72 @@ def test_reader_error_reaches_the_caller_and_nothing_is_written(study, tmp_path,
         )
     assert not (tmp_path / "occ.h5").exists() and list(tmp_path.iterdir()) == []
     assert not _reader_threads()
+
+
+# --------------------------------------------------------------------------------------------
+# Upsampling warning
+
+
+class _Geometry(ModelAdapter):
+    """An adapter that only declares a resize geometry (the warning needs nothing else)."""
+
+    family = "geometry"
+
+    def __init__(self, rule: ResizeRule) -> None:
+        super().__init__({"device": "cpu"})
+        self.resize_rule = rule
+
+    @property
+    def embed_dim(self) -> int:
+        return 1
+
+    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def test_upsampling_warning_names_the_count_factor_and_the_image_size_that_avoids_it():
+    biovil = _Geometry(BioViLAdapter.resize_rule)
+    # In a 512 cache: MIMIC's 2544 x 3056 (box 512 x 426), its landscape twin, a square, and 512 x 412.
+    boxes = np.array([[0, 43, 512, 426], [43, 0, 426, 512], [0, 0, 512, 512], [0, 50, 512, 412]])
+    assert upsampling_warning(biovil, boxes[:3], model_name="biovil", dataset="mimic", image_size=512) == (
+        "medret warning: model 'biovil' enlarges 2 of 3 images of dataset 'mimic' (up to 1.20x: its shorter side is "
+        "resized to 512 px, the cache gives 426 px); set datasets.mimic.image_size to at least 615 to avoid it"
+    )
+    # 512 / 412 = 1.2427; the 412 side reaches 512 at S' = 636 (round(511.78)), not at 635 (round(510.98)).
+    assert upsampling_warning(biovil, boxes, model_name="biovil", dataset="mimic", image_size=512) == (
+        "medret warning: model 'biovil' enlarges 3 of 4 images of dataset 'mimic' (up to 1.24x: its shorter side is "
+        "resized to 512 px, the cache gives 412 px); set datasets.mimic.image_size to at least 636 to avoid it"
+    )
+    assert upsampling_warning(biovil, boxes[2:3], model_name="biovil", dataset="mimic", image_size=512) is None
+    # A barely enlarged image is not printed as "1.00x": 512 / 511.
+    near = upsampling_warning(biovil, np.array([[0, 0, 512, 511]]), model_name="b", dataset="d", image_size=512)
+    assert "(up to 1.0020x: " in near and near.endswith("at least 513 to avoid it")
+
+
+def test_suggested_image_size_holds_for_a_real_mimic_sized_image(tmp_path):
+    """The cache itself at the suggested size: the 2544-px side becomes 512 at S = 615 and 511 at 614."""
+    Image.new("L", (2544, 3056), 128).save(tmp_path / "mimic.png")  # width x height, as MIMIC-CXR's
+    biovil = _Geometry(BioViLAdapter.resize_rule)
+    expected = {512: (0, 43, 512, 426), 614: (0, 51, 614, 511), 615: (0, 51, 615, 512)}
+    for size, box in expected.items():
+        assert decode_to_canvas(tmp_path / "mimic.png", size)[1] == box
+    note = upsampling_warning(biovil, np.array([expected[512]]), model_name="b", dataset="d", image_size=512)
+    assert note.endswith("set datasets.d.image_size to at least 615 to avoid it")
+    assert upsampling_warning(biovil, np.array([expected[614]]), model_name="b", dataset="d", image_size=614)
+    assert upsampling_warning(biovil, np.array([expected[615]]), model_name="b", dataset="d", image_size=615) is None
+
+
+def test_local_model_enlarges_a_cache_smaller_than_its_input(study):
+    root, _, _ = study
+    model = load_model({"family": "local", "checkpoint": str(root / "ckpt.pt")})  # input_size 32
+    with ImageCache(root / "eval.h5") as cache:
+        assert cache.size == 32 and model.upsampling(cache.boxes, cache.size) == 1.0
+        assert upsampling_warning(model, cache.boxes, model_name="m", dataset="toy", image_size=cache.size) is None
+    boxes = np.array([[0, 1, 16, 13]] * 6)  # the same 40 x 32 images in a 16 cache
+    assert upsampling_warning(model, boxes, model_name="m", dataset="toy", image_size=16) == (
+        "medret warning: model 'm' enlarges 6 of 6 images of dataset 'toy' (up to 2.00x: its padded square canvas "
+        "is resized to 32 px, the cache gives 16 px); set datasets.toy.image_size to at least 32 to avoid it"
+    )

@@ -41,6 +41,7 @@ import torchvision  # noqa: E402
 from transformers import BertConfig, BertModel, BertTokenizer, SwinConfig, SwinModel  # noqa: E402
 
 import medret.models.medclip as mc  # noqa: E402
+from medret.embeddings import needed_image_size  # noqa: E402
 from medret.errors import MedretError  # noqa: E402
 from medret.imaging import decode_to_canvas  # noqa: E402
 from medret.models import list_families, load_model  # noqa: E402
@@ -530,6 +531,16 @@ def test_spec_holds_contents_not_paths(adapters, checkpoints, vocab_dir):
     assert spec["vocab"] == mc.file_sha256(vocab_dir / "vocab.txt")
     assert (spec["variant"], spec["max_length"], spec["padding"]) == ("vit", 77, "max_length")
     assert adapters["vit"].spec_hash() != adapters["resnet"].spec_hash()
+
+
+@pytest.mark.parametrize("variant", ["vit", "resnet"])
+def test_upsampling_is_the_padded_canvas_to_224(adapters, variant):
+    # MedCLIP pads to a square (the cache canvas) and resizes it to 224: 224 / S whatever the box.
+    model = adapters[variant]
+    assert model.upsampling(np.array([[0, 14, 128, 100], [0, 0, 128, 128]]), 128) == 1.75
+    assert model.upsampling(np.array([[0, 25, 224, 174]]), 224) == 1.0
+    assert model.upsampling(np.array([[0, 50, 512, 412]]), 512) == 1.0  # 0.4375: shrinks
+    assert needed_image_size(model, np.array([[0, 14, 128, 100]]), 128) == 224
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ for the whole cache at once.
 
 from __future__ import annotations
 
+import math
 import queue
 import sys
 import threading
@@ -62,6 +63,58 @@ def embed_texts(
         out_path,
         {"embeddings": emb, "texts": np.asarray(texts, dtype=object)},
         {"model": model_name, "model_spec_hash": model.spec_hash(), "manifest_digest": manifest_digest},
+    )
+
+
+def needed_image_size(model: ModelAdapter, boxes: np.ndarray, image_size: int) -> int:
+    """The smallest cache size at which ``model`` enlarges none of the images whose content boxes in an
+    ``image_size`` cache are ``boxes`` (``image_size`` itself when it enlarges none).
+
+    Each image's aspect is taken from its box, and its box in a cache of side S' is computed as the cache
+    does: the longer side S', the shorter ``round(side * S' / image_size)``. The boxes are themselves rounded
+    to whole cache pixels, so an image whose true aspect lies at the edge of that rounding can need one
+    pixel more.
+    """
+    shapes = np.unique(np.asarray(boxes)[:, 2:4], axis=0).astype(np.float64)
+
+    def fits(size: int) -> bool:
+        scaled = np.maximum(1.0, np.round(shapes * (size / image_size)))  # np.round: half to even, as round()
+        return model.upsampling(np.column_stack([np.zeros_like(scaled), scaled]), size) <= 1.0
+
+    if fits(image_size):
+        return image_size
+    # Enlarging stops as S' grows (the boxes only grow), so bisect between a failing and a fitting size.
+    low, high = image_size, max(image_size + 1, math.ceil(image_size * model.upsampling(boxes, image_size)) + 1)
+    while not fits(high):
+        low, high = high, 2 * high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(mid) else (mid, high)
+    return high
+
+
+def upsampling_warning(
+    model: ModelAdapter, boxes: np.ndarray, *, model_name: str, dataset: str, image_size: int
+) -> str | None:
+    """One line saying that ``model`` enlarges images of this cache and which ``image_size`` avoids it, or None.
+
+    The original pipelines shrink the full-resolution image; a cache smaller than a model's input makes
+    its preprocessing enlarge the cached one instead (see :meth:`ModelAdapter.upsampling`), so the
+    model sees less detail than it was made for.
+    """
+    rule = model.resize_rule
+    factors = model.enlargement(boxes, image_size)
+    enlarged = factors > 1.0
+    if rule is None or not enlarged.any():
+        return None
+    worst = int(np.argmax(factors))
+    top = float(factors[worst])
+    need = needed_image_size(model, boxes, image_size)
+    times = f"{top:.2f}x" if top >= 1.005 else f"{top:.4f}x"  # never print an enlargement as 1.00x
+    return (
+        f"medret warning: model {model_name!r} enlarges {int(enlarged.sum())} of {len(factors)} images of dataset "
+        f"{dataset!r} (up to {times}: {rule.describe(np.asarray(boxes)[worst], image_size)}); "
+        f"set datasets.{dataset}.image_size to at least {need} to avoid it"
     )
 
 

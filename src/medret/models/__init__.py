@@ -9,9 +9,10 @@ never touches the workflow.
 
 This module is torch-free: a family's ``build``/``train`` may be named as ``"module:attribute"``
 and is imported only when a model is built or trained, so checking a config (which the workflow
-does on every Snakemake call) imports no family module. :class:`~medret.models.base.ModelAdapter`
-and :func:`~medret.models.base.resolve_device` live in :mod:`medret.models.base` and are still
-importable from here (lazily).
+does on every Snakemake call) imports no family module. :class:`~medret.models.base.ModelAdapter`,
+:class:`~medret.models.base.ResizeRule` (which a family declares so that a too-small image cache is
+reported) and :func:`~medret.models.base.resolve_device` live in :mod:`medret.models.base` and are
+still importable from here (lazily).
 
 Config entry of a model (``models.<name>`` in the config)::
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 COMMON_OPTIONS: dict[str, Any] = {"batch_size": 64, "device": "auto", "dtype": "float32"}
 
 #: Names served lazily from :mod:`medret.models.base` (importing it imports torch).
-_BASE_NAMES = ("ModelAdapter", "resolve_device")
+_BASE_NAMES = ("ModelAdapter", "ResizeRule", "resolve_device")
 
 
 def __getattr__(name: str) -> Any:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,11 +40,54 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@dataclass(frozen=True)
+class ResizeRule:
+    """The geometry of a family's first resampling of the cached image (see :meth:`ModelAdapter.upsampling`).
+
+    The original pipelines apply this step to the full-resolution file, where it shrinks the image; on a
+    cache that is too small it enlarges it instead. ``fit`` says what is brought to ``size`` (height, width):
+    ``shorter``: the content box, aspect kept, covers ``size`` (torchvision ``Resize(int)``, open_clip
+    ``shortest``); ``longer``: the box, aspect kept, fits inside ``size`` (open_clip ``longest``, the 320-px
+    canvas of CXR-RePaiR); ``squash``: each side of the box to ``size``; ``canvas``: the whole padded S x S
+    canvas to ``size``.
+    """
+
+    fit: Literal["shorter", "longer", "squash", "canvas"]
+    size: tuple[int, int]
+
+    def factors(self, boxes: np.ndarray, canvas: int) -> np.ndarray:
+        """Per content box (N, 4: top, left, height, width) in an S = ``canvas`` cache: the factor by which
+        its more enlarged side is resized (below 1 when both shrink)."""
+        h, w = boxes[:, 2].astype(np.float64), boxes[:, 3].astype(np.float64)
+        th, tw = self.size
+        if self.fit == "canvas":
+            return np.full(len(boxes), max(th, tw) / canvas)
+        if self.fit == "longer":
+            return np.minimum(th / h, tw / w)
+        return np.maximum(th / h, tw / w)  # shorter: both sides by this factor; squash: the more stretched side
+
+    def describe(self, box: Sequence[int], canvas: int) -> str:
+        """What happens to one box, for messages: ``its shorter side is resized to 512 px, the cache gives 426 px``."""
+        h, w = int(box[2]), int(box[3])
+        th, tw = self.size
+        if self.fit == "canvas":
+            target = f"{th} px" if th == tw else f"{th}x{tw} px"
+            return f"its padded square canvas is resized to {target}, the cache gives {canvas} px"
+        if th == tw and self.fit != "squash":
+            side = min(h, w) if self.fit == "shorter" else max(h, w)
+            return f"its {self.fit} side is resized to {th} px, the cache gives {side} px"
+        how = {"shorter": "to cover", "longer": "to fit in", "squash": "to"}[self.fit]
+        return f"it is resized {how} {th}x{tw} px (height x width), the cache gives {h}x{w} px"
+
+
 class ModelAdapter(ABC):
     """Base of every family's adapter: batching, device, autocast and normalisation live here."""
 
     #: Family name, set by each subclass.
     family: str = ""
+    #: Geometry of the preprocessing's first resampling, declared by each family (None: not declared, never
+    #: reported as enlarging).
+    resize_rule: ResizeRule | None = None
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         self.entry = {**COMMON_OPTIONS, **entry}
@@ -72,6 +117,20 @@ class ModelAdapter(ABC):
     def spec_hash(self) -> str:
         """Digest of :meth:`spec`, stored in every embedding file this model writes."""
         return digest(self.spec())
+
+    def enlargement(self, boxes: np.ndarray | torch.Tensor, canvas: int) -> np.ndarray:
+        """Per content box (N, 4) of an S = ``canvas`` cache, the factor by which this model's preprocessing
+        enlarges it (1.0: not enlarged)."""
+        boxes = boxes.cpu().numpy() if isinstance(boxes, torch.Tensor) else np.asarray(boxes)
+        if self.resize_rule is None or len(boxes) == 0:
+            return np.ones(len(boxes))
+        return np.maximum(self.resize_rule.factors(boxes, canvas), 1.0)
+
+    def upsampling(self, boxes: np.ndarray | torch.Tensor, canvas: int) -> float:
+        """The largest factor by which this model's preprocessing enlarges any of the given content boxes of an
+        S = ``canvas`` cache (1.0 = none), where the original pipeline shrinks the full-resolution image."""
+        factors = self.enlargement(boxes, canvas)
+        return float(factors.max()) if len(factors) else 1.0
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:

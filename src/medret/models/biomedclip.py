@@ -25,7 +25,10 @@ HTML unescaping twice, whitespace collapsed), then BERT uncased WordPiece with `
 truncated and padded to the config's ``context_length`` (256) with ``[PAD]`` = 0; the text tower's attention
 mask is ``ids != pad_token_id``. Images: open_clip's eval transform from the config's ``preprocess_cfg``
 (size from the image tower, shortest-side bicubic resize, centre crop, OpenAI mean/std, grey -> RGB),
-applied on tensors to each canvas's content box by the open_clip family's ``open_clip_preprocess``.
+applied on tensors to each canvas's content box by the open_clip family's ``open_clip_preprocess``: the
+same geometry, pixels within a grey level or two of PIL's (not bit-identical; see that function).
+``identity()`` holds the content of ``open_clip_config.json`` (``model_cfg`` and the merged
+``preprocess_cfg``), of the BERT config and of the vocabulary, so editing a file changes the spec hash.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from medret.models.clip_family import (
     _quiet_open_clip,
     load_strict,
     open_clip_preprocess,
+    open_clip_resize_rule,
     read_state_dict,
 )
 
@@ -254,6 +258,7 @@ class BiomedClipAdapter(ModelAdapter):
         pp = merge_preprocess_dict(asdict(PreprocessCfg()), pp_cfg)
         pp["size"] = list(getattr(model.visual, "image_size", pp["size"]))
         self.preprocess_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pp.items()}
+        self.resize_rule = open_clip_resize_rule(self.preprocess_cfg)
         self._embed_dim = int(model_cfg["embed_dim"])
         self._spec = {
             "weights": file_sha256(weights),

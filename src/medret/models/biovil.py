@@ -82,7 +82,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medret.errors import MedretError
-from medret.models.base import ModelAdapter
+from medret.models.base import ModelAdapter, ResizeRule
 from medret.models.checkpoints import BERT_BASE, error_line, file_sha256, key_problems, read_vocab, skip_random_init
 from medret.models.cxr_clip import pil_resize_crop, resized_size
 from medret.models.medclip import describe_checkpoint
@@ -511,6 +511,7 @@ class BioViLAdapter(ModelAdapter):
     """Adapter of the ``biovil`` family."""
 
     family = FAMILY
+    resize_rule = ResizeRule("shorter", (RESIZE, RESIZE))  # hi-ml Resize(512), both versions
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         super().__init__(entry)

@@ -4,7 +4,13 @@
   an open_clip ``pretrained`` tag found in the local hub cache (nothing is ever downloaded).
   Preprocessing is open_clip's eval transform for those weights, done on tensors: the canvas is
   cropped to its content box (the original image), then resized (shortest side, ``longest`` or
-  ``squash`` as the weights' config says), centre-cropped, normalised, grey repeated to RGB.
+  ``squash`` as the weights' config says), centre-cropped, normalised, grey repeated to RGB. The
+  geometry is open_clip's; the resized pixels agree with PIL's to within a grey level or two (see
+  :func:`open_clip_preprocess`). OpenAI-derived weights need a QuickGELU architecture: a GELU one is
+  refused for a file that carries OpenAI's ``input_resolution``/``context_length``/``vocab_size``
+  entries, for a ``pretrained`` tag open_clip marks QuickGELU, and for a bare ``checkpoint`` on a
+  built-in architecture that has OpenAI weights (``ViT-B-32``, ``RN50``, ...), whose file cannot be told
+  apart from OpenAI's.
 * ``cxr_repair``: CXR-RePaiR's ``clip-imp-pretrained_128_6_after_4.pt`` (Endo et al. 2021).
 * ``chexzero``: a CheXzero ``best_*.pt`` (Tiu et al. 2022).
 
@@ -31,7 +37,8 @@ are read from the zip's ``data/`` records; which attributes are parameters or bu
 ``__parameters__``/``__buffers__`` lists of the class definitions in ``code/`` with ``ast.parse``
 (parsed, never executed). A state dict is unwrapped from ``{"state_dict": ...}``, a ``module.`` prefix
 is stripped, the OpenAI non-weight keys ``input_resolution``, ``context_length``, ``vocab_size`` are
-dropped, and then every key must match the architecture exactly (names and shapes).
+dropped (their presence is kept as the mark of OpenAI's QuickGELU weights), and then every key must match
+the architecture exactly (names and shapes).
 """
 
 from __future__ import annotations
@@ -48,14 +55,14 @@ import pickletools
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import torch
 import torch.nn.functional as F
 from torch import _weights_only_unpickler
 
 from medret.errors import MedretError
-from medret.models.base import ModelAdapter
+from medret.models.base import ModelAdapter, ResizeRule
 from medret.models.checkpoints import error_line, file_sha256, key_problems
 
 #: Keys of OpenAI's TorchScript state dict that are not weights (deleted by OpenAI's and open_clip's loaders).
@@ -69,11 +76,11 @@ CHEXZERO_URL = "https://drive.google.com/drive/folders/1makFLiEMbSleYltaRxw81aBh
 #: CXR-RePaiR / CheXzero image normalisation on the 0-255 scale (their ``cxr_stats`` sample).
 CXR_MEAN, CXR_STD = 101.48761, 83.43944
 CXR_CANVAS, CXR_INPUT = 320, 224
+# The converted file keeps OpenAI's int entries (input_resolution, ...): they mark it as OpenAI's, whose
+# weights need a QuickGELU architecture (read_state_dict reports them, OpenClipAdapter enforces it).
 _CONVERT_HINT = (
     "if you trust the file (OpenAI's ViT-B-32.pt has SHA-256 40d36571...), convert it once with "
-    "python -c \"import torch; m = torch.jit.load('IN.pt', map_location='cpu'); "
-    "torch.save({k: v for k, v in m.state_dict().items() "
-    "if k not in ('input_resolution', 'context_length', 'vocab_size')}, 'OUT.pt')\" "
+    "python -c \"import torch; torch.save(torch.jit.load('IN.pt', map_location='cpu').state_dict(), 'OUT.pt')\" "
     "and point models.<name>.checkpoint at OUT.pt (or use the open_clip mirror "
     "huggingface.co/timm/vit_base_patch32_clip_224.openai, open_clip_model.safetensors)"
 )
@@ -258,7 +265,8 @@ def read_state_dict(path: str | Path, *, missing_hint: str) -> tuple[dict[str, t
 
     ``missing_hint`` completes the message when the file does not exist (where it is published, which
     config key to set). Returns the state dict and whether it came from OpenAI's own serialisation
-    (it carried the non-weight keys of OpenAI's TorchScript model, whose weights use QuickGELU).
+    (it carried the non-weight keys of OpenAI's TorchScript model, whose weights use QuickGELU): the
+    TorchScript file itself, or a state dict converted from it as the conversion hint says.
     """
     path = Path(path)
     if not path.is_file():
@@ -438,16 +446,33 @@ def resolve_pretrained(model: str, tag: str) -> Path:
 # Preprocessing (on tensors, on the device)
 
 
+#: open_clip ``resize_mode`` -> :class:`ResizeRule` fit.
+_RESIZE_FITS: dict[str, Literal["shorter", "longer", "squash"]] = {
+    "shortest": "shorter",
+    "longest": "longer",
+    "squash": "squash",
+}
+
+
 def _size2(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def open_clip_resize_rule(cfg: Mapping[str, Any]) -> ResizeRule:
+    """The geometry of :func:`open_clip_preprocess`'s resize under a preprocess config (for upsampling checks)."""
+    return ResizeRule(_RESIZE_FITS[cfg.get("resize_mode", "shortest")], _size2(cfg["size"]))
 
 
 def open_clip_preprocess(images: torch.Tensor, boxes: torch.Tensor, cfg: Mapping[str, Any]) -> torch.Tensor:
     """open_clip's eval transform on the content boxes of uint8 canvases; returns (B, 3, H, W) float.
 
-    Mirrors ``open_clip.transform.image_transform(is_train=False)`` on a greyscale PIL image: resizing
-    stays in uint8 (as PIL's does, which rounds and clips bicubic overshoot) with antialias (PIL
-    always filters when downsampling); grey becomes RGB only after resizing, as ``convert('RGB')`` does.
+    The geometry of ``open_clip.transform.image_transform(is_train=False)`` on a greyscale PIL image
+    (output sizes, crop offsets); resizing stays in uint8 (as PIL's does, which rounds and clips bicubic
+    overshoot) with antialias (PIL always filters when downsampling); grey becomes RGB only after
+    resizing, as ``convert('RGB')`` does. The pixels are not PIL's bit for bit (torch's float kernels vs
+    PIL's fixed point): measured on radiograph-like images at 256 and 512 px caches, at most 2 grey
+    levels apart (4 values in a million), 1 level on 0.2-0.5% of values with bicubic and up to 12% with
+    bilinear upsampling, 0 elsewhere.
     """
     from open_clip.transform import center_crop_or_pad
     from torchvision.transforms import InterpolationMode
@@ -509,11 +534,29 @@ def cxr_preprocess(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 # Adapters
 
 
-def _quick_gelu_error(arch: str, source: str) -> NoReturn:
+def _quick_gelu_fix(arch: str, model: str) -> str:
+    """How to get a QuickGELU version of ``arch`` (``model`` is the config value: a name or a JSON path)."""
+    import open_clip
+
+    if model.endswith(".json"):
+        return f'set "quick_gelu": true in {model}'
+    if f"{arch}-quickgelu" in open_clip.list_models():
+        return f"use model {arch}-quickgelu"
+    return "use an architecture whose config has quick_gelu: true"
+
+
+def _quick_gelu_error(arch: str, model: str, source: str) -> NoReturn:
     raise MedretError(
         f"config key models.<name>.model: {source} were trained with QuickGELU but {arch} uses GELU, which "
-        f"silently changes every embedding (open_clip#771); use model {arch}-quickgelu"
+        f"silently changes every embedding (open_clip#771); {_quick_gelu_fix(arch, model)}"
     )
+
+
+def has_openai_weights(arch: str) -> bool:
+    """True for a built-in architecture that open_clip also publishes OpenAI (QuickGELU) weights for."""
+    import open_clip
+
+    return "openai" in open_clip.list_pretrained_tags_by_model(arch)
 
 
 class _ClipAdapter(ModelAdapter):
@@ -538,14 +581,18 @@ class _ClipAdapter(ModelAdapter):
         self.preprocess = preprocess
         self._preprocess_spec = preprocess_spec
         self._weights = weights
-        self._embed_dim = int(model_config(arch)["embed_dim"])
+        # A copy taken now: open_clip's registry is global and a later JSON of the same stem replaces it.
+        self._architecture = json.loads(json.dumps(model_config(arch)))
+        self._embed_dim = int(self._architecture["embed_dim"])
 
     @property
     def embed_dim(self) -> int:
         return self._embed_dim
 
     def identity(self) -> dict[str, Any]:
-        return {"weights": self._weights, "preprocess": self._preprocess_spec}
+        # The resolved architecture config, not just its name: editing a custom JSON (e.g. quick_gelu)
+        # changes the embeddings under the same config value.
+        return {"weights": self._weights, "architecture": self._architecture, "preprocess": self._preprocess_spec}
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids (B, context_length) as the model's original tokenizer makes them."""
@@ -568,12 +615,22 @@ class OpenClipAdapter(_ClipAdapter):
         from open_clip.transform import merge_preprocess_dict
 
         super().__init__(entry)
-        arch = resolve_architecture(str(entry["model"]))
+        name = str(entry["model"])
+        arch = resolve_architecture(name)
         quick_gelu = bool(model_config(arch).get("quick_gelu", False))
         tag = None if entry.get("pretrained") is None else str(entry["pretrained"])
         tag_cfg = pretrained_config(arch, tag) if tag is not None else {}
         if tag_cfg.get("quick_gelu") and not quick_gelu:
-            _quick_gelu_error(arch, f"pretrained tag {tag}")
+            _quick_gelu_error(arch, name, f"pretrained tag {tag}")
+        if tag is None and not quick_gelu and not name.endswith(".json") and has_openai_weights(arch):
+            # A bare file for ViT-B-32 etc. may well be OpenAI's (e.g. open_clip's safetensors mirror, which
+            # carries no marker); GELU weights are accepted with their tag, which says what they are.
+            raise MedretError(
+                f"config key models.<name>.model: {arch} uses GELU, and a checkpoint without a pretrained tag "
+                f"cannot be told apart from OpenAI's QuickGELU weights (open_clip#771: wrong embeddings); "
+                f"{_quick_gelu_fix(arch, name)} for OpenAI-derived weights, or set models.<name>.pretrained to the "
+                "open_clip tag of GELU-trained weights"
+            )
         if "checkpoint" in entry:
             path = Path(entry["checkpoint"])
         elif tag is not None:
@@ -589,7 +646,8 @@ class OpenClipAdapter(_ClipAdapter):
             path, missing_hint=f"download it from {where} and set config key models.<name>.checkpoint to its path"
         )
         if openai and not quick_gelu:
-            _quick_gelu_error(arch, "OpenAI TorchScript weights")
+            source = f"the weights in {path.name} (OpenAI's: it has their input_resolution/context_length/vocab_size)"
+            _quick_gelu_error(arch, name, source)
         model = create_open_clip(arch)
         load_strict(model, state, path, f"open_clip {arch}")
         del state
@@ -597,6 +655,7 @@ class OpenClipAdapter(_ClipAdapter):
         pp = merge_preprocess_dict(get_model_preprocess_cfg(model), tag_cfg)
         pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pp.items()}
         spec = {"crop": "content box", **pp}
+        self.resize_rule = open_clip_resize_rule(pp)
         self._setup(model, arch, lambda im, bx: open_clip_preprocess(im, bx, pp), spec, file_sha256(path))
 
 
@@ -606,6 +665,7 @@ class _CxrClipAdapter(_ClipAdapter):
     arch = "ViT-B-32-quickgelu"
     title = ""
     download = ""
+    resize_rule = ResizeRule("longer", (CXR_CANVAS, CXR_CANVAS))  # their 320-px canvas from the longest side
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         super().__init__(entry)

@@ -18,9 +18,11 @@ Options (``models.<name>.*``):
 Reading the file safely: ``config`` is the Hydra config after ``convert_dictconfig_to_dict``, which converts only
 ``DictConfig`` nodes, so OmegaConf ``ListConfig`` values survive (and drag their parent ``DictConfig`` tree along
 through ``_parent``). The file is read with ``torch.load(weights_only=True)`` under ``safe_globals`` with exactly the
-ten globals such a pickle references (:data:`SAFE_GLOBALS`); anything else (a ``__reduce__`` payload anywhere, a
-Lightning or TorchScript file) is refused by torch's weights-only unpickler before it is called. OmegaConf values are
-converted to plain containers without resolving interpolations.
+ten globals such a pickle references (:data:`SAFE_GLOBALS`; found by pickling a config built with CXR-CLIP's own code
+and configs, not checked against the released files, which were not available); anything else (a ``__reduce__``
+payload anywhere, a Lightning or TorchScript file, an OmegaConf class outside the list) is refused by torch's
+weights-only unpickler before it is called. OmegaConf values are converted to plain containers without resolving
+interpolations.
 
 Architecture, from the checkpoint's own ``config["model"]`` (``cxrclip/model/clip.py``, ``modules/*.py``):
 
@@ -77,7 +79,7 @@ import torch
 from torch import nn
 
 from medret.errors import MedretError
-from medret.models.base import ModelAdapter
+from medret.models.base import ModelAdapter, ResizeRule
 from medret.models.checkpoints import BERT_BASE, error_line, file_sha256, read_vocab, skip_random_init
 
 if TYPE_CHECKING:
@@ -247,10 +249,20 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         hit = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
         if hit:
             name = hit.group(1)
+            if name.startswith("omegaconf."):
+                # The allow-list was derived from a rebuilt config, not a released file: say so, and the way out.
+                raise MedretError(
+                    f"{path}: refused to load: its pickled config references the OmegaConf class {name}, which is "
+                    f"outside medret's allow-list of {len(SAFE_GLOBALS)} classes (found by pickling a config built "
+                    "with CXR-CLIP's code, not checked against every released file); nothing was run; if this is an "
+                    "unmodified released file, please report the class name to medret's maintainers for review; "
+                    'meanwhile, if you trust the file, convert it once with python -c "import torch; '
+                    "from medret.models.cxr_clip import plain; c = torch.load('IN.tar', weights_only=False); "
+                    "torch.save({'model': c['model'], 'config': plain(c['config'])}, 'OUT.tar')\" and set config key "
+                    "models.<name>.checkpoint to OUT.tar"
+                ) from None
             if name.startswith(("pytorch_lightning", "lightning")):
                 looks = "a PyTorch-Lightning checkpoint (e.g. GLoRIA or MGCA)"
-            elif name.startswith("omegaconf."):
-                looks = "a CXR-CLIP-like file whose config holds an OmegaConf type the released files do not use"
             else:
                 looks = "a pickle that would call or build arbitrary objects (possibly malicious)"
             raise MedretError(
@@ -655,6 +667,7 @@ class CxrClipAdapter(ModelAdapter):
     """Adapter of the ``cxr_clip`` family."""
 
     family = FAMILY
+    resize_rule = ResizeRule("shorter", (INPUT_SIZE, INPUT_SIZE))  # Resize(224), see preprocess()
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         super().__init__(entry)

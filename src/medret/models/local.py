@@ -38,7 +38,7 @@ import medret
 from medret.corruptions import occlude
 from medret.errors import MedretError
 from medret.io import atomic_output, digest
-from medret.models.base import ModelAdapter, resolve_device
+from medret.models.base import ModelAdapter, ResizeRule, resolve_device
 from medret.models.checkpoints import error_line
 
 FORMAT = "medret.local/1"
@@ -207,6 +207,8 @@ class LocalAdapter(ModelAdapter):
                 f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}); retrain it"
             )
         self.model.eval().to(self.device, memory_format=torch.channels_last)
+        # LocalCLIP.preprocess resizes the whole canvas to the input size it was trained at.
+        self.resize_rule = ResizeRule("canvas", (self.model.input_size, self.model.input_size))
         self._embed_dim = int(ckpt["config"]["embed_dim"])
         # The checkpoint's identity, not its path, determines the embeddings.
         self._train_digest = ckpt.get("train", {}).get("digest", "")

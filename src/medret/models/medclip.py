@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medret.errors import MedretError
-from medret.models.base import ModelAdapter
+from medret.models.base import ModelAdapter, ResizeRule
 from medret.models.checkpoints import error_line, file_sha256, key_problems, read_vocab, skip_random_init
 
 FAMILY = "medclip"
@@ -566,6 +566,7 @@ class MedCLIPAdapter(ModelAdapter):
     """Adapter of the ``medclip`` family."""
 
     family = FAMILY
+    resize_rule = ResizeRule("canvas", (INPUT_SIZE, INPUT_SIZE))  # the padded square to 224, preprocess_images()
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         super().__init__(entry)
