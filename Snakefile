@@ -1,11 +1,26 @@
 # medret: robustness of contrastive image-report models for chest X-ray retrieval.
 # Table of contents: each included file is one stage, in data-flow order (README, "Workflow").
+import os
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
+# medret comes from this checkout, for the Snakefile and for every job: a job in a conda environment
+# (--sdm conda) gets only medret's dependencies from envs/medret.yaml, since conda cannot install a
+# project by relative path (Snakemake copies the environment file into .snakemake/conda/ first).
+MEDRET_SRC = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, MEDRET_SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (MEDRET_SRC, os.environ.get("PYTHONPATH")) if p)
 
-configfile: "config/config.yaml"
+
+# The demo is the default study. A config file given on the command line replaces it rather than
+# being merged into it (Snakemake merges --configfile into a configfile: directive's config);
+# --config key=value alone still edits the demo. SLURM jobs get the same --configfiles.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

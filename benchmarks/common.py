@@ -149,7 +149,7 @@ def demo_study(root: Path, config: dict[str, Any], *, threads: int = 1) -> Study
     csv = root / "resources" / "pairs.csv"
     stages.generate_demo(csv, entry, workers=1)
     manifest, train = root / "manifest.parquet", root / "train.parquet"
-    stages.build_manifest("demo", entry, [str(csv)], manifest, train, root / "skipped.csv", root / "corpus.parquet")
+    stages.build_manifest("demo", entry, [str(csv)], manifest, train, root / "skipped.csv")
     specs = root / "occlusion.parquet"
     stages.build_corruption_specs(manifest, "occlusion", config["corruptions"]["occlusion"], specs)
     stages.build_image_cache(train, root / "train.h5", int(entry["image_size"]))

@@ -47,8 +47,9 @@ def study(tmp_path_factory):
     occ = {"kind": "occlusion", "levels": [0.0, 0.5, 1.0], "repeats": 2, "seed": 0, "fill": "black"}
     config = validate_config({"datasets": {"toy": dataset}, "models": {"m": model}, "corruptions": {"occ": occ}})
     entry = config["datasets"]["toy"]
-    outputs = [root / name for name in ("manifest.parquet", "train.parquet", "skipped.csv", "corpus.parquet")]
+    outputs = [root / name for name in ("manifest.parquet", "train.parquet", "skipped.csv")]
     stages.build_manifest("toy", entry, [str(root / "pairs.csv")], *outputs)
+    stages.build_report_corpus("toy", entry, [str(root / "pairs.csv")], outputs[0], root / "corpus.parquet")
     stages.build_image_cache(root / "manifest.parquet", root / "eval.h5", 32)
     stages.build_corruption_specs(root / "manifest.parquet", "occ", occ, root / "specs.parquet")
     images = rng.integers(0, 255, (6, 32, 32), dtype=np.uint8)

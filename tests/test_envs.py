@@ -46,3 +46,13 @@ def test_every_rule_env_exists():
     for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
         for rel in re.findall(r'conda:\s*\n\s*"([^"]+)"', smk.read_text()):
             assert (smk.parent / rel).resolve().is_file(), f"{smk.name}: {rel} missing"
+
+
+@pytest.mark.parametrize("env", sorted((ROOT / "envs").glob("*.yaml")), ids=lambda p: p.name)
+def test_conda_env_installs_nothing_by_path(env):
+    """Snakemake copies the file into .snakemake/conda/ before `conda env create`, so a relative path
+    (e.g. `-e ../`) would point into .snakemake/; the Snakefile puts the checkout's src/ on PYTHONPATH."""
+    spec = yaml.safe_load(env.read_text())
+    pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert not [line for line in pip if line.startswith(("-e", ".", "/")) or "/" in line], pip
+    assert 'os.environ["PYTHONPATH"]' in (ROOT / "Snakefile").read_text()

@@ -285,17 +285,19 @@ def slurm_demo(slurm_cluster, tmp_path_factory) -> tuple[Path, dict[str, int], p
 
 def test_demo_runs_as_slurm_jobs(slurm_demo):
     workdir, plan, jobs, _ = slurm_demo
-    # Every planned job but the local aggregation steps (metrics, plots, all) was one SLURM job
-    # of this run, and completed.
+    # Every planned job but the light local aggregation steps (summary, plots, all) was one SLURM
+    # job of this run, and completed; the metrics' bootstrap is a cluster job too.
     local = local_rules()
-    assert {"metrics", "plot_results", "all"} <= local and not {"train_model", "embed_images"} & local
+    assert {"summary", "plot_results", "all"} <= local
+    assert not {"train_model", "embed_images", "metrics"} & local
     assert rule_counts(jobs) == {rule: n for rule, n in plan.items() if rule not in local}
     assert jobs["run"].nunique() == 1 and set(jobs["state"]) == {"COMPLETED"}
-    # The rules' portable `gpu: 1` (image embedding, one job per corruption) became one GPU that
-    # SLURM allocated to each of those jobs, and to no other job.
-    n_embed = len(MINI["models"]) * len(MINI["corruptions"])
+    # The rules' portable `gpu: 1` (image embedding, one job per corruption, and training) became
+    # one GPU that SLURM allocated to each of those jobs, and to no other job.
+    n_embed, n_train = len(MINI["models"]) * len(MINI["corruptions"]), len(MINI["models"])
     assert jobs.loc[jobs["rule"] == "embed_images", "gpus"].tolist() == [1] * n_embed
-    assert jobs["gpus"].sum() == n_embed
+    assert jobs.loc[jobs["rule"] == "train_model", "gpus"].tolist() == [1] * n_train
+    assert jobs["gpus"].sum() == n_embed + n_train
     assert planned_jobs(workdir, MINI) == {}, "a second run has nothing to do"
     assert not list(workdir.rglob("*.partial"))
 
@@ -323,13 +325,15 @@ def test_adding_a_model_submits_only_its_jobs(slurm_demo, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(slurm_demo[0], workdir, symlinks=True)  # keeps mtimes: the copy is up to date
     # A model evaluated from an existing checkpoint (here the trained `local` one's): adding it
-    # must submit its embeddings and ranks and nothing else; the aggregation steps run locally.
+    # must submit its embeddings, ranks and the dataset's metrics and nothing else; the light
+    # aggregation steps run locally.
     config = copy.deepcopy(MINI)
     config["models"]["local-copy"] = {"family": "local", "checkpoint": "results/models/local/checkpoint.pt"}
     jobs = submitted_by(lambda: snakemake(workdir, config, *SLURM_ARGS))
     n_corruptions = len(MINI["corruptions"])
-    assert rule_counts(jobs) == {"embed_texts": 1, "embed_images": n_corruptions, "ranks": n_corruptions}
-    assert all("local-copy" in w.split("_") for w in jobs["wildcards"]), jobs
+    assert rule_counts(jobs) == {"embed_texts": 1, "embed_images": n_corruptions, "ranks": n_corruptions, "metrics": 1}
+    model_jobs = jobs[jobs["rule"] != "metrics"]
+    assert all("local-copy" in w.split("_") for w in model_jobs["wildcards"]), jobs
     assert jobs["run"].nunique() == 1 and set(jobs["state"]) == {"COMPLETED"}
     # Same weights, same queries: the new model's rows equal the trained model's.
     metrics = pd.read_csv(workdir / "results" / "demo" / "metrics.csv")

@@ -70,6 +70,22 @@ def planned_jobs(workdir: Path, config: dict) -> dict[str, int]:
     return {name: int(n) for name, n in (line.split() for line in table.group(1).splitlines())}
 
 
+def dry_run_jobs(stdout: str) -> list[dict[str, str]]:
+    """The jobs of a (non-quiet) dry-run's output: ``rule`` and each ``key: value`` line of its block
+    (input, output, wildcards, threads, resources, ...)."""
+    jobs = []
+    for match in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n?)*)", stdout, re.M):
+        job = {"rule": match[1]}
+        job.update(re.findall(r"^    (\w+): (.*)$", match[2], re.M))
+        jobs.append(job)
+    return jobs
+
+
+def job_resources(job: dict[str, str]) -> dict[str, str]:
+    """The ``resources`` line of a dry-run job as a dict of strings."""
+    return dict(item.split("=", 1) for item in job["resources"].split(", "))
+
+
 def test_full_run_outputs(demo_run):
     res = demo_run / "results" / "demo"
     metrics = pd.read_csv(res / "metrics.csv")
@@ -168,6 +184,158 @@ def test_reordering_config_keys_runs_nothing(demo_run):
     assert "ci" not in MINI["evaluation"]
     config["evaluation"]["ci"] = validate_config(MINI)["evaluation"]["ci"]
     assert planned_jobs(demo_run, config) == {}
+
+
+def _edit(path: str, value) -> dict:
+    """MINI with the key at dotted ``path`` set to ``value``."""
+    config = copy.deepcopy(MINI)
+    *parents, key = path.split(".")
+    entry = config
+    for part in parents:
+        entry = entry.setdefault(part, {})
+    entry[key] = value
+    return config
+
+
+_AGGREGATES = {"metrics": 1, "summary": 1, "plot_results": 2, "all": 1}  # mini.yaml: two corruptions
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        # Relevance is read by the ranks and metrics only: never the demo data, manifest or embeddings.
+        ("datasets.demo.relevance", ["exact"], {"ranks": 2, **_AGGREGATES}),
+        ("datasets.demo.uncertain_labels", "negative", {"ranks": 2, **_AGGREGATES}),
+        # The report corpus is its own job: new candidate texts, no new image embeddings.
+        ("datasets.demo.extra_reports", [], {"corpus": 1, "embed_texts": 1, "ranks": 2, **_AGGREGATES}),
+        # The image cache's size: caches, training and embeddings, but not the demo data or manifest.
+        (
+            "datasets.demo.image_size",
+            48,
+            {"image_cache": 2, "plot_examples": 2, "train_model": 1, "embed_texts": 1, "embed_images": 2}
+            | {"ranks": 2, **_AGGREGATES},
+        ),
+        # Batch size and precision are read by the embedding stages, never by training.
+        ("models.local.batch_size", 32, {"embed_texts": 1, "embed_images": 2, "ranks": 2, **_AGGREGATES}),
+        ("models.local.dtype", "bfloat16", {"embed_texts": 1, "embed_images": 2, "ranks": 2, **_AGGREGATES}),
+        # Ranks do not depend on the scoring tile; the example panel is not a metric.
+        ("evaluation.block", 1 << 20, {}),
+        ("evaluation.examples", 3, {"plot_examples": 2, "all": 1}),
+        ("evaluation.bootstrap", 60, _AGGREGATES),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_an_edit_reruns_only_the_jobs_that_read_it(demo_run, path, value, expected):
+    assert planned_jobs(demo_run, _edit(path, value)) == expected
+
+
+def test_a_config_file_on_the_command_line_replaces_the_demo(tmp_path):
+    """`--configfile other.yaml` in a checkout (config/config.yaml present) runs other.yaml's study
+    only, not the demo merged with it; `--config key=value` alone still edits the demo."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    rows = [f"p{i},p{i}.png,Report {i % 2}.,test" for i in range(4)]
+    (tmp_path / "pairs.csv").write_text("id,image,report,split\n" + "\n".join(rows) + "\n")
+    (tmp_path / "weights.pt").touch()
+    other = {
+        "datasets": {"mine": {"adapter": "csv", "csv": "pairs.csv"}},
+        "models": {"theirs": {"family": "local", "checkpoint": "weights.pt"}},
+        "corruptions": {"occlusion": {"kind": "occlusion", "levels": [0.0, 1.0]}},
+    }
+    proc = snakemake(tmp_path, other, "-n")
+    jobs = dry_run_jobs(proc.stdout)
+    assert {job["rule"] for job in jobs} == {
+        "manifest",
+        "corpus",
+        "image_cache",
+        "corruption_specs",
+        "embed_texts",
+        "embed_images",
+        "ranks",
+        "metrics",
+        "summary",
+        "plot_results",
+        "plot_examples",
+        "all",
+    }
+    outputs = [path for job in jobs for path in job.get("output", "").split(", ") if path]
+    assert outputs and all(path.startswith("results/mine/") for path in outputs), outputs
+    assert {job["wildcards"] for job in jobs if job["rule"] == "embed_images"} == {
+        "dataset=mine, model=theirs, corruption=occlusion"
+    }
+    # Without a config file the demo is the study, and --config edits it.
+    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--cores", "2", "-n"]
+    proc = subprocess.run([*cmd, "--config", "results_dir=elsewhere"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    jobs = dry_run_jobs(proc.stdout)
+    assert {"demo_data", "train_model"} <= {job["rule"] for job in jobs}
+    assert {job["wildcards"] for job in jobs if job["rule"] == "train_model"} == {"model=local", "model=local-occaug"}
+    outputs = {path.split("/")[0] for job in jobs for path in job.get("output", "").split(", ") if path}
+    assert outputs == {"elsewhere", "resources"}, outputs  # results_dir from --config; the demo's data
+
+
+@pytest.mark.parametrize("key", ["checkpoint", "text_model"])
+def test_a_missing_model_file_is_one_line_naming_its_key(tmp_path, key):
+    """A missing checkpoint or tokenizer directory stops the dry-run with one medret line (the config key,
+    the path, where the file is published), not Snakemake's missing-input report; both are job inputs."""
+    (tmp_path / "pairs.csv").write_text("id,image,report,split\np0,p0.png,Report.,test\n")
+    (tmp_path / "medclip.bin").touch()
+    (tmp_path / "Bio_ClinicalBERT").mkdir()
+    model = {"family": "medclip", "variant": "vit", "checkpoint": "medclip.bin", "text_model": "Bio_ClinicalBERT"}
+    config = {
+        "datasets": {"mine": {"adapter": "csv", "csv": "pairs.csv"}},
+        "models": {"med": model},
+        "corruptions": {"occlusion": {"kind": "occlusion", "levels": [0.0, 1.0]}},
+    }
+    jobs = dry_run_jobs(snakemake(tmp_path, config, "-n").stdout)
+    for job in jobs:
+        if job["rule"] in ("embed_texts", "embed_images"):
+            assert {"medclip.bin", "Bio_ClinicalBERT"} <= set(job["input"].split(", ")), job
+    config["models"]["med"][key] = "nowhere/" + model[key]
+    proc = snakemake(tmp_path, config, "-n", check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    lines = [line for line in output.splitlines() if "medret" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"medret config error: config key models.med.{key}: nowhere/")
+    published = {"checkpoint": "medret download NAME --dest DIR` fetches it (NAME: medclip-vit, medclip-resnet)"}
+    published["text_model"] = "medret download bio-clinicalbert-vocab bio-clinicalbert-config --dest DIR`"
+    assert published[key] in lines[0]
+    assert "MissingInputException" not in output and "Traceback" not in output
+
+
+def test_resources_of_the_jobs(demo_run):
+    """GPUs only for the stages that run a model on one (and none on a machine without), the metrics a
+    cluster job with memory, and training memory scaling with its image cache."""
+    from medret.stages import visible_gpus
+
+    proc = snakemake(demo_run, _edit("models.local.train.epochs", 4), "-n")
+    jobs = {job["rule"]: job for job in dry_run_jobs(proc.stdout)}
+    assert set(jobs) >= {"train_model", "embed_texts", "embed_images", "ranks", "metrics"}
+    gpu = str(min(1, visible_gpus()))  # this machine runs the jobs: a GPU only if it has one
+    for rule, want in {"train_model": gpu, "embed_images": gpu, "embed_texts": "0", "ranks": "0"}.items():
+        assert job_resources(jobs[rule])["gpu"] == want, rule
+    assert int(job_resources(jobs["metrics"])["mem_mb"]) >= 4000  # a cluster job (test_slurm: not a localrule)
+    size_mb = sum((demo_run / f).stat().st_size for f in jobs["train_model"]["input"].split(", ")) / 2**20
+    assert job_resources(jobs["train_model"])["mem_mb"] == str(int(2000 + 3 * size_mb))
+
+
+def test_a_job_uses_a_gpu_only_when_it_holds_one(monkeypatch):
+    import torch
+
+    from medret import stages
+    from medret.retrieval import scoring_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    assert scoring_device(0) == torch.device("cpu") and scoring_device(1) == torch.device("cuda")
+    entry = {"family": "local", "device": "auto", "train": {"dataset": "d"}}
+    got = stages._model_entry(entry, "c.pt", None, gpus=0)
+    assert got == {"family": "local", "device": "cpu", "checkpoint": "c.pt"}
+    assert stages._model_entry(entry, None, "tok", gpus=1)["device"] == "auto"  # auto: CUDA, then MPS
+    assert stages._model_entry(entry, None, None, gpus=None)["device"] == "auto"  # outside a workflow job
+    # A job's GPUs: its gpu resource, else a gres's GPU count (sites that ask SLURM for --gres).
+    assert stages.gpus_held({"gpu": 1}) == 1 and stages.gpus_held({"gpu": 0}) == 0 and stages.gpus_held({}) == 0
+    assert stages.gpus_held({"gpu": 0, "gres": "gpu:a100:2"}) == 2 and stages.gpus_held({"gres": "gpu"}) == 1
+    assert stages.gpus_held({"gres": "tmpdisk:10,gpu:1"}) == 1 and stages.gpus_held({"gres": "shard:4"}) == 0
 
 
 def _hub_checkpoints(root: Path) -> dict[str, dict]:
@@ -327,9 +495,12 @@ def test_mimic_examples_dry_run_on_a_fixture_tree(tmp_path, example):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
         entry["checkpoint"] = str(path)
+        if "text_model" in entry:  # a directory
+            (tmp_path / entry["text_model"]).mkdir(parents=True, exist_ok=True)
+            entry["text_model"] = str(tmp_path / entry["text_model"])
     jobs = planned_jobs(tmp_path, config)
     n = len(config["models"])
-    assert jobs["manifest"] == 1 and jobs["image_cache"] == 1 and "train_model" not in jobs
+    assert jobs["manifest"] == jobs["corpus"] == jobs["image_cache"] == 1 and "train_model" not in jobs
     assert jobs["embed_texts"] == n and jobs["embed_images"] == jobs["ranks"] == n * len(config["corruptions"])
 
 

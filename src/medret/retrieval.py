@@ -41,12 +41,12 @@ DEFAULT_BLOCK = 1 << 22  # score entries per tile: a 4M-entry float64 tile is 32
 DEFAULT_TOL = 1e-6
 
 
-def scoring_device() -> torch.device:
-    """Where ranks are scored when nothing else is asked: CUDA when present, else the CPU.
+def scoring_device(gpus: int = 0) -> torch.device:
+    """Where a job holding ``gpus`` GPUs scores ranks: CUDA when it holds one and CUDA is present, else the CPU.
 
-    Not Apple MPS, which has no float64.
+    A job without a GPU never touches one (another job may hold it). Not Apple MPS, which has no float64.
     """
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
 
 
 def _relevant_pairs(relevant: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,16 +1,24 @@
 """One function per workflow stage: read the stage's inputs, call the library, write its outputs.
 
-The workflow scripts only unpack ``snakemake.input/output/params`` and call these; they are
-equally usable from Python. Every output is written atomically (temporary path, then rename).
+The workflow scripts only unpack ``snakemake.input/output/params/resources`` and call these; they
+are equally usable from Python. Every output is written atomically (temporary path, then rename).
+
+GPUs: a workflow job runs a model on a GPU only when it holds one, i.e. when its Snakemake ``gpu``
+(or ``gres``) resource is above 0 (:func:`gpus_held`, passed to the stages as ``gpus``): Snakemake
+counts that resource to keep jobs from sharing a GPU, so a job that used one without holding it
+would share it unseen. The end of the module has the checks the workflow runs when it starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
+import platform
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from medret.errors import MedretError
-from medret.io import disk_full
+from medret.io import atomic_output, digest, disk_full
 
 
 @contextlib.contextmanager
@@ -60,7 +68,11 @@ def script_context(log_path: str | os.PathLike[str] | None, threads: int = 1) ->
 
 
 def generate_demo(out_csv: str | Path, entry: Mapping[str, Any], workers: int = 1) -> None:
-    """Generate the synthetic demo dataset into the directory holding ``out_csv``."""
+    """Generate the synthetic demo dataset into the directory holding ``out_csv``.
+
+    ``entry``: the demo dataset's ``n_train``, ``n_test``, ``render_size`` and ``seed`` (other keys
+    are not read).
+    """
     from medret.datasets import phantoms
 
     phantoms.generate(
@@ -80,17 +92,16 @@ def build_manifest(
     out_manifest: str | Path,
     out_train: str | Path,
     out_skipped: str | Path,
-    out_corpus: str | Path,
 ) -> None:
-    """Read a dataset through its adapter; write the evaluated manifest, the training table, the skipped
-    pairs and the report corpus (the evaluated reports plus those of the ``extra_reports`` splits).
+    """Read a dataset through its adapter; write the evaluated manifest, the training table and the skipped pairs.
 
     The images of the evaluated split are screened under the dataset's ``bad_images`` policy; those of
     the training split are checked when a model's training cache is built (a missing one stops it).
+    The report corpus is :func:`build_report_corpus`'s, so editing ``extra_reports`` leaves the
+    manifest, and every image cache and embedding made from it, untouched.
     """
     from medret.datasets import load_pairs
-    from medret.io import atomic_output, digest
-    from medret.manifest import build_corpus, manifest_digest, screen_images, select_pairs, write_table
+    from medret.manifest import manifest_digest, screen_images, select_pairs, write_table
 
     pairs = load_pairs(name, entry, list(sources))
     key = f"datasets.{name}.bad_images"
@@ -104,23 +115,47 @@ def build_manifest(
     else:  # an evaluation-only dataset; a model that tries to train on it gets a clear error
         train = manifest.iloc[0:0]
     write_table(train, out_train, digest=manifest_digest(train), dataset=name, split=entry["train_split"])
+    print(
+        f"{name}: {len(manifest)} evaluated pairs, {manifest['text_id'].nunique()} unique reports, "
+        f"{len(train)} training pairs, {len(skipped)} skipped",
+        file=sys.stderr,
+    )
+
+
+def build_report_corpus(
+    name: str,
+    entry: Mapping[str, Any],
+    sources: Sequence[str],
+    manifest_path: str | Path,
+    out_corpus: str | Path,
+) -> None:
+    """Write the report corpus: the manifest's reports plus those of the ``extra_reports`` splits.
+
+    The dataset is read through its adapter again only when ``extra_reports`` names splits (only
+    their reports are taken from it; their images are never read).
+    """
+    from medret.datasets import load_pairs
+    from medret.manifest import build_corpus, read_table, write_table
+
+    manifest, meta = read_table(manifest_path)
     extra = list(entry["extra_reports"])
     if entry["split"] in extra:
         raise MedretError(
             f"config key datasets.{name}.extra_reports: {entry['split']!r} is the evaluated split, whose reports "
             "are always candidates; list other splits only"
         )
+    pairs = load_pairs(name, entry, list(sources)) if extra else manifest.iloc[0:0]
     unknown = sorted(set(extra) - set(pairs["split"]))
     if unknown:
         found = ", ".join(sorted(pairs["split"].unique()))
         raise MedretError(f"config key datasets.{name}.extra_reports: no split {unknown[0]!r} (splits: {found})")
     corpus = build_corpus(pairs, manifest, extra)
     corpus_digest = digest(corpus.astype(str).to_dict(orient="list"))
-    write_table(corpus, out_corpus, digest=corpus_digest, manifest_digest=manifest_digest(manifest), dataset=name)
+    write_table(corpus, out_corpus, digest=corpus_digest, manifest_digest=meta["digest"], dataset=name)
     n_texts, n_corpus = manifest["text_id"].nunique(), corpus["text_id"].nunique()
     print(
-        f"{name}: {len(manifest)} evaluated pairs, {n_texts} unique reports, {len(train)} training pairs, "
-        f"{n_corpus} candidate reports ({n_corpus - n_texts} from {', '.join(extra) or 'no other split'})",
+        f"{name}: {n_corpus} candidate reports ({n_texts} evaluated, {n_corpus - n_texts} from "
+        f"{', '.join(extra) or 'no other split'})",
         file=sys.stderr,
     )
 
@@ -166,8 +201,13 @@ def train_model(
     train_images: str | Path,
     out_path: str | Path,
     threads: int = 1,
+    gpus: int | None = None,
 ) -> None:
-    """Train a trainable model family on a training table and its image cache."""
+    """Train a trainable model family on a training table and its image cache.
+
+    ``gpus``: the GPUs the job holds (:func:`gpus_held`); with none it trains on the CPU. None
+    (outside a workflow job): on the entry's ``device``.
+    """
     from medret.imaging import ImageCache
     from medret.manifest import read_table
     from medret.models import get_family
@@ -178,13 +218,27 @@ def train_model(
         raise MedretError(f"config key models.{name}.train.dataset: that dataset has no pairs in its train_split")
     with ImageCache(train_images, manifest_digest=meta["digest"]) as cache:
         images = cache.read(0, len(cache))
+    entry = {**entry, "device": job_device(entry.get("device", "auto"), gpus)}
     family.trainer()(entry, table, images, out_path, data_digest=meta["digest"], threads=threads)
 
 
-def _model_entry(entry: Mapping[str, Any], checkpoint: str | None) -> dict[str, Any]:
+def job_device(device: str, gpus: int | None) -> str:
+    """The device a job runs a model on: the configured ``device`` if the job holds a GPU, else the CPU.
+
+    ``gpus`` is None outside a workflow job: the configured device then stands.
+    """
+    return str(device) if gpus is None or gpus > 0 else "cpu"
+
+
+def _model_entry(
+    entry: Mapping[str, Any], checkpoint: str | None, text_model: str | None, gpus: int | None
+) -> dict[str, Any]:
+    """The entry a model is built from: its options, the files the job got as inputs, and the job's device."""
     out = {k: v for k, v in entry.items() if k != "train"}
-    if checkpoint:
-        out["checkpoint"] = checkpoint
+    for key, path in (("checkpoint", checkpoint), ("text_model", text_model)):
+        if path:
+            out[key] = path
+    out["device"] = job_device(out.get("device", "auto"), gpus)
     return out
 
 
@@ -195,15 +249,20 @@ def embed_texts(
     corpus_path: str | Path,
     out_path: str | Path,
     checkpoint: str | None = None,
+    text_model: str | None = None,
+    gpus: int | None = None,
 ) -> None:
-    """Embed every report of the corpus (evaluated reports first) with one model."""
+    """Embed every report of the corpus (evaluated reports first) with one model.
+
+    ``checkpoint``/``text_model`` replace the entry's paths; ``gpus``: see :func:`train_model`.
+    """
     from medret import embeddings
     from medret.manifest import Corpus, Manifest
     from medret.models import load_model
 
     manifest = Manifest.read(manifest_path)
     texts = Corpus.read(corpus_path, manifest).texts
-    model = load_model(_model_entry(entry, checkpoint), name)
+    model = load_model(_model_entry(entry, checkpoint, text_model, gpus), name)
     embeddings.embed_texts(model, texts, out_path, model_name=name, manifest_digest=manifest.digest)
 
 
@@ -217,8 +276,16 @@ def embed_images(
     specs_path: str | Path,
     out_path: str | Path,
     checkpoint: str | None = None,
+    text_model: str | None = None,
+    gpus: int | None = None,
+    dataset: str = "dataset",
 ) -> None:
-    """Embed every cached image of the manifest at every level of one corruption with one model."""
+    """Embed every cached image of the manifest at every level of one corruption with one model.
+
+    ``checkpoint``/``text_model`` replace the entry's paths; ``gpus``: see :func:`train_model`. A
+    cache too small for the model's preprocessing gets one warning line on stderr naming the
+    ``image_size`` of ``dataset`` that avoids enlarging the images.
+    """
     from medret import embeddings
     from medret.imaging import ImageCache
     from medret.manifest import Manifest, read_table
@@ -228,8 +295,13 @@ def embed_images(
     specs, meta = read_table(specs_path)
     if meta.get("manifest_digest") != manifest.digest:
         raise MedretError(f"{specs_path}: made for another manifest; delete it and re-run the workflow")
-    model = load_model(_model_entry(entry, checkpoint), name)
+    model = load_model(_model_entry(entry, checkpoint, text_model, gpus), name)
     with ImageCache(cache_path, manifest_digest=manifest.digest) as cache:
+        note = embeddings.upsampling_warning(
+            model, cache.boxes, model_name=name, dataset=dataset, image_size=cache.size
+        )
+        if note is not None:
+            print(note, file=sys.stderr)
         embeddings.embed_images(
             model,
             cache,
@@ -253,10 +325,12 @@ def compute_ranks(
     block: int,
     dataset: str,
     relevance: Mapping[str, Any],
+    gpus: int = 0,
 ) -> None:
     """Rank both directions at every level and relevance mode from one model's text and image embeddings.
 
-    ``relevance``: the dataset's ``relevance`` (modes) and ``uncertain_labels`` settings.
+    ``relevance``: the dataset's ``relevance`` (modes) and ``uncertain_labels`` settings. Scored on
+    CUDA only when the job holds a GPU (``gpus`` > 0) and CUDA is present.
     """
     from medret.embeddings import EmbeddingFile, check_provenance
     from medret.manifest import Corpus, Manifest, read_table, write_table
@@ -282,7 +356,7 @@ def compute_ranks(
         manifest.pair_ids,
         sets,
         block=block,
-        device=scoring_device(),
+        device=scoring_device(gpus),
     )
     print(f"ranked {len(ranks)} queries in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     write_table(
@@ -320,7 +394,6 @@ def compute_metrics(
     dataset's relevance settings, as for the ranks).
     """
     from medret import metrics
-    from medret.io import atomic_output
     from medret.manifest import Corpus, Manifest, read_table
 
     manifest = Manifest.read(manifest_path)
@@ -397,3 +470,87 @@ def plot_examples(
         rows = first[first["level"] == level].set_index("pair_id").loc[ids]
         panel[:, j] = kind.apply(torch.from_numpy(images), boxes, rows, entry).numpy()
     plots.plot_examples(panel, levels, ids, out_paths, title=f"{corruption}: example images at each level")
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up checks and resources, used by workflow/rules/common.smk (no torch: Snakemake runs them on
+# every call)
+
+
+def gpus_held(resources: Any) -> int:
+    """GPUs a Snakemake job holds: its ``gpu`` resource, else the GPU count of a ``gres`` like ``gpu:a100:2``.
+
+    ``resources`` is the job's ``snakemake.resources`` (anything with ``get``). A site that asks
+    SLURM for GPUs through ``gres`` sets ``gpu`` to 0, so both are read.
+    """
+    gpu = int(resources.get("gpu", 0) or 0)
+    if gpu > 0:
+        return gpu
+    count = 0
+    for item in str(resources.get("gres", "") or "").split(","):
+        name, *rest = item.strip().split(":")
+        if name == "gpu":
+            count += int(rest[-1]) if rest and rest[-1].isdigit() else 1
+    return count
+
+
+@functools.cache
+def visible_gpus() -> int:
+    """How many GPUs a job started on this machine could use, found without importing torch.
+
+    CUDA devices as the driver library counts them (honouring ``CUDA_VISIBLE_DEVICES``), HIP
+    devices likewise (ROCm), or 1 for Apple silicon (MPS); 0 when there is none of these.
+    """
+    if sys.platform == "darwin":
+        return 1 if platform.machine() == "arm64" else 0
+    probes = (("libcuda.so.1", "cuDeviceGetCount", True), ("libamdhip64.so", "hipGetDeviceCount", False))
+    for library, count_function, needs_init in probes:
+        try:
+            lib = ctypes.CDLL(library)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if needs_init and lib.cuInit(0) != 0:  # e.g. no device visible: CUDA_ERROR_NO_DEVICE
+            continue
+        if getattr(lib, count_function)(ctypes.byref(count)) == 0 and count.value > 0:
+            return count.value
+    return 0
+
+
+#: Keys of a model entry that name files the model is read from.
+MODEL_FILE_KEYS = ("checkpoint", "text_model")
+
+
+def model_files(name: str, entry: Mapping[str, Any], produced: Collection[str] = ()) -> dict[str, str]:
+    """The files model ``name`` is read from (its ``checkpoint`` and ``text_model``), each checked to exist.
+
+    ``produced``: paths the workflow writes itself (trained models' checkpoints), which need not exist
+    yet. A missing file is one MedretError naming the config key, the path, what the family expects
+    there (its option text) and where the file is published (:data:`medret.download.PUBLIC_FILES`).
+    """
+    from medret.download import PUBLIC_FILES
+    from medret.models import get_family
+
+    family = get_family(entry, name)
+    files = {key: str(entry[key]) for key in MODEL_FILE_KEYS if key in entry}
+    for key, path in files.items():
+        if os.path.normpath(path) in produced or os.path.exists(path):
+            continue
+        hints = [f"expected: {family.options[key]}"]
+        published = [
+            spec
+            for spec in PUBLIC_FILES.values()
+            if family.name in spec.family.split(", ") and spec.config_key.startswith(f"models.<name>.{key}")
+        ]
+        names = [spec.name for spec in published if spec.url]
+        if any("(the directory)" in spec.config_key for spec in published):  # every file goes into it
+            hints.append(f"`python -m medret download {' '.join(names)} --dest DIR` fetches its files")
+        elif len(names) == 1:
+            hints.append(f"`python -m medret download {names[0]} --dest DIR` fetches it")
+        elif names:
+            hints.append(f"`python -m medret download NAME --dest DIR` fetches it (NAME: {', '.join(names)})")
+        hints += [f"{spec.filename}: {spec.manual}" for spec in published if not spec.url]
+        if family.train is not None and key == "checkpoint":
+            hints.append(f"or give models.{name}.train instead, and the workflow trains the model")
+        raise MedretError(f"config key models.{name}.{key}: {path} not found; {'; '.join(hints)}")
+    return files

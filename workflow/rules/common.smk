@@ -1,4 +1,4 @@
-# Shared glue: config validation, the tables derived from it, and input functions.
+# Shared glue: config validation, the tables derived from it, and input, params and resource functions.
 import os
 import re
 import sys
@@ -7,7 +7,7 @@ from medret.config import load_schema, validate_config
 from medret.datasets import get_adapter
 from medret.errors import MedretError
 from medret.io import check_output_dir
-from medret.models import get_family
+from medret.stages import model_files, visible_gpus
 
 # Never reach for a model hub: a missing file must fail at once, not after minutes of retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,15 +21,39 @@ try:
     )
     # A file in the way of results_dir would crash Snakemake's own planning with a traceback.
     check_output_dir(config["results_dir"], "results_dir", writable=False)
+    RESULTS = config["results_dir"]
+    TRAINED_MODELS = [m for m, e in config["models"].items() if "train" in e]
+    # Weights and tokenizer files, checked now: a missing one is one line naming its config key and
+    # where it is published, not Snakemake's missing-input report. Trained checkpoints are outputs.
+    TRAINED = {
+        os.path.normpath(f"{RESULTS}/models/{m}/checkpoint.pt") for m in TRAINED_MODELS
+    }
+    MODEL_FILES = {m: model_files(m, e, TRAINED) for m, e in config["models"].items()}
 except MedretError as exc:
     sys.exit(f"medret config error: {exc}")
 
-RESULTS = config["results_dir"]
 DATASETS = config["datasets"]
 MODELS = config["models"]
 CORRUPTIONS = config["corruptions"]
 DEMO_DATASETS = [d for d, e in DATASETS.items() if e["adapter"] == "demo"]
-TRAINED_MODELS = [m for m, e in MODELS.items() if "train" in e]
+
+# What each stage reads of a dataset entry. Snakemake re-runs a job when its params change, so the
+# params of a job hold exactly what it reads, and an edit re-runs only the jobs that read the key.
+#: Read by the demo generator only; they reach the manifest through the generated CSV.
+DEMO_KEYS = ("n_train", "n_test", "render_size", "seed")
+#: Read by the ranks and metrics only.
+RELEVANCE_KEYS = ("relevance", "uncertain_labels")
+#: Keys the manifest does not read: the image cache's size, the corpus's extra splits and the above.
+NOT_MANIFEST_KEYS = ("image_size", "extra_reports", *RELEVANCE_KEYS, *DEMO_KEYS)
+#: Keys the report corpus does not read (the screening policy and training split reach it through
+#: the manifest).
+NOT_CORPUS_KEYS = (
+    "image_size",
+    "bad_images",
+    "train_split",
+    *RELEVANCE_KEYS,
+    *DEMO_KEYS,
+)
 
 
 def _alternatives(names):
@@ -62,6 +86,10 @@ def final_outputs():
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Input functions
+
+
 def dataset_sources(wildcards):
     """The files a dataset is read from, as its adapter declares them."""
     entry = DATASETS[wildcards.dataset]
@@ -70,10 +98,14 @@ def dataset_sources(wildcards):
 
 def model_checkpoint(wildcards):
     """A trained model's checkpoint (made by the train_model step) or the configured weights file."""
-    entry = MODELS[wildcards.model]
-    if "train" in entry:
+    if wildcards.model in TRAINED_MODELS:
         return f"{RESULTS}/models/{wildcards.model}/checkpoint.pt"
-    return entry.get("checkpoint", [])
+    return MODEL_FILES[wildcards.model].get("checkpoint", [])
+
+
+def model_text_model(wildcards):
+    """The model's tokenizer/text-tower directory (families medclip, cxr_clip, biovil), if it has one."""
+    return MODEL_FILES[wildcards.model].get("text_model", [])
 
 
 def training_inputs(wildcards):
@@ -102,24 +134,89 @@ def dataset_ranks(wildcards):
     )
 
 
-def dataset_entry(wildcards):
-    """Config entry of the dataset (a params value: editing it re-runs the stage)."""
-    return DATASETS[wildcards.dataset]
+# ---------------------------------------------------------------------------------------------
+# Params functions: what each job reads of the config (module comment above)
+
+
+def demo_options(wildcards):
+    """The demo generator's options of the dataset."""
+    return {k: DATASETS[wildcards.dataset][k] for k in DEMO_KEYS}
+
+
+def manifest_options(wildcards):
+    """The dataset entry as the manifest reads it: adapter options, splits, bad_images policy."""
+    entry = DATASETS[wildcards.dataset]
+    return {k: v for k, v in entry.items() if k not in NOT_MANIFEST_KEYS}
+
+
+def corpus_options(wildcards):
+    """The dataset entry as the report corpus reads it: adapter options, split, extra_reports."""
+    entry = DATASETS[wildcards.dataset]
+    return {k: v for k, v in entry.items() if k not in NOT_CORPUS_KEYS}
 
 
 def dataset_relevance(wildcards):
     """The dataset's relevance settings (only these re-run the ranks when edited)."""
-    entry = DATASETS[wildcards.dataset]
-    return {k: entry[k] for k in ("relevance", "uncertain_labels")}
+    return {k: DATASETS[wildcards.dataset][k] for k in RELEVANCE_KEYS}
 
 
 def dataset_image_size(wildcards):
     return DATASETS[wildcards.dataset]["image_size"]
 
 
-def model_entry(wildcards):
-    return MODELS[wildcards.model]
+def training_options(wildcards):
+    """What changes a trained model's weights: its training options and device (not batch_size or dtype,
+    which only the embedding stages read)."""
+    return {k: MODELS[wildcards.model][k] for k in ("family", "device", "train")}
+
+
+def model_options(wildcards):
+    """A model entry as the embedding stages read it: its options. Its files are inputs."""
+    skip = ("train", "checkpoint", "text_model")
+    return {k: v for k, v in MODELS[wildcards.model].items() if k not in skip}
 
 
 def corruption_entry(wildcards):
     return CORRUPTIONS[wildcards.corruption]
+
+
+def corruption_kind(wildcards):
+    return CORRUPTIONS[wildcards.corruption]["kind"]
+
+
+def bootstrap_options(wildcards):
+    """The evaluation options the metrics read (the summary reads bootstrap and ci of them)."""
+    return {k: config["evaluation"][k] for k in ("bootstrap", "seed", "ci")}
+
+
+def scoring_block(wildcards, resources):
+    """evaluation.block, the tile size of rank scoring. Ranks do not depend on it, so it must not
+    re-run them: Snakemake leaves a params function of the job's resources out of its params trigger
+    (like threads, it is a runtime setting), hence the unused argument."""
+    return config["evaluation"]["block"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resource functions
+
+
+def gpu_request(wildcards):
+    """One GPU for a stage that runs a model on one; none when this machine runs the job and has none.
+
+    Without a GPU the job runs on the CPU anyway, and holding the default profile's one `gpu` would
+    only keep the other GPU stages' jobs from running beside it. Cluster jobs always ask for one.
+    """
+    return 1 if not workflow.local_exec or visible_gpus() else 0
+
+
+def training_memory(wildcards, input, attempt):
+    """Training reads the whole training image cache into memory: the HDF5 file is gzip-compressed
+    (radiographs about 1.5-2×, the demo's noisy phantoms 1.1×), plus 2 GB for the model and batches;
+    each retry doubles it."""
+    return int((2000 + 3 * input.size_mb) * attempt)
+
+
+def metrics_memory(wildcards, input, attempt):
+    """The metrics hold every rank table at once (about 10× their parquet size in memory) and the
+    bootstrap replicates; each retry doubles it."""
+    return int((4000 + 20 * input.size_mb) * attempt)

@@ -1,4 +1,4 @@
-# Stage 1: dataset -> manifest (evaluated pairs) and training table.
+# Stage 1: dataset -> manifest (evaluated pairs), training table and report corpus.
 
 
 rule demo_data:
@@ -16,7 +16,7 @@ rule demo_data:
         mem_mb=2000,
         runtime=30,
     params:
-        entry=dataset_entry,
+        options=demo_options,
     script:
         "../scripts/demo_data.py"
 
@@ -28,7 +28,6 @@ rule manifest:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
         train=f"{RESULTS}/{{dataset}}/train.parquet",
         skipped=f"{RESULTS}/{{dataset}}/skipped.csv",
-        corpus=f"{RESULTS}/{{dataset}}/corpus.parquet",
     log:
         "logs/manifest/{dataset}.log",
     conda:
@@ -38,6 +37,27 @@ rule manifest:
         mem_mb=4000,
         runtime=30,
     params:
-        entry=dataset_entry,
+        entry=manifest_options,
     script:
         "../scripts/manifest.py"
+
+
+# Its own job, so that editing extra_reports re-embeds texts only, never images.
+rule corpus:
+    input:
+        sources=dataset_sources,
+        manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+    output:
+        f"{RESULTS}/{{dataset}}/corpus.parquet",
+    log:
+        "logs/corpus/{dataset}.log",
+    conda:
+        "../../envs/medret.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        entry=corpus_options,
+    script:
+        "../scripts/corpus.py"

@@ -1,4 +1,5 @@
 # Stage 5: embeddings. Text once per model; images once per (model, corruption), every level.
+# A job runs its model on a GPU only when it holds one (resources: gpu); image embedding does.
 
 
 rule embed_texts:
@@ -6,18 +7,20 @@ rule embed_texts:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
         corpus=f"{RESULTS}/{{dataset}}/corpus.parquet",
         checkpoint=model_checkpoint,
+        text_model=model_text_model,
     output:
         f"{RESULTS}/{{dataset}}/embeddings/{{model}}/text.h5",
     log:
         "logs/embed_texts/{dataset}/{model}.log",
     conda:
         "../../envs/medret.yaml"
-    threads: 1
+    threads: 2
     resources:
+        gpu=0,  # once per model, on the CPU; --set-resources embed_texts:gpu=1 for a large corpus
         mem_mb=4000,
-        runtime=30,
+        runtime=60,
     params:
-        entry=model_entry,
+        entry=model_options,
     script:
         "../scripts/embed_texts.py"
 
@@ -28,6 +31,7 @@ rule embed_images:
         cache=f"{RESULTS}/{{dataset}}/images/eval.h5",
         specs=f"{RESULTS}/{{dataset}}/corruptions/{{corruption}}.parquet",
         checkpoint=model_checkpoint,
+        text_model=model_text_model,
     output:
         f"{RESULTS}/{{dataset}}/embeddings/{{model}}/images/{{corruption}}.h5",
     log:
@@ -36,13 +40,13 @@ rule embed_images:
         "logs/benchmarks/embed_images/{dataset}/{model}/{corruption}.tsv"
     conda:
         "../../envs/medret.yaml"
-    threads: 1
+    threads: 2  # the cache reader beside the forward pass (on a CPU: the forward pass's threads)
     resources:
-        gpu=1,
+        gpu=gpu_request,
         mem_mb=8000,
         runtime=120,
     params:
-        entry=model_entry,
+        entry=model_options,
         corruption=corruption_entry,
     script:
         "../scripts/embed_images.py"

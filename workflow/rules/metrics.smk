@@ -24,11 +24,14 @@ rule metrics:
         ),
     log:
         "logs/metrics/{dataset}.log",
-    localrule: True
     conda:
         "../../envs/medret.yaml"
+    threads: 1
+    resources:
+        mem_mb=metrics_memory,
+        runtime=60,
     params:
-        evaluation=config["evaluation"],
+        evaluation=bootstrap_options,
         relevance=dataset_relevance,
     script:
         "../scripts/metrics.py"
@@ -52,6 +55,6 @@ rule summary:
         "../../envs/medret.yaml"
     params:
         corruptions=CORRUPTIONS,
-        evaluation=config["evaluation"],
+        evaluation=bootstrap_options,
     script:
         "../scripts/summary.py"

@@ -28,7 +28,7 @@ rule plot_results:
     conda:
         "../../envs/medret.yaml"
     params:
-        entry=corruption_entry,
+        kind=corruption_kind,
     script:
         "../scripts/plot_results.py"
 

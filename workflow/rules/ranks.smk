@@ -16,10 +16,11 @@ rule ranks:
         "../../envs/medret.yaml"
     threads: 1
     resources:
+        gpu=0,  # scored on the CPU in bounded tiles (evaluation.block)
         mem_mb=4000,
         runtime=60,
     params:
-        block=config["evaluation"]["block"],
+        block=scoring_block,
         relevance=dataset_relevance,
     script:
         "../scripts/ranks.py"

@@ -14,12 +14,12 @@ rule train_model:
         model=_alternatives(TRAINED_MODELS),
     conda:
         "../../envs/medret.yaml"
-    threads: 1
+    threads: 1  # the weights depend on the thread count on a CPU: keep it fixed
     resources:
-        gpu=0,
-        mem_mb=4000,
+        gpu=gpu_request,
+        mem_mb=training_memory,
         runtime=60,
     params:
-        entry=model_entry,
+        options=training_options,
     script:
         "../scripts/train_model.py"

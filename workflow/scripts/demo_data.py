@@ -1,4 +1,4 @@
 from medret.stages import generate_demo, script_context
 
 with script_context(snakemake.log[0], snakemake.threads):
-    generate_demo(snakemake.output.csv, snakemake.params.entry, workers=snakemake.threads)
+    generate_demo(snakemake.output.csv, snakemake.params.options, workers=snakemake.threads)

@@ -1,4 +1,4 @@
-from medret.stages import embed_images, script_context
+from medret.stages import embed_images, gpus_held, script_context
 
 with script_context(snakemake.log[0], snakemake.threads):
     embed_images(
@@ -11,4 +11,7 @@ with script_context(snakemake.log[0], snakemake.threads):
         snakemake.input.specs,
         snakemake.output[0],
         checkpoint=snakemake.input.checkpoint or None,
+        text_model=snakemake.input.text_model or None,
+        gpus=gpus_held(snakemake.resources),
+        dataset=snakemake.wildcards.dataset,
     )

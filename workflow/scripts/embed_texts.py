@@ -1,4 +1,4 @@
-from medret.stages import embed_texts, script_context
+from medret.stages import embed_texts, gpus_held, script_context
 
 with script_context(snakemake.log[0], snakemake.threads):
     embed_texts(
@@ -8,4 +8,6 @@ with script_context(snakemake.log[0], snakemake.threads):
         snakemake.input.corpus,
         snakemake.output[0],
         checkpoint=snakemake.input.checkpoint or None,
+        text_model=snakemake.input.text_model or None,
+        gpus=gpus_held(snakemake.resources),
     )

@@ -8,5 +8,4 @@ with script_context(snakemake.log[0]):
         snakemake.output.manifest,
         snakemake.output.train,
         snakemake.output.skipped,
-        snakemake.output.corpus,
     )

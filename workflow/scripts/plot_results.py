@@ -7,5 +7,5 @@ with script_context(snakemake.log[0]):
         snakemake.wildcards.corruption,
         snakemake.output.recall,
         snakemake.output.robustness,
-        kind=snakemake.params.entry["kind"],
+        kind=snakemake.params.kind,
     )

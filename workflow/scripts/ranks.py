@@ -1,4 +1,4 @@
-from medret.stages import compute_ranks, script_context
+from medret.stages import compute_ranks, gpus_held, script_context
 
 with script_context(snakemake.log[0], snakemake.threads):
     compute_ranks(
@@ -11,4 +11,5 @@ with script_context(snakemake.log[0], snakemake.threads):
         block=snakemake.params.block,
         dataset=snakemake.wildcards.dataset,
         relevance=snakemake.params.relevance,
+        gpus=gpus_held(snakemake.resources),
     )
