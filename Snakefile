@@ -12,7 +12,10 @@ min_version("9.0")
 # project by relative path (Snakemake copies the environment file into .snakemake/conda/ first).
 MEDRET_SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, MEDRET_SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (MEDRET_SRC, os.environ.get("PYTHONPATH")) if p)
+_PATHS = (MEDRET_SRC, *os.getenv("PYTHONPATH", "").split(os.pathsep))
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(dict.fromkeys(p for p in _PATHS if p))
+)  # jobs re-parse this
 
 
 # The demo is the default study. A config file given on the command line replaces it rather than
