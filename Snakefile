@@ -12,10 +12,9 @@ min_version("9.0")
 # project by relative path (Snakemake copies the environment file into .snakemake/conda/ first).
 MEDRET_SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, MEDRET_SRC)
+# Jobs parse this file again: add the path once.
 _PATHS = (MEDRET_SRC, *os.getenv("PYTHONPATH", "").split(os.pathsep))
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(dict.fromkeys(p for p in _PATHS if p))
-)  # jobs re-parse this
+os.environ.update(PYTHONPATH=os.pathsep.join(dict.fromkeys(p for p in _PATHS if p)))
 
 
 # The demo is the default study. A config file given on the command line replaces it rather than

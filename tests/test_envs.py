@@ -55,4 +55,4 @@ def test_conda_env_installs_nothing_by_path(env):
     spec = yaml.safe_load(env.read_text())
     pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict) and "pip" in d)
     assert not [line for line in pip if line.startswith(("-e", ".", "/")) or "/" in line], pip
-    assert "os.environ.update(PYTHONPATH=" in (ROOT / "Snakefile").read_text()
+    assert "PYTHONPATH=os.pathsep.join(dict.fromkeys(" in (ROOT / "Snakefile").read_text()
