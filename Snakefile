@@ -22,7 +22,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(dict.fromkeys(p for p in _PATHS if 
 # --config key=value alone still edits the demo. SLURM jobs get the same --configfiles.
 if not workflow.config_settings.configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 report: "workflow/report/workflow.rst"

@@ -272,6 +272,12 @@ def test_a_config_file_on_the_command_line_replaces_the_demo(tmp_path):
     assert {job["wildcards"] for job in jobs if job["rule"] == "train_model"} == {"model=local", "model=local-occaug"}
     outputs = {path.split("/")[0] for job in jobs for path in job.get("output", "").split(", ") if path}
     assert outputs == {"elsewhere", "resources"}, outputs  # results_dir from --config; the demo's data
+    # The demo config is read from beside the Snakefile: a directory without config/ runs the demo.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    proc = subprocess.run([*cmd, "--directory", str(bare)], cwd=bare, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "demo_data" in {job["rule"] for job in dry_run_jobs(proc.stdout)}
 
 
 @pytest.mark.parametrize("key", ["checkpoint", "text_model"])
