@@ -223,7 +223,7 @@ class Corpus:
         """Read the corpus written with ``manifest``; refuse one written for another manifest."""
         table, meta = read_table(path)
         if meta.get("manifest_digest") != manifest.digest or "digest" not in meta:
-            raise MedretError(f"{path}: made for another manifest; delete it and re-run the manifest rule")
+            raise MedretError(f"{path}: made for another manifest; delete it and re-run the workflow")
         return cls(table, meta["digest"])
 
     @property
