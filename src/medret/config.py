@@ -70,7 +70,10 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
         raise MedretError(_message(error))
-    allowed = _check_dataset_options(config["datasets"])  # before defaults: only the user's keys count
+    from medret.datasets import dataset_options
+
+    # Before the defaults are filled: only the user's keys count.
+    allowed = {name: dataset_options(entry, name) for name, entry in config["datasets"].items()}
     _fill_defaults(config, schema)
     for name, entry in config["datasets"].items():
         # The schema's defaults are per key, not per adapter: a csv entry must not gain the demo's n_train.
@@ -99,28 +102,6 @@ def _sorted_keys(value: Any) -> Any:
     if isinstance(value, list):
         return [_sorted_keys(item) for item in value]
     return value
-
-
-def _check_dataset_options(datasets: Mapping[str, Mapping[str, Any]]) -> dict[str, set[str]]:
-    """Each dataset's allowed keys; its adapter must exist and take every key the entry sets.
-
-    The schema allows the union of all adapters' keys, so without this a ``study_list`` given to a
-    csv dataset would pass and be silently ignored.
-    """
-    from medret.datasets import COMMON_OPTIONS, get_adapter
-
-    allowed: dict[str, set[str]] = {}
-    for name, entry in datasets.items():
-        adapter = get_adapter(entry["adapter"], key=f"datasets.{name}.adapter")
-        allowed[name] = {"adapter", *COMMON_OPTIONS, *adapter.options}
-        for key in entry:
-            if key not in allowed[name]:
-                raise MedretError(
-                    f"config key datasets.{name}.{key}: not an option of adapter {adapter.name} "
-                    f"(options: {', '.join(adapter.options) or 'none'}; every adapter takes "
-                    f"{', '.join(sorted(COMMON_OPTIONS))}); remove it"
-                )
-    return allowed
 
 
 def _check_references(config: Mapping[str, Any]) -> None:

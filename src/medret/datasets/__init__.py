@@ -60,6 +60,25 @@ def get_adapter(name: str, *, key: str = "adapter") -> DatasetAdapter:
         raise MedretError(f"config key {key}: unknown dataset adapter {name!r}; use one of: {known}") from None
 
 
+def dataset_options(entry: Mapping[str, Any], name: str = "<dataset>") -> set[str]:
+    """The keys config entry ``datasets.<name>`` may hold; its adapter must exist and take every key it sets.
+
+    The counterpart of :func:`medret.models.get_family`'s check: the schema allows the union of all
+    adapters' keys, so without it a ``study_list`` given to a csv dataset would pass and be silently
+    ignored.
+    """
+    adapter = get_adapter(entry["adapter"], key=f"datasets.{name}.adapter")
+    allowed = {"adapter", *COMMON_OPTIONS, *adapter.options}
+    for key in entry:
+        if key not in allowed:
+            raise MedretError(
+                f"config key datasets.{name}.{key}: not an option of adapter {adapter.name} "
+                f"(options: {', '.join(adapter.options) or 'none'}; every adapter takes "
+                f"{', '.join(sorted(COMMON_OPTIONS))}); remove it"
+            )
+    return allowed
+
+
 def list_adapters() -> dict[str, str]:
     """Names and one-line descriptions of every registered adapter."""
     _load_builtin_adapters()
