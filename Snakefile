@@ -57,7 +57,18 @@ onstart:
         sys.exit(f"medret config error: {exc}")
 
 
+# At the end of a run, finished or not: the warnings the results carry (pairs left out, a cache too
+# small for a model), which otherwise reach only the job logs and summary.md.
+onsuccess:
+    print_run_warnings(RESULTS, list(DATASETS), list(MODELS), list(CORRUPTIONS))
+
+
+onerror:
+    print_run_warnings(RESULTS, list(DATASETS), list(MODELS), list(CORRUPTIONS))
+
+
 rule all:
     default_target: True
     input:
         final_outputs(),
+        intermediate_outputs(),

@@ -152,7 +152,7 @@ def demo_study(root: Path, config: dict[str, Any], *, threads: int = 1) -> Study
     stages.build_manifest("demo", entry, [str(csv)], manifest, train, root / "skipped.csv")
     specs = root / "occlusion.parquet"
     stages.build_corruption_specs(manifest, "occlusion", config["corruptions"]["occlusion"], specs)
-    stages.build_image_cache(train, root / "train.h5", int(entry["image_size"]))
+    stages.build_image_cache(train, root / "train.h5", size=int(entry["image_size"]))
     checkpoints = {}
     for name, model in config["models"].items():
         checkpoints[name] = root / "models" / name / "checkpoint.pt"

@@ -70,7 +70,8 @@ def split_model(model: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The model's preprocessing (images, boxes) -> input tensor, and its bare image tower."""
     if model.family == "local":
         return (lambda images, boxes: model.model.preprocess(images)), model.model.image
-    return model.preprocess, model.model.encode_image
+    # Sources kept at their box size (the benchmark's canvases are made that way).
+    return (lambda images, boxes: model.preprocess(images, boxes, boxes[:, 2:4])), model.model.encode_image
 
 
 @contextlib.contextmanager
@@ -161,7 +162,7 @@ def build_study(args: argparse.Namespace, root: Path, *, n_test: int, size: int,
         root, n_test=n_test, n_train=8, render_size=size, image_size=size, levels=levels, models=["local"]
     )
     study = demo_study(root, config, threads=args.threads)
-    stages.build_image_cache(study.manifest, root / "eval.h5", size)
+    stages.build_image_cache(study.manifest, root / "eval.h5", size=size)
     set_threads(args.threads)
     return study
 

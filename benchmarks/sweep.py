@@ -52,7 +52,7 @@ def medret_sweep(study: Study, out: Path) -> dict[str, Path]:
     from medret import stages
 
     cache = out / "eval.h5"
-    stages.build_image_cache(study.manifest, cache, study.image_size)
+    stages.build_image_cache(study.manifest, cache, size=study.image_size)
     paths = {}
     for name, entry in study.config["models"].items():
         paths[name] = out / f"{name}.h5"
@@ -76,7 +76,7 @@ def naive_image(path: str, rect: np.ndarray, canvas_size: int, input_size: int) 
 
     from medret.imaging import decode_to_canvas
 
-    canvas, (top, left, h, w) = decode_to_canvas(path, canvas_size)
+    canvas, (top, left, h, w), _ = decode_to_canvas(path, canvas_size)
     # The spec's patch in pixels, rounded as medret.corruptions.occlude rounds it.
     y0, x0 = top + math.floor(rect[0] * h + 0.5), left + math.floor(rect[1] * w + 0.5)
     y1, x1 = y0 + math.floor(rect[2] * h + 0.5), x0 + math.floor(rect[3] * w + 0.5)

@@ -385,5 +385,5 @@ def test_upsampling_is_the_shorter_side_to_the_tower_size(adapter):
     # The tiny tower takes 64 px, shortest side (the published one 224).
     boxes = np.array([[8, 0, 48, 64], [0, 0, 64, 64]])
     np.testing.assert_allclose(adapter.enlargement(boxes, 64), [64 / 48, 1.0])
-    # At S' = 85 the 48 side becomes round(48 * 85 / 64) = round(63.75) = 64; at 84, round(63.0) = 63.
-    assert needed_image_size(adapter, boxes, 64) == 85
+    # At S' = 86 the 48 side becomes int(48 * 86 / 64) = int(64.5) = 64; at 85, int(63.75) = 63.
+    assert needed_image_size(adapter, boxes, 64) == 86

@@ -306,8 +306,10 @@ def test_upsampling_is_the_shorter_side_to_512(adapters: dict, version: str) -> 
     boxes = np.array([[0, 43, 512, 426], [43, 0, 426, 512], [0, 0, 512, 512]])
     np.testing.assert_allclose(model.enlargement(boxes, 512), [512 / 426, 512 / 426, 1.0])
     assert bv.resized_size(512, 426, bv.RESIZE) == (615, 512)  # the real resize: 426 -> 512 is the largest factor
-    # At S' = 615 the 426 side becomes round(426 * 615 / 512) = round(511.70) = 512; at 614, round(510.87) = 511.
-    assert needed_image_size(model, boxes, 512) == 615
+    # From the boxes alone: at S' = 616 the 426 side becomes int(426 * 616 / 512) = int(512.53) = 512; at 615,
+    # int(511.70) = 511. From MIMIC's source size, as the cache computes it: int(2544 * 616 / 3056) = 512 as well.
+    assert needed_image_size(model, boxes, 512) == 616
+    assert needed_image_size(model, boxes, 512, np.array([[3056, 2544], [2544, 3056], [3000, 3000]])) == 616
     assert model.upsampling(np.array([[0, 87, 1024, 851]]), 1024) == 1.0  # 512 / 851: shrinks
 
 

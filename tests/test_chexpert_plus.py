@@ -270,7 +270,7 @@ def test_pairs_table_row_by_row(tmp_path, gz):
         assert all(isinstance(v, str) for v in table[col]), col
 
     # Downstream: the valid split (there is no test split), empty reports dropped, one image per study.
-    manifest = select_pairs(table, "valid")
+    manifest = select_pairs(table, "valid")[0]
     assert manifest["pair_id"].tolist() == [
         "valid/patient64541/study1/view1_frontal",  # PA over the lateral
         "valid/patient64543/study1/view1_lateral",  # a lateral-only study keeps its lateral
@@ -279,7 +279,7 @@ def test_pairs_table_row_by_row(tmp_path, gz):
     ]
     assert manifest["text_id"].tolist() == [0, 1, 0, 2]  # the same impression, differently spaced
     with pytest.raises(MedretError, match=r"no pairs in split 'test' \(splits present: train, valid\)"):
-        select_pairs(table, "test")
+        select_pairs(table, "test")[0]
 
 
 def test_findings_and_longest_take_the_matching_labels(tmp_path):
@@ -301,7 +301,7 @@ def test_findings_and_longest_take_the_matching_labels(tmp_path):
     assert table.loc["valid/patient64541/study1/view1_frontal", "label_cardiomegaly"] == 0.0
     assert math.isnan(table.loc["valid/patient64541/study1/view1_frontal", "label_no_finding"])
     assert table.loc["valid/patient64543/study2/view2_frontal", "label_support_devices"] == -1.0
-    manifest = select_pairs(table.reset_index(), "valid")
+    manifest = select_pairs(table.reset_index(), "valid")[0]
     assert len(manifest) == 5  # the study without impression is back; the whitespace-only one is not
     assert "valid/patient64542/study1/view1_frontal" in manifest["pair_id"].tolist()
 

@@ -141,10 +141,10 @@ def write_images(directory: Path, sizes: list[tuple[int, int]]) -> list[Path]:
     return paths
 
 
-def cache_batch(paths: list[Path], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images as the image cache stores them: (B, S, S) uint8 canvases and (B, 4) content boxes."""
-    canvases, boxes = zip(*(decode_to_canvas(p, size) for p in paths), strict=True)
-    return torch.from_numpy(np.stack(canvases)), torch.tensor(boxes)
+def cache_batch(paths: list[Path], size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images as the image cache stores them: (B, S, S) uint8 canvases, (B, 4) content boxes, (B, 2) source sizes."""
+    canvases, boxes, sources = zip(*(decode_to_canvas(p, size) for p in paths), strict=True)
+    return torch.from_numpy(np.stack(canvases)), torch.tensor(boxes), torch.tensor(sources)
 
 
 def content_pil(canvas: torch.Tensor, box: torch.Tensor) -> Image.Image:
@@ -190,8 +190,8 @@ def tiny(tiny_arch: str, module_tmp: Callable[[str], Path]) -> SimpleNamespace:
 @pytest.fixture(scope="module")
 def images(module_tmp: Callable[[str], Path]) -> SimpleNamespace:
     paths = write_images(module_tmp("images"), SIZES)
-    canvases, boxes = cache_batch(paths, 320)
-    return SimpleNamespace(paths=paths, canvases=canvases, boxes=boxes)
+    canvases, boxes, sizes = cache_batch(paths, 320)
+    return SimpleNamespace(paths=paths, canvases=canvases, boxes=boxes, sizes=sizes)
 
 
 @pytest.fixture(scope="module")
@@ -333,7 +333,7 @@ def test_open_clip_preprocessing_matches_pil(cfg, tmp_path):
     full = {**merge_preprocess_dict(PreprocessCfg(), {}), **cfg}
     pil = image_transform_v2(PreprocessCfg(**full), is_train=False)
     paths = write_images(tmp_path, [(347, 419), (640, 480), (90, 60), (1000, 800), (256, 256)])
-    canvases, boxes = cache_batch(paths, 256)
+    canvases, boxes, _sizes = cache_batch(paths, 256)
     ours = cf.open_clip_preprocess(canvases, boxes, full)
     ref = torch.stack([pil(content_pil(c, b)) for c, b in zip(canvases, boxes, strict=True)])
     assert ours.shape == ref.shape
@@ -354,24 +354,23 @@ def test_cxr_preprocessing_matches_the_original_code(tmp_path):
     for h, w in sizes:
         nh, nw = int(h * 320 / max(h, w)), int(w * 320 / max(h, w))
         boxes.append(((320 - nh) // 2, (320 - nw) // 2, nh, nw))
-    ours = cf.cxr_preprocess(torch.from_numpy(np.stack(theirs)), torch.tensor(boxes))
+    ours = cf.cxr_preprocess(torch.from_numpy(np.stack(theirs)), torch.tensor(boxes), torch.tensor(sizes))
     assert (ours - ref).abs().max() < 1e-5  # measured 0.0: the same float32 operations
-    # 2. From the image cache at 320: identical wherever the cache's round() sizes equal their int() ones.
-    canvases, cboxes = cache_batch(paths, 320)
-    levels = (cf.cxr_preprocess(canvases, cboxes) - ref).abs() * cf.CXR_STD  # grey levels
-    for i, (h, w) in enumerate(sizes):
-        short = min(h, w) * 320 / max(h, w)
-        if round(short) == int(short):
-            assert levels[i].max() < 1e-3  # measured 0.0
-        else:  # 999x777: the cache's content is 1 px wider and shifted (round vs int; measured mean 3.96)
-            assert levels[i].mean() < 5
-    # 3. A 512 cache resamples twice (cache Lanczos, then our antialiased bicubic to 320), for sources
-    # larger than the cache. Measured on these noisy images: max <= 12.9, mean <= 1.38 grey levels.
-    canvases, cboxes = cache_batch(paths, 512)
-    levels = (cf.cxr_preprocess(canvases, cboxes) - ref).abs() * cf.CXR_STD
-    large = [i for i, (h, w) in enumerate(sizes) if max(h, w) >= 512]
-    assert levels[large].amax(dim=(1, 2, 3)).max() < 16
-    assert levels[large].mean(dim=(1, 2, 3)).max() < 1.5
+    # 2. From the image cache at 320: their canvas exactly, for every size (the 200 x 150 source is kept at its
+    # own size in the cache and enlarged here with their Lanczos, from its original pixels).
+    canvases, cboxes, csizes = cache_batch(paths, 320)
+    levels = (cf.cxr_preprocess(canvases, cboxes, csizes) - ref).abs() * cf.CXR_STD  # grey levels
+    assert levels.max() < 1e-3  # measured 0.0
+    # 3. A 512 cache: sources that fit are kept and give their canvas exactly; larger ones are resampled twice
+    # (cache Lanczos, then Lanczos to 320). Measured on these noisy images: max 16.0 (at the bright band's
+    # edge), mean <= 0.32 grey levels.
+    canvases, cboxes, csizes = cache_batch(paths, 512)
+    levels = (cf.cxr_preprocess(canvases, cboxes, csizes) - ref).abs() * cf.CXR_STD
+    large = [i for i, (h, w) in enumerate(sizes) if max(h, w) > 512]
+    small = [i for i in range(len(sizes)) if i not in large]
+    assert levels[small].max() < 1e-3
+    assert levels[large].amax(dim=(1, 2, 3)).max() < 20
+    assert levels[large].mean(dim=(1, 2, 3)).max() < 0.5
 
 
 # (b) embeddings against open_clip's model on the original pipelines --------------------------
@@ -380,7 +379,7 @@ def test_cxr_preprocessing_matches_the_original_code(tmp_path):
 def test_cxr_repair_embeddings_equal_the_original_pipeline(cxr_repair, vitb32, images, reference):
     assert cxr_repair.embed_dim == 512
     assert sum(v.dtype == torch.float16 for v in vitb32.mixed.values()) == 195 and len(vitb32.mixed) == 302
-    img = cxr_repair.encode_images(images.canvases, images.boxes)
+    img = cxr_repair.encode_images(images.canvases, images.boxes, images.sizes)
     txt = cxr_repair.encode_texts(REPORTS)
     # Identical inputs (preprocessing is exact at S=320), so only float32 round-off that depends on the
     # batch size may remain (measured: 0 for images, 1.3e-7 for texts).
@@ -390,7 +389,7 @@ def test_cxr_repair_embeddings_equal_the_original_pipeline(cxr_repair, vitb32, i
 
 def test_chexzero_embeddings_equal_the_original_pipeline(chexzero, cxr_repair, images, reference):
     # Same weights (fp32 file vs CXR-RePaiR's fp16 subset of them) and CheXzero's preprocessing is CXR-RePaiR's.
-    img = chexzero.encode_images(images.canvases, images.boxes)
+    img = chexzero.encode_images(images.canvases, images.boxes, images.sizes)
     torch.testing.assert_close(img, reference.cxr_images, atol=1e-5, rtol=0)
     torch.testing.assert_close(chexzero.encode_texts(REPORTS[:3]), reference.texts[:3], atol=1e-5, rtol=0)
     # The provenance names the file's content, so the two differ although the weights are equal.
@@ -400,7 +399,7 @@ def test_chexzero_embeddings_equal_the_original_pipeline(chexzero, cxr_repair, i
 
 def test_open_clip_pretrained_from_hub_cache(openai_hub, images, reference):
     model = openai_hub.model
-    img = model.encode_images(images.canvases, images.boxes)
+    img = model.encode_images(images.canvases, images.boxes, images.sizes)
     txt = model.encode_texts(REPORTS)
     torch.testing.assert_close(txt, reference.texts, atol=1e-5, rtol=0)  # measured 0
     # Inputs differ by PIL-vs-torch rounding (<= 2 grey levels, ~0.5% of pixels; test above), which
@@ -431,7 +430,7 @@ def test_cxr_repair_load_is_strict(vitb32, tmp_path):
 
 def test_tiny_open_clip_file_layouts_and_reference(tiny, tiny_arch, tmp_path):
     paths = write_images(tmp_path, [(347, 419), (90, 60)])
-    canvases, boxes = cache_batch(paths, 64)
+    canvases, boxes, _sizes = cache_batch(paths, 64)
     ref_model, _, ref_pp = open_clip.create_model_and_transforms(tiny_arch, pretrained=str(tiny.dir / "plain.pt"))
     ref_model.eval()
     with torch.inference_mode():
@@ -472,7 +471,7 @@ def test_tiny_strict_failures_name_the_keys(tiny, tiny_arch, vitb32, tmp_path):
 def test_torchscript_archive_is_read_without_running_it(tiny, tiny_arch, tmp_path, monkeypatch):
     path = tmp_path / "ViT-B-32.pt"
     make_openai_torchscript(tiny.state, path)
-    canvases, boxes = cache_batch(write_images(tmp_path, [(347, 419), (90, 60)]), 64)
+    canvases, boxes, _sizes = cache_batch(write_images(tmp_path, [(347, 419), (90, 60)]), 64)
     with monkeypatch.context() as mp:
         mp.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load must not be called"))
         state, torchscript = cf.read_state_dict(path, missing_hint="")
@@ -633,7 +632,7 @@ def test_file_converted_as_the_hint_says_still_needs_quickgelu(tiny, tiny_arch, 
         with pytest.raises(MedretError, match=rf"OUT\.pt \(OpenAI's: .*trained with QuickGELU .*; {fix}") as err:
             load_model({"family": "open_clip", "model": model, "checkpoint": "OUT.pt"})
         assert "\n" not in str(err.value)
-    canvases, boxes = cache_batch(write_images(tmp_path, [(90, 60)]), 64)
+    canvases, boxes, _sizes = cache_batch(write_images(tmp_path, [(90, 60)]), 64)
     converted = load_model({"family": "open_clip", "model": tiny_arch, "checkpoint": "OUT.pt"})
     original = load_model({"family": "open_clip", "model": tiny_arch, "checkpoint": "IN.pt"})
     torch.testing.assert_close(converted.encode_images(canvases, boxes), original.encode_images(canvases, boxes))

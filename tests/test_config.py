@@ -147,7 +147,8 @@ def test_adapter_option_error_lists_the_options(demo):
         validate_config(_with_dataset(demo, {**CSV, "study_list": "ids.txt"}))
     assert str(err.value) == (
         "config key datasets.mine.study_list: not an option of adapter csv (options: csv; every adapter takes "
-        "bad_images, extra_reports, image_size, relevance, split, train_split, uncertain_labels); remove it"
+        "bad_images, extra_reports, fast_decode, image_size, relevance, split, train_split, uncertain_labels, views); "
+        "remove it"
     )
 
 
@@ -165,7 +166,9 @@ def test_adapters_take_their_own_options_and_only_their_defaults(demo):
         "split",
         "train_split",
         "bad_images",
+        "views",
         "image_size",
+        "fast_decode",
         "extra_reports",
         "relevance",
         "uncertain_labels",

@@ -11,10 +11,12 @@ One full-size R50 and one full-size Swin-T file per session; tiny architectures 
 from __future__ import annotations
 
 import collections
+import gzip
 import json
 import pickle
 import pickletools
 import re
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -218,60 +220,96 @@ def convert_dictconfig_to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def hydra_config(image_encoder: dict[str, Any], pooling: str = "eos", text_max_length: int = 256) -> dict[str, Any]:
-    """The config as cxr-clip's train.py saves it (composed config, struct, resolved, DictConfig converted)."""
-    composed = {
+#: A config directory shaped like cxr-clip's ``configs/``: ``train.yaml`` with its defaults list and the
+#: ``${now:...}`` run directory, and one file per config group (values of the released configs).
+HYDRA_CONFIGS: dict[str, dict[str, Any]] = {
+    "train.yaml": {
+        "defaults": [
+            "_self_",
+            {"data_train": ["mimic_cxr"]},
+            {"tokenizer": "clinical_bert"},
+            {"transform": "clahe"},
+            {"model": "clip_custom"},
+            {"optimizer": "adamw"},
+            {"scheduler": "cosine_epoch15_warmup1"},
+            {"loss": "cxr_clip"},
+        ],
         "base": {
             "seed": 1234,
             "amp": True,
             "image_size": 224,
-            "text_max_length": text_max_length,
+            "text_max_length": 256,
             "loss_best": "contrastive",
             "data_frac": 1.0,
-            "output": {"checkpoint": "./outputs/run/checkpoints/", "tensorboard": "./outputs/run/tensorboard/"},
-        },
-        "data_train": {
-            "mimic_cxr": {
-                "name": "mimic_cxr",
-                "data_type": "imagetext",
-                "data_path": "datasets/mimic_train.csv",
-                "image_size": "${base.image_size}",
-                "text_max_length": "${base.text_max_length}",
-                "data_frac": 1.0,
-            }
-        },
-        "dataloader": {"train": {"batch_size": 128, "shuffle": True, "num_workers": 8}},
-        "tokenizer": {"source": "huggingface", "pretrained_model_name_or_path": BIO, "cache_dir": "huggingface/"},
-        "transform": {
-            "train": {
-                "RandomResizedCrop": {"size": "${base.image_size}", "scale": [0.8, 1.1]},
-                "CLAHE": {"clip_limit": 4.0},
-                "CenterCrop": {"size": "${base.image_size}"},
+            # train.yaml says ${hydra:run.dir}, whose run.dir is ./outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}.
+            "output": {
+                "checkpoint": "./outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}/checkpoints/",
+                "tensorboard": "./outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}/tensorboard/",
             },
-            "test": {"Resize": {"size": "${base.image_size}"}, "CenterCrop": {"size": "${base.image_size}"}},
         },
-        "model": {
-            "name": "clip_custom",
-            "temperature": 0.07,
-            "image_encoder": image_encoder,
-            "text_encoder": {
-                "source": "huggingface",
-                "name": BIO,
-                "pretrained": True,
-                "gradient_checkpointing": False,
-                "pooling": pooling,
-                "cache_dir": "huggingface/",
-                "trust_remote_code": True,
-                "mlm_head": True,
-            },
-            "projection_head": {"name": "linear", "dropout": 0.1, "proj_dim": 512},
+    },
+    "data_train/mimic_cxr.yaml": {
+        "mimic_cxr": {
+            "name": "mimic_cxr",
+            "data_type": "imagetext",
+            "data_path": "datasets/mimic_train.csv",
+            "image_size": "${base.image_size}",
+            "text_max_length": "${base.text_max_length}",
+            "data_frac": "${base.data_frac}",
+        }
+    },
+    "tokenizer/clinical_bert.yaml": {
+        "source": "huggingface",
+        "pretrained_model_name_or_path": BIO,
+        "cache_dir": "/tmp/huggingface/",
+    },
+    "transform/clahe.yaml": {
+        "train": {
+            "Resize": {"size": "${base.image_size}"},
+            "RandomResizedCrop": {"size": "${base.image_size}", "scale": [0.8, 1.1]},
+            "CLAHE": {"clip_limit": 4.0},
+            "ColorJitter": {"brightness": [0.8, 1.2], "contrast": [0.8, 1.2]},
         },
-        "optimizer": {"name": "adamw", "config": {"lr": 5e-5, "weight_decay": 1e-4}},
-        "scheduler": {"name": "cosine", "config": {"total_epochs": 15, "warmup_epochs": 1}},
-        "loss": {"cxr_clip": {"label_smoothing": 0.0, "i2i_weight": 1.0, "t2t_weight": 0.5, "loss_ratio": 1.0}},
+        "valid": {"Resize": {"size": "${base.image_size}"}, "CenterCrop": {"size": "${base.image_size}"}},
+        "test": {"Resize": {"size": "${base.image_size}"}, "CenterCrop": {"size": "${base.image_size}"}},
+    },
+    "optimizer/adamw.yaml": {"name": "adamw", "config": {"lr": 5e-5, "weight_decay": 1e-4}},
+    "scheduler/cosine_epoch15_warmup1.yaml": {"name": "cosine", "config": {"total_epochs": 15, "warmup_epochs": 1}},
+    "loss/cxr_clip.yaml": {
+        "cxr_clip": {"loss_ratio": 1.0, "label_smoothing": 0.0, "i2i_weight": 1.0, "t2t_weight": 0.5}
+    },
+}
+
+
+def hydra_config(image_encoder: dict[str, Any], pooling: str = "eos", text_max_length: int = 256) -> dict[str, Any]:
+    """The config as cxr-clip's ``train.py`` saves it: composed by Hydra (its compose API) from a config directory
+    shaped like cxr-clip's, the ``${now:...}`` resolver evaluated by ``OmegaConf.resolve``, then
+    ``convert_dictconfig_to_dict`` (so ``ListConfig`` values survive, their parents up to the root, whose resolver
+    cache holds the ``now`` results in a ``defaultdict``)."""
+    from hydra import compose, initialize_config_dir
+
+    model = {
+        "name": "clip_custom",
+        "temperature": 0.07,
+        "image_encoder": image_encoder,
+        "text_encoder": {
+            "source": "huggingface",
+            "name": BIO,
+            "pretrained": True,
+            "gradient_checkpointing": False,
+            "pooling": pooling,
+            "cache_dir": "/tmp/huggingface/",
+            "trust_remote_code": True,
+            "mlm_head": True,
+        },
+        "projection_head": {"name": "linear", "dropout": 0.1, "proj_dim": 512},
     }
-    cfg = OmegaConf.create(composed)
-    OmegaConf.set_struct(cfg, True)
+    with tempfile.TemporaryDirectory(prefix="medret-hydra-") as tmp:
+        for name, content in {**HYDRA_CONFIGS, "model/clip_custom.yaml": model}.items():
+            (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / name).write_text(OmegaConf.to_yaml(OmegaConf.create(content)))
+        with initialize_config_dir(version_base=None, config_dir=tmp):
+            cfg = compose(config_name="train", overrides=[f"base.text_max_length={text_max_length}"])
     OmegaConf.resolve(cfg)
     return convert_dictconfig_to_dict(cfg)
 
@@ -340,7 +378,7 @@ def canvases(
     for i, (h, w) in enumerate(shapes):
         png = tmp / f"img_{h}x{w}_{size}_{i}.png"
         Image.fromarray(radiograph(h, w, seed=i)).save(png)
-        canvas, box = decode_to_canvas(png, size)
+        canvas, box, _ = decode_to_canvas(png, size)
         top, left, bh, bw = box
         images.append(canvas)
         boxes.append(box)
@@ -441,12 +479,16 @@ def test_family_registered_with_its_options():
         load_model({"family": "cxr_clip", "checkpoint": "x"}, "m")
 
 
-def test_fixture_has_the_published_pickle_layout(tiny):
+def test_fixture_has_the_published_pickle_layout(tiny, tiny_text):
     built = tiny("swin")
     cfg = built.config
     assert isinstance(cfg, dict) and isinstance(cfg["model"], dict)
     scale = cfg["transform"]["train"]["RandomResizedCrop"]["scale"]
     assert isinstance(scale, ListConfig) and list(scale) == [0.8, 1.1]  # survives convert_dictconfig_to_dict
+    # The root of the ListConfig's parent chain carries Hydra's ${now:} results in OmegaConf's resolver cache.
+    root = scale._get_root()
+    cache = root._metadata.resolver_cache
+    assert isinstance(cache, collections.defaultdict) and set(cache) == {"now"} and len(cache["now"]) == 2
     globals_ = pickle_globals(built.path)
     omegaconf_like = {g for g in globals_ if not g.startswith(("torch.", "collections.OrderedDict"))}
     # The allow-list is exactly what the file needs: every entry is used, nothing else is referenced.
@@ -456,9 +498,15 @@ def test_fixture_has_the_published_pickle_layout(tiny):
         "__builtin__.long": "builtins.int",
     }
     assert {names.get(g, g) for g in omegaconf_like} == set(cxr.SAFE_GLOBALS)
-    assert len(cxr.safe_globals()) == len(cxr.SAFE_GLOBALS) == 10
-    with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):
-        torch.load(built.path, weights_only=True)  # torch's default allow-list alone refuses the config
+    assert list(cxr.safe_globals()) == list(cxr.SAFE_GLOBALS) and len(cxr.SAFE_GLOBALS) == 10
+    # torch's weights-only unpickler cannot read it even with the ten classes allowed: it fills only plain dicts.
+    with (
+        torch.serialization.safe_globals(list(cxr.safe_globals().values())),
+        pytest.raises(pickle.UnpicklingError, match="Can only SETITEM for dict"),
+    ):
+        torch.load(built.path, weights_only=True)
+    model = load_model({"family": "cxr_clip", "checkpoint": str(built.path), "text_model": str(tiny_text)})
+    assert model.n_keys == len(built.state)
 
 
 def test_full_size_files_load_strictly(full):
@@ -656,12 +704,41 @@ def test_missing_files_name_key_and_source(tiny, tiny_text, tmp_path):
         load_model(tiny_entry(built, wrong))
 
 
-def test_truncated_file_is_refused(tiny, tiny_text, tmp_path):
+@pytest.mark.parametrize(
+    ("damage", "found"),
+    [
+        ("half", r"a zip archive cut short \([\d,]+ bytes, its central directory is missing\): an incomplete download"),
+        ("empty", r"an empty file \(0 bytes\)"),
+        ("html", r"an HTML page \(\d+ bytes\), e\.g\. a login or error page saved by a failed download"),
+        ("lfs", r"a Git LFS pointer \(\d+ bytes\), not the weights"),
+        ("gzip", r"a gzip file \(\d+ bytes\); decompress it first"),
+        ("flipped", r"a torch zip file \([\d,]+ bytes\) whose member \S+ is damaged \(CRC mismatch\)"),
+    ],
+)
+def test_unreadable_file_says_what_was_found(tiny, tiny_text, tmp_path, damage, found):
     data = tiny("swin").path.read_bytes()
-    cut = tmp_path / "swint_m.tar"
-    cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(MedretError, match=r"not a loadable CXR-CLIP checkpoint .*truncated or corrupt"):
-        load_model({"family": "cxr_clip", "checkpoint": str(cut), "text_model": str(tiny_text)})
+    bad = tmp_path / "swint_m.tar"
+    if damage == "half":
+        bad.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "html":
+        bad.write_bytes(b"<!DOCTYPE html><html><body>Sign in to continue</body></html>\n")
+    elif damage == "lfs":
+        bad.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n")
+    elif damage == "gzip":
+        bad.write_bytes(gzip.compress(data[:1000]))
+    else:  # one flipped byte inside data.pkl (stored uncompressed): the pickle no longer parses
+        with zipfile.ZipFile(tiny("swin").path) as zf:
+            info = zf.getinfo(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+        at = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 40
+        bad.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :])
+    with pytest.raises(MedretError) as err:
+        load_model({"family": "cxr_clip", "checkpoint": str(bad), "text_model": str(tiny_text)})
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: cannot read as a CXR-CLIP checkpoint (") and "\n" not in msg, msg
+    assert re.search(r"; the file is " + found, msg), msg
+    assert "truncated or corrupt" not in msg
 
 
 class Payload:
@@ -687,7 +764,7 @@ def test_code_carrying_pickle_is_refused_without_running(tiny, tiny_text, tmp_pa
         extra = {"train_loss": Payload(marker)}
     path = save_tar(tmp_path / "swint_mc.tar", built.state, config, built.training, **extra)
     assert "builtins.exec" in pickle_globals(path) or "__builtin__.exec" in pickle_globals(path)  # payload present
-    with pytest.raises(MedretError, match=r"refused to load: the pickle references exec.*nothing was run"):
+    with pytest.raises(MedretError, match=r"refused to load: the pickle references builtins\.exec, .*nothing was run"):
         load_model({"family": "cxr_clip", "checkpoint": str(path), "text_model": str(tiny_text)})
     assert not marker.exists()
 

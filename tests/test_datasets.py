@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from medret import stages
 from medret.datasets import load_pairs
 from medret.datasets.csv import read_pairs_csv
 from medret.errors import MedretError
@@ -17,7 +19,9 @@ from medret.manifest import (
     Corpus,
     Manifest,
     build_corpus,
+    is_frontal,
     manifest_digest,
+    read_table,
     screen_images,
     select_pairs,
     write_table,
@@ -29,7 +33,7 @@ def _write_csv(tmp_path: Path, rows: list[dict], images: bool = True) -> Path:
     (tmp_path / "img").mkdir(exist_ok=True)
     if images:
         for r in rows:
-            Image.fromarray(np.full((20, 30), 128, np.uint8)).save(tmp_path / r["image"])
+            Image.fromarray(np.full((40, 60), 128, np.uint8)).save(tmp_path / r["image"])
     path = tmp_path / "pairs.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -109,12 +113,70 @@ def test_csv_adapter_reads_the_documented_format(tmp_path):
 
 def test_manifest_rules(tmp_path):
     pairs = read_pairs_csv(_write_csv(tmp_path, _rows()))
-    manifest = select_pairs(pairs, "test")
+    manifest = select_pairs(pairs, "test")[0]
     # Study s1 has an AP (a) and a PA (b): PA wins. Empty report d is dropped; e is train.
     assert manifest["pair_id"].tolist() == ["b", "c"]
     assert manifest["report"].tolist() == ["No effusion.", "Left effusion."]  # stripped
     assert manifest["text_id"].tolist() == [0, 1]
     assert Manifest(manifest, "d").clusters() == {"b": "P1", "c": "P2", "text:0": None, "text:1": None}
+
+
+def test_views_frontal_leaves_out_laterals_and_lists_every_pair_left_out(tmp_path):
+    base = _rows()[0]
+    rows = [
+        *_rows(),
+        {**base, "id": "f", "image": "img/f.png", "study_id": "s5", "view": "", "report": "Unknown view."},
+        {**base, "id": "g", "image": "img/g.png", "study_id": "s6", "view": "AP AXIAL", "report": "Axial."},
+        {**base, "id": "h", "image": "img/h.png", "study_id": "s6", "view": "LL", "report": "Axial."},
+    ]
+    pairs = read_pairs_csv(_write_csv(tmp_path, rows))
+    frontal, left_out = select_pairs(pairs, "test", views="frontal")
+    # s2 has only a lateral: left out; s5's view is not recorded: kept; s6 keeps its AP AXIAL over its LL.
+    assert frontal["pair_id"].tolist() == ["b", "f", "g"]
+    assert left_out.columns.tolist() == ["pair_id", "split", "image_path", "problem"]
+    assert dict(zip(left_out["pair_id"], left_out["problem"], strict=True)) == {
+        "c": "not a frontal view (LATERAL; views: frontal)",
+        "d": "empty report",
+        "h": "not a frontal view (LL; views: frontal)",
+    }
+    anyview, left_out = select_pairs(pairs, "test", views="any")
+    assert anyview["pair_id"].tolist() == ["b", "c", "f", "g"]  # s2 evaluated on its lateral
+    assert left_out["pair_id"].tolist() == ["d"]
+    with pytest.raises(MedretError, match=r"^config key views: 'lateral'; use frontal or any$"):
+        select_pairs(pairs, "test", views="lateral")
+    only_lateral = pairs.assign(view="LATERAL")
+    with pytest.raises(
+        MedretError, match=r"no frontal image in split 'test' \(views recorded: LATERAL\); .*views: any"
+    ):
+        select_pairs(only_lateral, "test", views="frontal")
+    assert is_frontal(
+        pd.Series(["PA", "ap", "FRONTAL", "AP SUPINE", "PA LLD", "LATERAL", "LAO", "", None])
+    ).tolist() == [
+        *[True] * 5,
+        *[False] * 4,
+    ]
+
+
+def test_manifest_stage_writes_skipped_and_warnings(tmp_path):
+    rows = _rows()
+    path = _write_csv(tmp_path, rows)
+    (tmp_path / "img" / "a.png").write_bytes(b"garbage")
+    entry = {"adapter": "csv", "csv": str(path), "split": "test", "train_split": "train"}
+    entry |= {"bad_images": "skip", "views": "frontal"}
+    out = tmp_path / "out"
+    stages.build_manifest("mine", entry, [str(path)], out / "m.parquet", out / "t.parquet", out / "skipped.csv")
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped["pair_id"].tolist() == ["a", "c", "d"]
+    assert skipped["problem"].tolist()[1:] == ["not a frontal view (LATERAL; views: frontal)", "empty report"]
+    _, meta = read_table(out / "m.parquet")
+    assert json.loads(meta["notes"]) == [
+        "medret warning: dataset 'mine': 1 pairs left out for a missing or unreadable image (bad_images: skip; "
+        "listed in skipped.csv)",
+        "medret warning: dataset 'mine': 1 pairs of split 'test' left out for a report that is empty after "
+        "stripping (listed in skipped.csv)",
+        "medret warning: dataset 'mine': 1 lateral or other non-frontal images left out (views: frontal; listed "
+        "in skipped.csv)",
+    ]
 
 
 def test_duplicate_reports_share_a_text_id():
@@ -129,7 +191,7 @@ def test_duplicate_reports_share_a_text_id():
             "view": "",
         }
     )
-    m = Manifest(select_pairs(pairs, "test"), "x")
+    m = Manifest(select_pairs(pairs, "test")[0], "x")
     assert m.text_ids.tolist() == [0, 1, 0, 0]
     assert m.texts == ["A", "B"]
     assert m.clusters() == {"w": None, "x": None, "y": None, "z": None, "text:0": None, "text:1": None}
@@ -137,7 +199,7 @@ def test_duplicate_reports_share_a_text_id():
 
 def test_manifest_digest_changes_with_content(tmp_path):
     pairs = read_pairs_csv(_write_csv(tmp_path, _rows()))
-    m = select_pairs(pairs, "test")
+    m = select_pairs(pairs, "test")[0]
     assert manifest_digest(m) == manifest_digest(m.copy())
     assert manifest_digest(m) != manifest_digest(m.assign(report=["x", "y"]))
     assert manifest_digest(m) == manifest_digest(m.assign(image_path=["/elsewhere/b.png", "/elsewhere/c.png"]))
@@ -168,20 +230,20 @@ def test_missing_csv_and_missing_split(tmp_path):
         read_pairs_csv(tmp_path / "nope.csv")
     pairs = read_pairs_csv(_write_csv(tmp_path, _rows()))
     with pytest.raises(MedretError, match="no pairs in split 'validate'"):
-        select_pairs(pairs, "validate")
+        select_pairs(pairs, "validate")[0]
 
 
 def test_decode_keeps_aspect_and_records_the_box(tmp_path):
     img = np.zeros((40, 80), np.uint8)
     img[:, :40] = 255  # left half white
     Image.fromarray(img).save(tmp_path / "wide.png")
-    canvas, box = decode_to_canvas(tmp_path / "wide.png", 32)
+    canvas, box, _ = decode_to_canvas(tmp_path / "wide.png", 32)
     assert box == (8, 0, 16, 32)  # 80x40 -> 32x16, centred vertically
     assert canvas[:8].max() == 0 and canvas[24:].max() == 0  # black padding
     assert canvas[8:24, :14].min() > 200 and canvas[8:24, 18:].max() < 50
     # RGB input becomes greyscale
     Image.fromarray(np.full((10, 10, 3), 90, np.uint8)).save(tmp_path / "rgb.png")
-    canvas, box = decode_to_canvas(tmp_path / "rgb.png", 10)
+    canvas, box, _ = decode_to_canvas(tmp_path / "rgb.png", 10)
     assert canvas.shape == (10, 10) and box == (0, 0, 10, 10) and (canvas == 90).all()
 
 
@@ -193,7 +255,7 @@ def _radiograph_like(h: int, w: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path, monkeypatch):
+def test_large_jpeg_is_decoded_at_a_reduced_scale_only_when_fast(tmp_path, monkeypatch):
     from PIL import JpegImagePlugin
 
     path = tmp_path / "big.jpg"
@@ -203,21 +265,67 @@ def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path, monkeypatch):
     monkeypatch.setattr(
         JpegImagePlugin.JpegImageFile, "draft", lambda im, mode, size: requested.append(size) or draft(im, mode, size)
     )
-    canvas, box = decode_to_canvas(path, 128)
-    # Full decode + Lanczos, computed independently: same box, pixels within about a grey level.
+    # Full decode + Lanczos, computed independently: 1250 * (128 / 1500) = 106.67 -> 106 (truncated).
     with Image.open(path) as im:
-        full = np.asarray(im.convert("L").resize((107, 128), Image.Resampling.LANCZOS), dtype=np.float64)
-    assert box == (0, 10, 128, 107) and requested == [(214, 256)]
-    diff = np.abs(canvas[:, 10:117].astype(np.float64) - full)
-    assert diff.mean() < 1.0 and diff.max() <= 12, (diff.mean(), diff.max())
-    assert canvas[:, :10].max() == 0 and canvas[:, 117:].max() == 0
+        full = np.asarray(im.convert("L").resize((106, 128), Image.Resampling.LANCZOS))
+    exact, box, source = decode_to_canvas(path, 128)
+    assert requested == [] and box == (0, 11, 128, 106) and source == (1500, 1250)
+    assert np.array_equal(exact[:, 11:117], full), "the default decode is exact"
+    canvas, box, _ = decode_to_canvas(path, 128, fast=True)
+    assert box == (0, 11, 128, 106) and requested == [(212, 256)]
+    diff = np.abs(canvas[:, 11:117].astype(np.float64) - full)
+    assert 0 < diff.mean() < 1.0 and diff.max() <= 12, (diff.mean(), diff.max())
+    assert canvas[:, :11].max() == 0 and canvas[:, 117:].max() == 0
     # A JPEG not much larger than the target is decoded in full (the request is above its size).
     Image.fromarray(_radiograph_like(200, 150)).save(tmp_path / "small.jpg", quality=95)
     requested.clear()
-    small, _ = decode_to_canvas(tmp_path / "small.jpg", 128)
+    small, _, _ = decode_to_canvas(tmp_path / "small.jpg", 128, fast=True)
     with Image.open(tmp_path / "small.jpg") as im:
         ref = np.asarray(im.convert("L").resize((96, 128), Image.Resampling.LANCZOS))
     assert requested == [(192, 256)] and np.array_equal(small[:, 16:112], ref)
+
+
+def repair_preprocess(img: Image.Image, desired_size: int = 320) -> Image.Image:
+    """CXR-RePaiR's / CheXzero's ``preprocess()`` (data_preprocessing, data_process.py), Image.ANTIALIAS = LANCZOS."""
+    old_size = img.size
+    ratio = float(desired_size) / max(old_size)
+    new_size = tuple([int(x * ratio) for x in old_size])
+    img = img.resize(new_size, Image.LANCZOS)
+    new_img = Image.new("L", (desired_size, desired_size))
+    new_img.paste(img, ((desired_size - new_size[0]) // 2, (desired_size - new_size[1]) // 2))
+    return new_img
+
+
+@pytest.mark.parametrize(
+    ("height", "width"),
+    # MIMIC-CXR-JPG's common sizes, odd ones, and 2139 wide, whose long side comes out at 319.
+    [(3056, 2544), (2544, 3056), (2022, 2022), (1800, 2139), (1001, 777), (512, 333), (321, 320), (320, 240)],
+)
+def test_cache_at_320_is_the_cxr_repair_canvas_byte_for_byte(tmp_path, height, width):
+    path = tmp_path / "x.jpg"
+    Image.fromarray(_radiograph_like(height, width)).save(path, quality=90)
+    canvas, box, source = decode_to_canvas(path, 320)
+    with Image.open(path) as im:
+        theirs = np.asarray(repair_preprocess(im))
+    assert np.array_equal(canvas, theirs)
+    assert source == (height, width)
+    if (height, width) == (3056, 2544):
+        assert box == (0, 0 + (320 - 266) // 2, 320, 266)
+    if (height, width) == (2544, 3056):
+        assert box[2:] == (266, 320)
+    # The float arithmetic: 2139 * (320 / 2139) = 319.99999999999994 -> 319 columns, as theirs.
+    if (height, width) == (1800, 2139):
+        assert box[3] == 319
+
+
+def test_a_source_smaller_than_the_cache_keeps_its_own_pixels(tmp_path):
+    img = _radiograph_like(90, 70)
+    Image.fromarray(img).save(tmp_path / "small.png")
+    canvas, box, source = decode_to_canvas(tmp_path / "small.png", 128)
+    assert box == ((128 - 90) // 2, (128 - 70) // 2, 90, 70) and source == (90, 70)
+    top, left = box[:2]
+    assert np.array_equal(canvas[top : top + 90, left : left + 70], img)  # never enlarged
+    assert canvas.sum() == img.astype(np.int64).sum()
 
 
 def test_threaded_decoding_writes_the_same_cache(tmp_path):
@@ -297,7 +405,7 @@ def _labelled_manifest() -> Manifest:
     )
     labels = ["label_effusion", "label_edema"]
     table[labels] = table[labels].apply(pd.to_numeric, errors="coerce")  # as the adapters give them: float, NaN
-    return Manifest(select_pairs(table, "test"), "d")
+    return Manifest(select_pairs(table, "test")[0], "d")
 
 
 def test_relevance_modes_hand_checked():
@@ -398,13 +506,29 @@ def test_bad_images_policy(tmp_path):
     assert skipped.columns.tolist() == ["pair_id", "split", "image_path", "problem"]
     assert skipped["pair_id"].tolist() == ["b", "c"] and skipped["problem"][0] == "not found"
     # The study whose PA image is broken is evaluated on its AP image.
-    assert select_pairs(kept, "test")["pair_id"].tolist() == ["a"]
+    assert select_pairs(kept, "test")[0]["pair_id"].tolist() == ["a"]
     for name in "ad":
         (tmp_path / "img" / f"{name}.png").unlink()
     with pytest.raises(MedretError, match=r"^all 4 images of split 'test' are missing or unreadable \(first: "):
         screen_images(pairs, split="test", policy="skip", key=key)
     with pytest.raises(MedretError, match=r"^config key datasets.mine.bad_images: 'ignore'; use fail or skip$"):
         screen_images(pairs, split="test", policy="ignore", key=key)
+
+
+def test_degenerate_images_are_bad_images(tmp_path):
+    rows = _rows()
+    pairs = read_pairs_csv(_write_csv(tmp_path, rows))
+    Image.new("L", (1, 1)).save(tmp_path / "img" / "a.png")  # a placeholder pixel
+    Image.new("L", (20000, 100), 90).save(tmp_path / "img" / "d.png")  # a strip, not a radiograph
+    Image.new("L", (320, 32), 90).save(tmp_path / "img" / "b.png")  # 10:1 and 32 px: the limits, accepted
+    with pytest.raises(MedretError) as err:
+        screen_images(pairs, split="test", policy="fail", key="datasets.mine.bad_images")
+    message = str(err.value)
+    assert message.startswith("2 of 4 images missing or unreadable (first: ") and "\n" not in message
+    assert "a.png (too small (1 x 1 px; a radiograph needs at least 32 px a side))" in message
+    assert "d.png (extreme aspect ratio (20000 x 100 px; more than 10:1))" in message
+    kept, skipped = screen_images(pairs, split="test", policy="skip", key="datasets.mine.bad_images")
+    assert skipped["pair_id"].tolist() == ["a", "d"] and "b" in kept["pair_id"].tolist()
 
 
 def test_progress_lines_in_a_log_file(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from medret.corruptions import get_kind
 from medret.embeddings import BlockReader, EmbeddingFile, embed_images, upsampling_warning
 from medret.errors import MedretError
 from medret.imaging import ImageCache, decode_to_canvas
+from medret.io import seal_h5, set_attrs, write_strings
 from medret.manifest import read_table
 from medret.models import ModelAdapter, ResizeRule, load_model
 from medret.models.biovil import BioViLAdapter
@@ -50,7 +51,7 @@ def study(tmp_path_factory):
     outputs = [root / name for name in ("manifest.parquet", "train.parquet", "skipped.csv")]
     stages.build_manifest("toy", entry, [str(root / "pairs.csv")], *outputs)
     stages.build_report_corpus("toy", entry, [str(root / "pairs.csv")], outputs[0], root / "corpus.parquet")
-    stages.build_image_cache(root / "manifest.parquet", root / "eval.h5", 32)
+    stages.build_image_cache(root / "manifest.parquet", root / "eval.h5", size=32)
     stages.build_corruption_specs(root / "manifest.parquet", "occ", occ, root / "specs.parquet")
     images = rng.integers(0, 255, (6, 32, 32), dtype=np.uint8)
     train(model, REPORTS, np.array([0, 1, 0, 2, 3, 0]), images, root / "ckpt.pt", data_digest="x")
@@ -112,8 +113,9 @@ def test_provenance_mismatch_is_refused(study, tmp_path):
     root, _, _ = study
     stale = tmp_path / "stale.h5"
     stale.write_bytes((root / "occ.h5").read_bytes())
-    with h5py.File(stale, "r+") as f:
-        f.attrs["manifest_digest"] = "0000"
+    with h5py.File(stale, "r+") as f:  # written for another manifest (sealed anew: not damage)
+        set_attrs(f, {"manifest_digest": "0000"})
+        seal_h5(f)
     with pytest.raises(MedretError, match=r"stale\.h5: provenance mismatch on manifest_digest"):
         stages.compute_ranks(
             root / "manifest.parquet",
@@ -127,8 +129,9 @@ def test_provenance_mismatch_is_refused(study, tmp_path):
             relevance=RELEVANCE,
         )
     with h5py.File(stale, "r+") as f:
-        f.attrs["manifest_digest"] = EmbeddingFile.read(root / "occ.h5").attrs["manifest_digest"]
-        f.attrs["model_spec_hash"] = "other"
+        set_attrs(f, {"manifest_digest": EmbeddingFile.read(root / "occ.h5").attrs["manifest_digest"]})
+        set_attrs(f, {"model_spec_hash": "other"})
+        seal_h5(f)
     with pytest.raises(MedretError, match="different model specs"):
         stages.compute_ranks(
             root / "manifest.parquet",
@@ -214,8 +217,10 @@ def _write_cache(path, n, size=8):
     with h5py.File(path, "w") as f:
         f["images"] = np.repeat(np.arange(n, dtype=np.uint8), size * size).reshape(n, size, size)
         f["boxes"] = np.tile(np.array([0, 0, size, size], dtype=np.int32), (n, 1))
-        f.create_dataset("ids", data=np.array([f"p{i}" for i in range(n)], dtype=object), dtype=h5py.string_dtype())
-        f.attrs.update(manifest_digest="x", size=size)
+        f["sizes"] = np.tile(np.array([size, size], dtype=np.int32), (n, 1))
+        write_strings(f, "ids", [f"p{i}" for i in range(n)])
+        set_attrs(f, {"manifest_digest": "x", "size": size})
+        seal_h5(f)
 
 
 def _reader_threads():
@@ -295,7 +300,7 @@ class _Geometry(ModelAdapter):
     def embed_dim(self) -> int:
         return 1
 
-    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -308,30 +313,38 @@ def test_upsampling_warning_names_the_count_factor_and_the_image_size_that_avoid
     boxes = np.array([[0, 43, 512, 426], [43, 0, 426, 512], [0, 0, 512, 512], [0, 50, 512, 412]])
     assert upsampling_warning(biovil, boxes[:3], model_name="biovil", dataset="mimic", image_size=512) == (
         "medret warning: model 'biovil' enlarges 2 of 3 images of dataset 'mimic' (up to 1.20x: its shorter side is "
-        "resized to 512 px, the cache gives 426 px); set datasets.mimic.image_size to at least 615 to avoid it"
+        "resized to 512 px, the cache gives 426 px); set datasets.mimic.image_size to at least 616 to avoid it"
     )
-    # 512 / 412 = 1.2427; the 412 side reaches 512 at S' = 636 (round(511.78)), not at 635 (round(510.98)).
+    # 512 / 412 = 1.2427; the 412 side reaches 512 at S' = 637 (int(512.58)), not at 636 (int(511.78)).
     assert upsampling_warning(biovil, boxes, model_name="biovil", dataset="mimic", image_size=512) == (
         "medret warning: model 'biovil' enlarges 3 of 4 images of dataset 'mimic' (up to 1.24x: its shorter side is "
-        "resized to 512 px, the cache gives 412 px); set datasets.mimic.image_size to at least 636 to avoid it"
+        "resized to 512 px, the cache gives 412 px); set datasets.mimic.image_size to at least 637 to avoid it"
     )
     assert upsampling_warning(biovil, boxes[2:3], model_name="biovil", dataset="mimic", image_size=512) is None
     # A barely enlarged image is not printed as "1.00x": 512 / 511.
     near = upsampling_warning(biovil, np.array([[0, 0, 512, 511]]), model_name="b", dataset="d", image_size=512)
-    assert "(up to 1.0020x: " in near and near.endswith("at least 513 to avoid it")
+    assert "(up to 1.0020x: " in near and near.endswith("at least 514 to avoid it")  # int(511.998) = 511 at 513
 
 
 def test_suggested_image_size_holds_for_a_real_mimic_sized_image(tmp_path):
-    """The cache itself at the suggested size: the 2544-px side becomes 512 at S = 615 and 511 at 614."""
+    """The cache itself at the suggested size: the 2544-px side becomes int(2544 * S / 3056): 511 at 615, 512 at 616."""
     Image.new("L", (2544, 3056), 128).save(tmp_path / "mimic.png")  # width x height, as MIMIC-CXR's
     biovil = _Geometry(BioViLAdapter.resize_rule)
-    expected = {512: (0, 43, 512, 426), 614: (0, 51, 614, 511), 615: (0, 51, 615, 512)}
+    expected = {512: (0, 43, 512, 426), 615: (0, 52, 615, 511), 616: (0, 52, 616, 512)}
+    sizes = np.array([[3056, 2544]])
     for size, box in expected.items():
-        assert decode_to_canvas(tmp_path / "mimic.png", size)[1] == box
-    note = upsampling_warning(biovil, np.array([expected[512]]), model_name="b", dataset="d", image_size=512)
-    assert note.endswith("set datasets.d.image_size to at least 615 to avoid it")
-    assert upsampling_warning(biovil, np.array([expected[614]]), model_name="b", dataset="d", image_size=614)
-    assert upsampling_warning(biovil, np.array([expected[615]]), model_name="b", dataset="d", image_size=615) is None
+        assert decode_to_canvas(tmp_path / "mimic.png", size)[1:] == (box, (3056, 2544))
+    for given in (sizes, None):  # exact from the source size, and from the box alone
+        note = upsampling_warning(
+            biovil, np.array([expected[512]]), model_name="b", dataset="d", image_size=512, sizes=given
+        )
+        assert note.endswith("set datasets.d.image_size to at least 616 to avoid it")
+    assert upsampling_warning(biovil, np.array([expected[615]]), model_name="b", dataset="d", image_size=615)
+    assert upsampling_warning(biovil, np.array([expected[616]]), model_name="b", dataset="d", image_size=616) is None
+    # A source smaller than the model's input is resized from its own pixels, as BioViL's own code does: no warning.
+    small = np.array([[0, 0, 400, 300]])
+    assert upsampling_warning(biovil, small, model_name="b", dataset="d", image_size=512, sizes=small[:, 2:]) is None
+    assert upsampling_warning(biovil, small, model_name="b", dataset="d", image_size=512) is not None
 
 
 def test_local_model_enlarges_a_cache_smaller_than_its_input(study):

@@ -90,7 +90,7 @@ def _build(tmp_path: Path, *, gz: bool = False) -> Path:
     images = root / "images" / "images_normalized"
     images.mkdir(parents=True)
     for _, filename, _ in PROJECTIONS:
-        Image.fromarray(np.full((12, 12), 128, np.uint8)).save(images / filename)
+        Image.fromarray(np.full((40, 40), 128, np.uint8)).save(images / filename)
     reports = pd.DataFrame([(uid, *row) for uid, row in REPORTS.items()], columns=REPORT_COLUMNS)
     projections = pd.DataFrame([*PROJECTIONS, PROJECTIONS[2]], columns=PROJECTION_COLUMNS)  # one row twice
     if gz:  # a gzipped reports file beside a plain projections file
@@ -135,7 +135,7 @@ def test_pairs_table_row_by_row(tmp_path, gz):
 
 def test_manifest_one_frontal_image_per_uid(tmp_path):
     table = _load(_entry(_build(tmp_path)))
-    manifest = select_pairs(table, "test")
+    manifest = select_pairs(table, "test")[0]
     # uid 1: the frontal image, although its lateral has the smaller filename; uid 4: its only (lateral)
     # image; uids 3 and 5 have no impression and uid 7 no report, so they are dropped.
     assert manifest["pair_id"].tolist() == [
@@ -154,7 +154,7 @@ def test_findings_and_longest(tmp_path):
             findings, impression = EXPECTED[uid]
             used = "findings" if section == "findings" else LONGEST[uid]
             assert table.loc[filename, "report"] == (findings if used == "findings" else impression), (section, uid)
-    manifest = select_pairs(table.reset_index(), "test")  # longest: uid 3 is back (findings only)
+    manifest = select_pairs(table.reset_index(), "test")[0]  # longest: uid 3 is back (findings only)
     assert sorted(manifest["study_id"]) == ["1", "2", "3", "4"]
 
 

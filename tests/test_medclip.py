@@ -541,6 +541,9 @@ def test_upsampling_is_the_padded_canvas_to_224(adapters, variant):
     assert model.upsampling(np.array([[0, 25, 224, 174]]), 224) == 1.0
     assert model.upsampling(np.array([[0, 50, 512, 412]]), 512) == 1.0  # 0.4375: shrinks
     assert needed_image_size(model, np.array([[0, 14, 128, 100]]), 128) == 224
+    # A source the cache kept at its own size gets MedCLIP's own square: not an enlargement by the cache.
+    assert model.upsampling(np.array([[0, 14, 128, 100]]), 128, np.array([[128, 100]])) == 1.0
+    assert model.upsampling(np.array([[0, 14, 128, 100]]), 128, np.array([[1280, 1000]])) == 1.75
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,6 +589,28 @@ def test_preprocess_upsampling_matches_pil_bicubic(size, tmp_path):
     ref = np.asarray(Image.fromarray(canvas).resize((224, 224), Image.Resampling.BICUBIC), dtype=np.float32)
     worst, share = _compare(got, (ref / 255.0 - IMG_MEAN) / IMG_STD)
     assert worst <= GREY_LEVEL + 1e-5 and share <= MAX_DIFFERING_UP, (worst, share)
+
+
+@pytest.mark.parametrize(("hw", "exact"), [((150, 120), True), ((200, 224), True), ((240, 200), False)])
+def test_sources_smaller_than_the_cache_get_medclips_own_square(hw, exact, tmp_path):
+    # The cache keeps a source smaller than itself at its own size; MedCLIP pads it to max(224, w, h), so a
+    # source under 224 px is padded, never enlarged (exact), and a larger one is shrunk from its own pixels.
+    img = phantom(*hw, seed=hw[0])
+    path = tmp_path / "small.png"
+    img.save(path)
+    canvas, box, source = decode_to_canvas(path, 256)
+    assert source == hw and box[2:] == hw
+    squares = mc.square_canvases(torch.from_numpy(canvas)[None], torch.tensor([box]), torch.tensor([source]))
+    assert isinstance(squares, list) and squares[0].shape == (max(224, *hw),) * 2
+    got = mc.preprocess_images(squares[0][None])[0, 0].numpy()
+    worst, share = _compare(got, medclip_pil_preprocess(img))
+    assert (worst, share) == (0.0, 0.0) if exact else worst <= GREY_LEVEL + 1e-5 and share <= MAX_DIFFERING
+    # A source the cache shrank: its square is the canvas, returned as the batch itself.
+    big = phantom(600, 500, seed=1)
+    big.save(path)
+    canvas, box, source = decode_to_canvas(path, 256)
+    batch = torch.from_numpy(canvas)[None]
+    assert mc.square_canvases(batch, torch.tensor([box]), torch.tensor([source])) is batch
 
 
 def test_preprocess_without_intermediate_rounding_would_be_wrong(tmp_path):

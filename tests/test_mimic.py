@@ -307,7 +307,7 @@ def test_pairs_table_row_by_row(tmp_path):
     assert set(table[labels].stack().dropna()) <= {1.0, 0.0, -1.0}
 
     # The manifest rules downstream: empty reports dropped, one image per study (PA, then AP).
-    manifest = select_pairs(table, "test")
+    manifest = select_pairs(table, "test")[0]
     assert dict(zip(manifest["study_id"], manifest["pair_id"], strict=True)) == {
         "50000003": IMAGES[3][0],
         "50000005": IMAGES[5][0],

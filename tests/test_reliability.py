@@ -39,10 +39,11 @@ from test_workflow import (
     snakemake,
 )
 
-from medret.embeddings import EmbeddingFile, embed_texts
+from medret.config import validate_config
+from medret.embeddings import EmbeddingFile, embed_images, embed_texts
 from medret.errors import MedretError
 from medret.imaging import ImageCache, build_image_cache
-from medret.io import atomic_output, check_output_dir
+from medret.io import atomic_output, check_output_dir, seal_h5, set_attrs
 from medret.manifest import read_table, write_table
 
 pytestmark = pytest.mark.workflow
@@ -196,14 +197,85 @@ def test_kill_9_mid_embedding_then_resume_recomputes_only_the_rest(finished, dem
     assert orphan.is_file(), "the orphaned job completed its output"
     assert list((run / ".snakemake" / "incomplete").iterdir()), "Snakemake marked it incomplete"
     done = _finished_jobs(tmp_path / "run2.out")
-    snakemake(run, config, "--unlock")
+
+    # 3. As a user: the next run meets the lock; the README's recovery commands, run literally, resume it.
+    locked = _readme_line(run, "snakemake --cores all")
+    assert locked.returncode != 0 and "Directory cannot be locked" in locked.stderr
+    unlock, resume = _readme_blocks("Recovery")[1]
+    assert unlock == "snakemake --unlock" and resume == "snakemake --cores all"
+    assert _readme_line(run, unlock).returncode == 0
     after_orphan = after_kill - done
     assert after_orphan["embed_images"] >= 1
     assert planned_jobs(run, config) == dict(after_orphan)
-
-    # 3. The resumed run completes; results equal the uninterrupted run's and nothing is left over.
-    snakemake(run, config, str(RES / "metrics.csv"))
+    proc = _readme_line(run, resume)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_results(run, demo_run)
+    assert not _leftovers(run)
+
+
+def _readme_blocks(title: str) -> list[list[str]]:
+    """The command lines of each fenced block in the README section ``### title``."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = re.split(r"\n#{2,3} ", text.split(f"\n### {title}\n", 1)[1], maxsplit=1)[0]
+    return [
+        [ln.strip() for ln in block.splitlines() if ln.strip()] for block in re.findall(r"```\n(.*?)```", section, re.S)
+    ]
+
+
+def _readme_line(run: Path, line: str) -> subprocess.CompletedProcess:
+    """One README command line in ``run``: ``snakemake`` is this checkout's, on the run's config (as _command)."""
+    tokens = shlex.split(line, comments=True)
+    env = {**os.environ, "MPLCONFIGDIR": str(run / ".mpl")}
+    cmd = _command(run, *tokens[1:]) if tokens[0] == "snakemake" else tokens
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=run)
+
+
+#: An artifact of every kind, by the rule that makes it (the mini demo's names).
+ARTIFACTS = {
+    "manifest": "results/demo/manifest.parquet",
+    "corpus": "results/demo/corpus.parquet",
+    "image_cache": "results/demo/images/eval.h5",
+    "corruption_specs": "results/demo/corruptions/noise.parquet",
+    "train_model": "results/models/local/checkpoint.pt",
+    "embed_texts": "results/demo/embeddings/local/text.h5",
+    "embed_images": "results/demo/embeddings/local/images/occlusion.h5",
+    "ranks": "results/demo/ranks/local/noise.parquet",
+    "metrics": "results/demo/metrics.csv",
+}
+
+
+def test_a_deleted_artifact_of_any_kind_is_planned_again_with_what_depends_on_it(finished):
+    run = finished
+    for rule, artifact in ARTIFACTS.items():
+        aside = run / "aside"
+        (run / artifact).rename(aside)
+        try:
+            plan = planned_jobs(run, MINI)
+        finally:
+            aside.rename(run / artifact)
+        assert plan.get(rule) == 1, (artifact, plan)
+        assert plan.get("metrics") == 1 and plan.get("summary") == 1, (artifact, plan)
+        assert "demo_data" not in plan, (artifact, plan)
+
+
+def test_the_readme_recovery_of_deleted_artifacts_is_followed_literally(finished, demo_run):
+    """Delete one artifact of every kind, then the README's commands: all come back, results equal the original."""
+    run = finished
+    (remove, rerun) = _readme_blocks("Recovery")[0]
+    assert remove.split()[:2] == ["rm", ARTIFACTS["embed_images"]] and rerun == "snakemake --cores all"
+    for artifact in ARTIFACTS.values():
+        if artifact != ARTIFACTS["embed_images"]:
+            (run / artifact).unlink()
+    for line in (remove, rerun):
+        proc = _readme_line(run, line)
+        assert proc.returncode == 0, (line, proc.stderr[-3000:])
+    for artifact in ARTIFACTS.values():
+        assert (run / artifact).is_file(), artifact
+    assert "Rule: demo_data" not in proc.stderr, "only what was missing and what depends on it is made"
+    for corruption in MINI["corruptions"]:
+        path = RES / "ranks" / "local" / f"{corruption}.parquet"
+        pd.testing.assert_frame_equal(read_table(run / path)[0], read_table(demo_run / path)[0], check_exact=True)
+    pd.testing.assert_frame_equal(pd.read_csv(run / RES / "metrics.csv"), pd.read_csv(demo_run / RES / "metrics.csv"))
     assert not _leftovers(run)
 
 
@@ -280,8 +352,9 @@ def test_embeddings_of_other_inputs_are_refused(finished):
     """An image embedding file swapped in from another corruption, and one from another model spec."""
     run, images = finished, finished / RES / "embeddings" / "local" / "images"
     shutil.copy2(images / "noise.h5", images / "occlusion.h5")
-    with h5py.File(images / "noise.h5", "r+") as f:
-        f.attrs["model_spec_hash"] = "0" * 16
+    with h5py.File(images / "noise.h5", "r+") as f:  # another model's file (sealed anew: not damage)
+        set_attrs(f, {"model_spec_hash": "0" * 16})
+        seal_h5(f)
     targets = [str(RES / "ranks" / "local" / f"{c}.parquet") for c in ("occlusion", "noise")]
     proc = snakemake(run, MINI, *targets, "--keep-going", "--forcerun", *targets, check=False)
     assert proc.returncode != 0
@@ -349,15 +422,19 @@ def test_read_table_refuses_truncated_and_damaged_files(tmp_path):
     pq.write_table(arrow, path)
     with pytest.raises(MedretError, match="unreadable parquet file"):
         read_table(path)
-    # A flipped byte in a data page: read as a wrong value without page checksums, refused with them.
-    for checksum in (False, True):
-        pq.write_table(pa.Table.from_pandas(table), path, write_page_checksum=checksum)
+    # A table medret did not write (no checksum) is refused, whatever it holds.
+    pq.write_table(pa.Table.from_pandas(table), path, write_page_checksum=True)
+    with pytest.raises(MedretError, match=r"parquet table without a checksum \(written by another program"):
+        read_table(path)
+    # A flipped byte in a data page: refused by the page checksum, and by the table checksum without it.
+    for page_checksum in (False, True):
+        write_table(table, path, digest="d")
+        if not page_checksum:  # the same table and metadata, written without page checksums
+            arrow = pq.read_table(path)
+            pq.write_table(arrow, path, write_page_checksum=False)
         _flip(path, REPORT.encode())
-        if checksum:
-            with pytest.raises(MedretError, match="unreadable parquet file"):
-                read_table(path)
-        else:
-            assert read_table(path)[0]["report"][0] != REPORT
+        with pytest.raises(MedretError, match="unreadable parquet file" if page_checksum else "damaged parquet table"):
+            read_table(path)
 
 
 def test_a_flipped_byte_in_a_written_table_is_detected(tmp_path):
@@ -393,7 +470,7 @@ def test_embedding_file_with_undecodable_text_is_an_error_naming_it(tmp_path):
     data = path.read_bytes()
     at = data.index(REPORT.encode())
     path.write_bytes(data[:at] + b"\xff" + data[at + 1 :])
-    with pytest.raises(MedretError, match=rf"^{re.escape(str(path))}: unreadable"):
+    with pytest.raises(MedretError, match=rf"^{re.escape(str(path))}: damaged embedding cache"):
         EmbeddingFile.read(path)
 
 
@@ -402,6 +479,115 @@ def test_embedding_file_with_a_flipped_value_is_an_error_naming_it(tmp_path):
     _flip(path, np.full(12, 1.2345678, dtype=np.float32).tobytes())
     with pytest.raises(MedretError, match=rf"^{re.escape(str(path))}: unreadable"):
         EmbeddingFile.read(path)
+
+
+class _FixedImages(_FixedTexts):
+    """A stand-in model whose image embedding is each image's mean grey level, in 4 dimensions."""
+
+    embed_dim = 4
+    batch_size = 8
+    device = torch.device("cpu")
+
+    def encode_images(self, images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        return images.float().mean(dim=(1, 2))[:, None].repeat(1, 4) + torch.arange(4)
+
+
+def _artifacts(tmp_path: Path) -> dict[str, tuple[Path, Callable[[Path], object]]]:
+    """One small artifact of each kind medret writes, with a reader that returns everything a stage reads of it."""
+    from medret.corruptions import make_specs
+
+    cache = _png_cache(tmp_path, n=4, size=40)
+    text = _text_file(tmp_path)
+    ids = [f"p{i}" for i in range(4)]
+    entry = {"kind": "occlusion", "levels": [0.0, 0.5], "repeats": 1, "seed": 0}
+    specs = make_specs(ids, "occ", validate_config_entry(entry))
+    table = tmp_path / "specs.parquet"
+    write_table(specs, table, digest="s", manifest_digest="d")
+    images = tmp_path / "occ.h5"
+    with ImageCache(cache, manifest_digest="d") as c:
+        embed_images(
+            _FixedImages(0.0),
+            c,
+            specs,
+            images,
+            model_name="m",
+            corruption="occ",
+            corruption_entry=validate_config_entry(entry),
+            corruption_digest="s",
+            manifest_digest="d",
+            notes=["medret warning: a note"],
+        )
+
+    def read_cache(path: Path) -> object:
+        with ImageCache(path, manifest_digest="d") as c:
+            return c.read(0, len(c)).tobytes(), c.boxes.tobytes(), c.sizes.tobytes(), c.ids, c.attrs
+
+    def read_embeddings(path: Path) -> object:
+        f = EmbeddingFile.read(path)
+        return {k: v.tolist() for k, v in f.arrays.items()}, f.attrs
+
+    def read_parquet(path: Path) -> object:
+        frame, meta = read_table(path)
+        return frame.to_dict(orient="list"), meta
+
+    return {
+        "image cache": (cache, read_cache),
+        "text embeddings": (text, read_embeddings),
+        "image embeddings": (images, read_embeddings),
+        "parquet table": (table, read_parquet),
+    }
+
+
+def validate_config_entry(entry: dict) -> dict:
+    """A corruption entry with the schema's defaults, as the workflow passes it."""
+    config = {"datasets": {"d": {"adapter": "demo"}}, "models": {"m": {"family": "local", "checkpoint": "x"}}}
+    return validate_config({**config, "corruptions": {"occ": entry}})["corruptions"]["occ"]
+
+
+@pytest.mark.parametrize("kind", ["image cache", "text embeddings", "image embeddings", "parquet table"])
+def test_random_byte_flips_never_change_a_result_silently_nor_raise_a_traceback(tmp_path, kind):
+    """The damage sweep: one flipped bit at a time, at random places, in each kind of artifact.
+
+    Every read either returns exactly what was written (a flip in bytes nothing reads, e.g. free space)
+    or stops with one MedretError line naming the file; never another exception, never other values.
+    """
+    path, read = _artifacts(tmp_path)[kind]
+    original, data = read(path), path.read_bytes()
+    rng = np.random.default_rng(sum(map(ord, kind)))
+    damaged = tmp_path / f"damaged{path.suffix}"
+    outcomes: collections.Counter[str] = collections.Counter()
+    # 400 random bytes per file; MEDRET_FULL_SWEEP=1 flips every byte (results in docs/reliability.md).
+    full = os.environ.get("MEDRET_FULL_SWEEP") == "1"
+    positions = range(len(data)) if full else rng.choice(len(data), size=min(len(data), 400), replace=False)
+    for position in positions:
+        bit = int(rng.integers(8))
+        damaged.write_bytes(data[:position] + bytes([data[position] ^ (1 << bit)]) + data[position + 1 :])
+        try:
+            got = read(damaged)
+        except MedretError as exc:
+            message = str(exc)
+            assert message.startswith(str(damaged)) and "\n" not in message, (position, bit, message)
+            assert message.endswith("delete it and re-run the workflow"), (position, bit, message)
+            outcomes["refused"] += 1
+            continue
+        assert got == original, f"byte {position} bit {bit}: read back different values without an error"
+        outcomes["unchanged"] += 1
+    assert outcomes["refused"] > 0, outcomes
+    if full:
+        print(f"{kind}: {len(data)} bytes, {dict(outcomes)}")
+
+
+def test_the_image_cache_boxes_and_sizes_are_covered_by_the_checksum(tmp_path):
+    """The issue's case: one flipped byte in ``boxes`` once gave a silently narrower crop; now it is refused."""
+    path = _png_cache(tmp_path, n=3, size=32)
+    with h5py.File(path, "r") as f:
+        offsets = {name: f[name].id.get_offset() for name in ("boxes", "sizes")}
+    for name, offset in offsets.items():
+        damaged = tmp_path / f"{name}.h5"
+        data = path.read_bytes()
+        damaged.write_bytes(data[: offset + 12] + bytes([data[offset + 12] ^ 1]) + data[offset + 13 :])
+        with pytest.raises(MedretError, match=rf"^{re.escape(str(damaged))}: damaged image cache \(its contents"):
+            ImageCache(damaged)
 
 
 # --------------------------------------------------------------------------------------------

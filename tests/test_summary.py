@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 from test_metrics import block, table
 
+from medret.manifest import write_table
 from medret.metrics import evaluate, popularity_baseline
 from medret.summary import summary_markdown, write_summary
 
@@ -49,14 +52,25 @@ def test_summary_tables_hand_checked(tmp_path):
     assert above.startswith("nAUC of R@5 above chance: a 1.000 [") and "; b 0.333 [" in above
     pair = next(line for line in lines if line.startswith("| a | b |"))
     assert pair.startswith("| a | b | 0.500 | [")
+    # Warnings: none here; the written file lists the manifest's (embedding files that do not exist are passed over).
+    warnings = lines.index("## Warnings")
+    assert lines[warnings + 2] == "None." and lines[warnings + 3] == ""
+    note = "medret warning: dataset 'toy': 2 pairs of split 'test' left out for a report that is empty"
+    manifest = tmp_path / "manifest.parquet"
+    write_table(pd.DataFrame({"pair_id": ["p1"]}), manifest, digest="d", notes=json.dumps([note, note]))
     write_summary(
         "toy",
         *(_csv(tmp_path, name, frame) for name, frame in (("m", metrics), ("r", robustness), ("c", comparisons))),
         tmp_path / "summary.md",
         {"occlusion": {"kind": "occlusion"}},
         EVALUATION,
+        manifest_path=manifest,
+        embedding_paths=[tmp_path / "absent.h5"],
     )
-    assert (tmp_path / "summary.md").read_text(encoding="utf-8") == text
+    expected = text.replace(
+        "\nNone.\n", "\n- dataset 'toy': 2 pairs of split 'test' left out for a report that is empty\n", 1
+    )
+    assert (tmp_path / "summary.md").read_text(encoding="utf-8") == expected
 
 
 def _csv(tmp_path, name: str, frame: pd.DataFrame):

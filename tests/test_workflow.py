@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from medret.config import validate_config
+from medret.imaging import ImageCache
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -537,8 +538,8 @@ def test_missing_image_fails_with_one_line_and_no_artifact(tmp_path, demo_run):
     snakemake(tmp_path, config, "results/mine/images/eval.h5")
     skipped = pd.read_csv(tmp_path / "results" / "mine" / "skipped.csv")
     assert skipped["pair_id"].tolist() == ["p000260"] and skipped["problem"].tolist() == ["not found"]
-    with h5py.File(tmp_path / "results" / "mine" / "images" / "eval.h5") as f:
-        assert len(f["ids"]) == 95 and b"p000260" not in f["ids"][()].tolist()
+    with ImageCache(tmp_path / "results" / "mine" / "images" / "eval.h5") as cache:
+        assert len(cache.ids) == 95 and "p000260" not in cache.ids
 
 
 def test_snakemake_lint():

@@ -20,6 +20,38 @@ from medret.errors import MedretError
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not "the last one wins"."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise MedretError(
+                    f"{self.name}, line {key_node.start_mark.line + 1}: key {key!r} appears twice in one mapping "
+                    f"(first on line {seen[key] + 1}), so one entry would silently replace the other; "
+                    "rename or remove one"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_config_file(path: str | Path) -> Any:
+    """A YAML config file read strictly: one line naming the file for a syntax error or a repeated key."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except OSError as exc:
+        raise MedretError(f"{path}: cannot read the config file ({exc.strerror}); check the path") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f", line {where.line + 1}" if where is not None else ""
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise MedretError(f"{path}{line}: not valid YAML ({reason}); fix the file") from None
+
+
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """Read the YAML JSON-schema of the workflow config."""
     with open(path) as f:
@@ -105,8 +137,17 @@ def _sorted_keys(value: Any) -> Any:
 
 
 def _check_references(config: Mapping[str, Any]) -> None:
-    """Cross-entry checks: families exist and take their keys, training datasets are defined."""
+    """Cross-entry checks: families exist and take their keys, training datasets are defined, every
+    corruption has its clean level."""
     from medret.models import get_family
+
+    for name, entry in config["corruptions"].items():
+        levels = entry.get("levels", [])
+        if levels and 0 not in levels:
+            raise MedretError(
+                f"config key corruptions.{name}.levels: {levels} lacks the clean level 0, the baseline every "
+                "result of a corruption is compared with; add 0 to the list"
+            )
 
     for name, entry in config["models"].items():
         family = get_family(entry, name)

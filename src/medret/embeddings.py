@@ -17,12 +17,13 @@ for the whole cache at once.
 
 from __future__ import annotations
 
+import json
 import math
 import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,20 +37,21 @@ import medret
 from medret.corruptions import get_kind
 from medret.errors import MedretError
 from medret.imaging import ImageCache
-from medret.io import atomic_output
+from medret.io import H5_WRITE, atomic_output, get_attrs, read_strings, seal_h5, set_attrs, verify_h5, write_strings
 from medret.models.base import ModelAdapter
 from medret.progress import progress
 
 
 def _write(path: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_output(path) as tmp, h5py.File(tmp, **H5_WRITE) as f:
         for key, value in arrays.items():
             if value.dtype.kind in "OU":
-                f.create_dataset(key, data=value.astype(object), dtype=h5py.string_dtype())
+                write_strings(f, key, value)
             else:
                 # A checksum per chunk: a flipped bit on disk becomes an error on read, not a wrong embedding.
                 f.create_dataset(key, data=value, fletcher32=True)
-        f.attrs.update({**attrs, "medret_version": medret.__version__})
+        set_attrs(f, {**attrs, "medret_version": medret.__version__})
+        seal_h5(f)
 
 
 def embed_texts(
@@ -66,25 +68,40 @@ def embed_texts(
     )
 
 
-def needed_image_size(model: ModelAdapter, boxes: np.ndarray, image_size: int) -> int:
-    """The smallest cache size at which ``model`` enlarges none of the images whose content boxes in an
-    ``image_size`` cache are ``boxes`` (``image_size`` itself when it enlarges none).
+def needed_image_size(model: ModelAdapter, boxes: np.ndarray, image_size: int, sizes: np.ndarray | None = None) -> int:
+    """The smallest cache size at which ``model`` enlarges none of the images it would enlarge in an
+    ``image_size`` cache whose content boxes are ``boxes`` (``image_size`` itself when it enlarges none).
 
-    Each image's aspect is taken from its box, and its box in a cache of side S' is computed as the cache
-    does: the longer side S', the shorter ``round(side * S' / image_size)``. The boxes are themselves rounded
-    to whole cache pixels, so an image whose true aspect lies at the edge of that rounding can need one
-    pixel more.
+    With the sources' own ``sizes`` (height, width), each image's box in a cache of side S' is the one the
+    cache computes (:func:`medret.imaging.canvas_size`), exactly; a source kept at its own size never counts
+    (the model resizes its original pixels, as its own pipeline does). Without them each box is scaled from
+    ``boxes`` (each side ``int(side * S' / image_size)``, truncated as the cache truncates); the boxes are
+    themselves whole cache pixels, so the answer can be a pixel more than the sources need.
     """
-    shapes = np.unique(np.asarray(boxes)[:, 2:4], axis=0).astype(np.float64)
+    from medret.imaging import canvas_size
 
-    def fits(size: int) -> bool:
-        scaled = np.maximum(1.0, np.round(shapes * (size / image_size)))  # np.round: half to even, as round()
-        return model.upsampling(np.column_stack([np.zeros_like(scaled), scaled]), size) <= 1.0
+    boxes = np.asarray(boxes)
+    if sizes is not None:
+        sources = np.unique(np.asarray(sizes), axis=0)
 
+        def fits(size: int) -> bool:
+            shapes = np.array([canvas_size(int(w), int(h), size)[::-1] for h, w in sources])
+            scaled = np.column_stack([np.zeros_like(shapes), shapes])
+            return model.upsampling(scaled, size, sources) <= 1.0
+
+        start = model.upsampling(boxes, image_size, sizes)
+    else:
+        shapes = np.unique(boxes[:, 2:4], axis=0).astype(np.float64)
+
+        def fits(size: int) -> bool:
+            scaled = np.maximum(1.0, np.floor(shapes * (size / image_size)))
+            return model.upsampling(np.column_stack([np.zeros_like(scaled), scaled]), size) <= 1.0
+
+        start = model.upsampling(boxes, image_size)
     if fits(image_size):
         return image_size
     # Enlarging stops as S' grows (the boxes only grow), so bisect between a failing and a fitting size.
-    low, high = image_size, max(image_size + 1, math.ceil(image_size * model.upsampling(boxes, image_size)) + 1)
+    low, high = image_size, max(image_size + 1, math.ceil(image_size * start) + 1)
     while not fits(high):
         low, high = high, 2 * high
     while high - low > 1:
@@ -94,22 +111,29 @@ def needed_image_size(model: ModelAdapter, boxes: np.ndarray, image_size: int) -
 
 
 def upsampling_warning(
-    model: ModelAdapter, boxes: np.ndarray, *, model_name: str, dataset: str, image_size: int
+    model: ModelAdapter,
+    boxes: np.ndarray,
+    *,
+    model_name: str,
+    dataset: str,
+    image_size: int,
+    sizes: np.ndarray | None = None,
 ) -> str | None:
     """One line saying that ``model`` enlarges images of this cache and which ``image_size`` avoids it, or None.
 
     The original pipelines shrink the full-resolution image; a cache smaller than a model's input makes
     its preprocessing enlarge the cached one instead (see :meth:`ModelAdapter.upsampling`), so the
-    model sees less detail than it was made for.
+    model sees less detail than it was made for. Sources the cache kept at their own size (``sizes``) are
+    resized from their own pixels, as the original pipelines do, and never counted.
     """
     rule = model.resize_rule
-    factors = model.enlargement(boxes, image_size)
+    factors = model.enlargement(boxes, image_size, sizes)
     enlarged = factors > 1.0
     if rule is None or not enlarged.any():
         return None
     worst = int(np.argmax(factors))
     top = float(factors[worst])
-    need = needed_image_size(model, boxes, image_size)
+    need = needed_image_size(model, boxes, image_size, sizes)
     times = f"{top:.2f}x" if top >= 1.005 else f"{top:.4f}x"  # never print an enlargement as 1.00x
     return (
         f"medret warning: model {model_name!r} enlarges {int(enlarged.sum())} of {len(factors)} images of dataset "
@@ -192,8 +216,12 @@ def embed_images(
     corruption_digest: str,
     manifest_digest: str,
     block: int = BLOCK_IMAGES,
+    notes: Sequence[str] = (),
 ) -> None:
     """Embed every cached image under every (level, repeat) of a corruption; write one HDF5.
+
+    ``notes``: warnings about these embeddings (e.g. :func:`upsampling_warning`), kept in the file's
+    ``notes`` attribute (JSON) for the run's summary.
 
     ``block`` images are read at a time (rounded down to whole batches of the model, at least
     one); it bounds memory and never changes an embedding.
@@ -206,6 +234,7 @@ def embed_images(
     out = np.zeros((len(conditions), n, model.embed_dim), dtype=np.float32)
     device = model.device
     boxes = torch.from_numpy(cache.boxes).to(device)
+    sizes = torch.from_numpy(cache.sizes).to(device)
     # Whole batches per block: every image then sits in the batch it would have in one encode_images call.
     block = model.batch_size * max(1, block // model.batch_size)
     by_condition = {key: rows.set_index("pair_id").loc[cache.ids] for key, rows in specs.groupby(["level", "repeat"])}
@@ -219,7 +248,7 @@ def embed_images(
             for c, (level, repeat) in enumerate(conditions):
                 rows = by_condition[(level, int(repeat))].iloc[lo:hi]
                 corrupted = kind.apply(images, boxes[lo:hi], rows, corruption_entry)
-                out[c, lo:hi] = model.encode_images(corrupted, boxes[lo:hi]).numpy()
+                out[c, lo:hi] = model.encode_images(corrupted, boxes[lo:hi], sizes[lo:hi]).numpy()
     print(f"embedded {len(conditions)} x {n} images in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     _write(
         out_path,
@@ -236,8 +265,21 @@ def embed_images(
             "corruption": corruption,
             "corruption_spec_digest": corruption_digest,
             "image_cache_digest": str(cache.attrs.get("manifest_digest")),
+            "notes": json.dumps(list(notes)),
         },
     )
+
+
+def read_notes(path: str | Path) -> list[str]:
+    """The ``notes`` of an embedding file (its checksum verified; the embeddings themselves are not read)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            verify_h5(f, path, "embedding cache")
+            notes = json.loads(get_attrs(f).get("notes", "[]"))
+    except (OSError, ValueError) as exc:
+        raise MedretError(f"{path}: unreadable embedding cache ({exc}); delete it and re-run the workflow") from exc
+    return [str(n) for n in notes]
 
 
 @dataclass
@@ -253,13 +295,11 @@ class EmbeddingFile:
         path = Path(path)
         try:
             with h5py.File(path, "r") as f:
-                arrays = {k: f[k][()] for k in f}
-                attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-            for key in ("ids", "texts"):
-                if key in arrays:
-                    arrays[key] = np.asarray(
-                        [s.decode() if isinstance(s, bytes) else s for s in arrays[key]], dtype=object
-                    )
+                verify_h5(f, path, "embedding cache")
+                strings = {k[: -len(".offsets")] for k in f if k.endswith(".offsets")}
+                arrays = {k: f[k][()] for k in f if k not in strings and not k.endswith(".offsets")}
+                arrays.update({k: np.asarray(read_strings(f, k), dtype=object) for k in strings})
+                attrs = get_attrs(f)
         except (OSError, KeyError, ValueError) as exc:  # ValueError: undecodable strings
             raise MedretError(
                 f"{path}: unreadable or truncated embedding cache ({exc}); delete it and re-run the workflow"

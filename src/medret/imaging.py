@@ -3,11 +3,16 @@
 Layout of ``images/<subset>.h5``:
 
 * ``images``: (N, S, S) uint8 greyscale, chunked one image per chunk, gzip-compressed;
-* ``boxes``: (N, 4) int32 content box ``(top, left, height, width)`` in cache pixels: the image is
-  resized with its aspect ratio kept (longest side = S) and centred on a black square canvas, so
-  a model that pads to a square uses the canvas and a model that crops uses the box;
+* ``boxes``: (N, 4) int32 content box ``(top, left, height, width)`` in cache pixels: an image larger
+  than S is fitted inside the S × S canvas with its aspect ratio kept (:func:`canvas_size`: at S = 320
+  the canvas of CXR-RePaiR and CheXzero, byte for byte), a smaller one keeps its own size; either way
+  it is centred on black, so a model that pads to a square uses the canvas and a model that crops
+  uses the box;
+* ``sizes``: (N, 2) int32 ``(height, width)`` of each source image, so that a family can reproduce
+  geometry its own pipeline computes from the original size;
 * ``ids``: (N,) pair ids, in manifest order;
-* attributes ``manifest_digest``, ``size``, ``medret_version``.
+* attributes ``manifest_digest``, ``size``, ``fast`` (reduced JPEG decoding), ``medret_version`` and
+  ``medret_checksum`` (:func:`medret.io.seal_h5`; ``images`` carries a checksum per chunk).
 
 All models and all corruption levels read this file; nothing decodes the source images again.
 """
@@ -25,26 +30,42 @@ from PIL import Image, UnidentifiedImageError
 
 import medret
 from medret.errors import MedretError
-from medret.io import atomic_output
+from medret.io import H5_WRITE, atomic_output, get_attrs, read_strings, seal_h5, set_attrs, verify_h5, write_strings
 from medret.progress import progress
 
 
-def decode_to_canvas(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Decode one image to greyscale, fit its longest side to ``size`` and centre it on black.
+def canvas_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) of a ``width`` x ``height`` source on a ``size`` canvas: never enlarged, else fit inside.
 
-    Returns the (size, size) uint8 canvas and the content box (top, left, height, width). A JPEG
-    much larger than ``size`` is decoded at a reduced scale (1/2, 1/4 or 1/8, straight from its DCT
-    coefficients) that stays at least twice the target, as Pillow's ``thumbnail`` does: a 2544 ×
-    3056 JPEG goes into a 224 px cache 2.6× faster (1.6× into 512 px), and the final Lanczos resize
-    from twice the target keeps the result within a grey level or so of a full decode. The box is computed from the full
-    size, so it does not depend on the reduced decode.
+    The arithmetic of CXR-RePaiR's and CheXzero's ``preprocess()``: ``ratio = float(size) / max(w, h)``, each side
+    ``int(side * ratio)`` (truncated, so the longer side can come out at ``size - 1``), which makes a cache at
+    ``image_size: 320`` their 320-px canvas exactly. A source that already fits is kept at its own size.
+    """
+    if max(width, height) <= size:
+        return width, height
+    ratio = float(size) / max(width, height)
+    return max(1, int(width * ratio)), max(1, int(height * ratio))
+
+
+def decode_to_canvas(
+    path: str | Path, size: int, *, fast: bool = False
+) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int]]:
+    """Decode one image to greyscale and centre it on a black ``size`` x ``size`` canvas.
+
+    Returns the uint8 canvas, the content box (top, left, height, width) and the source's own (height,
+    width). A source larger than the canvas is fitted inside it with Pillow's Lanczos
+    (:func:`canvas_size`); a smaller one keeps its own pixels, so that each model family resizes the
+    original pixels once, as its own pipeline does, instead of an enlarged copy. ``fast`` decodes a
+    JPEG much larger than the canvas at a reduced scale (1/2, 1/4 or 1/8, straight from its DCT
+    coefficients) that stays at least twice the target, as Pillow's ``thumbnail`` does: a 2544 × 3056
+    JPEG goes into a 224 px cache 2.6× faster (1.6× into 512 px), within a grey level or so of the
+    exact decode, but not the same bytes.
     """
     try:
         with Image.open(path) as img:
             w, h = img.size
-            scale = size / max(w, h)
-            nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-            if img.format == "JPEG":
+            nw, nh = canvas_size(w, h, size)
+            if fast and img.format == "JPEG" and (nw, nh) != (w, h):
                 img.draft("L", (2 * nw, 2 * nh))
             img.load()
             grey = img.convert("L") if img.mode != "L" else img
@@ -57,12 +78,15 @@ def decode_to_canvas(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int
     canvas = np.zeros((size, size), dtype=np.uint8)
     top, left = (size - nh) // 2, (size - nw) // 2
     canvas[top : top + nh, left : left + nw] = np.asarray(grey, dtype=np.uint8)
-    return canvas, (top, left, nh, nw)
+    return canvas, (top, left, nh, nw), (h, w)
+
+
+Decoded = tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int]]
 
 
 def decode_all(
-    paths: Sequence[str], size: int, *, workers: int = 1, desc: str = "decode"
-) -> Iterator[tuple[np.ndarray, tuple[int, int, int, int]]]:
+    paths: Sequence[str], size: int, *, workers: int = 1, fast: bool = False, desc: str = "decode"
+) -> Iterator[Decoded]:
     """:func:`decode_to_canvas` of every path, in order, on ``workers`` threads.
 
     Pillow releases the GIL while it decodes and resizes, so threads decode in parallel; at most
@@ -71,13 +95,13 @@ def decode_all(
     """
     items = progress(paths, len(paths), desc, unit="img")
     if workers <= 1:
-        yield from (decode_to_canvas(path, size) for path in items)
+        yield from (decode_to_canvas(path, size, fast=fast) for path in items)
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medret-decode")
     try:
-        pending: deque[Future[tuple[np.ndarray, tuple[int, int, int, int]]]] = deque()
+        pending: deque[Future[Decoded]] = deque()
         for path in items:
-            pending.append(pool.submit(decode_to_canvas, path, size))
+            pending.append(pool.submit(decode_to_canvas, path, size, fast=fast))
             if len(pending) >= 4 * workers:
                 yield pending.popleft().result()
         while pending:
@@ -86,8 +110,23 @@ def decode_all(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+#: An image whose shorter side is below this many pixels is not a usable radiograph (e.g. a 1 x 1 placeholder).
+MIN_SIDE = 32
+#: Nor is one whose longer side is more than this many times its shorter (e.g. a 20000 x 100 strip).
+MAX_ASPECT = 10.0
+
+
+def geometry_problem(width: int, height: int) -> str | None:
+    """Why a ``width`` x ``height`` image is not a usable radiograph, or None (:data:`MIN_SIDE`, :data:`MAX_ASPECT`)."""
+    if min(width, height) < MIN_SIDE:
+        return f"too small ({width} x {height} px; a radiograph needs at least {MIN_SIDE} px a side)"
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return f"extreme aspect ratio ({width} x {height} px; more than {MAX_ASPECT:g}:1)"
+    return None
+
+
 def image_problem(path: str | Path, *, decode: bool = True) -> str | None:
-    """Why the image at ``path`` cannot be used (``"not found"``, the decoder's message), or None.
+    """Why the image at ``path`` cannot be used (``"not found"``, the decoder's message, a degenerate size), or None.
 
     ``decode=False`` only opens the file and parses its header (a few hundred bytes). ``decode=True``
     also reads all of its compressed data: JPEGs are decoded at 1/8 scale (DCT scaling still walks
@@ -96,6 +135,9 @@ def image_problem(path: str | Path, *, decode: bool = True) -> str | None:
     """
     try:
         with Image.open(path) as img:
+            geometry = geometry_problem(*img.size)
+            if geometry is not None:
+                return geometry
             if decode:
                 if img.format == "JPEG":
                     img.draft("L", (max(1, img.width // 8), max(1, img.height // 8)))
@@ -144,16 +186,18 @@ def build_image_cache(
     size: int,
     manifest_digest: str,
     workers: int = 1,
+    fast: bool = False,
 ) -> None:
     """Decode every image once into the HDF5 cache at ``out_path`` (written atomically).
 
     ``workers`` threads decode (see :func:`decode_all`); the file is the same for any number.
+    ``fast``: large JPEGs decoded at a reduced scale (:func:`decode_to_canvas`).
     """
     if size < 16:
         raise MedretError(f"image cache size {size} is too small; set image_size >= 16")
     check_files_exist(paths)
     n = len(ids)
-    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_output(out_path) as tmp, h5py.File(tmp, **H5_WRITE) as f:
         images = f.create_dataset(
             "images",
             (n, size, size),
@@ -161,14 +205,20 @@ def build_image_cache(
             chunks=(1, size, size),
             compression="gzip",
             compression_opts=4,
+            fletcher32=True,  # a checksum per image, verified on every read
         )
         boxes = np.zeros((n, 4), dtype=np.int32)
-        decoded = decode_all(paths, size, workers=workers, desc=f"decode {Path(out_path).name}")
-        for i, (canvas, box) in enumerate(decoded):
-            images[i], boxes[i] = canvas, box
+        sizes = np.zeros((n, 2), dtype=np.int32)
+        decoded = decode_all(paths, size, workers=workers, fast=fast, desc=f"decode {Path(out_path).name}")
+        for i, (canvas, box, source) in enumerate(decoded):
+            images[i], boxes[i], sizes[i] = canvas, box, source
         f.create_dataset("boxes", data=boxes)
-        f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype())
-        f.attrs.update(manifest_digest=manifest_digest, size=size, medret_version=medret.__version__)
+        f.create_dataset("sizes", data=sizes)
+        write_strings(f, "ids", ids)
+        set_attrs(
+            f, {"manifest_digest": manifest_digest, "size": size, "fast": fast, "medret_version": medret.__version__}
+        )
+        seal_h5(f)  # boxes, sizes, ids and attributes
 
 
 class ImageCache:
@@ -176,13 +226,20 @@ class ImageCache:
 
     def __init__(self, path: str | Path, *, manifest_digest: str | None = None) -> None:
         self.path = Path(path)
+        self._file: h5py.File | None = None
         try:
             self._file = h5py.File(self.path, "r")
+            verify_h5(self._file, self.path, "image cache")
             self.images = self._file["images"]
             self.boxes = self._file["boxes"][:]
-            self.ids = [s.decode() if isinstance(s, bytes) else s for s in self._file["ids"][:]]
-            self.attrs = dict(self._file.attrs)
-        except (OSError, KeyError, ValueError) as exc:  # ValueError: undecodable ids
+            self.sizes = self._file["sizes"][:]
+            self.ids = read_strings(self._file, "ids")
+            self.attrs = get_attrs(self._file)
+        except (OSError, KeyError, ValueError, MedretError) as exc:  # ValueError: undecodable ids
+            if self._file is not None:
+                self._file.close()
+            if isinstance(exc, MedretError):
+                raise
             raise MedretError(
                 f"{self.path}: unreadable or incomplete image cache ({exc}); delete it and re-run the workflow"
             ) from exc
@@ -209,7 +266,8 @@ class ImageCache:
             ) from exc
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> ImageCache:
         return self

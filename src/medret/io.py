@@ -11,7 +11,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +154,129 @@ def digest(obj: Any, length: int = 16) -> str:
     """Short SHA-256 hex digest of a JSON-serialisable object (bytes are hashed as-is)."""
     data = obj if isinstance(obj, bytes) else canonical_json(obj).encode()
     return hashlib.sha256(data).hexdigest()[:length]
+
+
+# --------------------------------------------------------------------------------------------
+# HDF5 artifacts: every dataset and attribute under a checksum
+
+#: The attribute that holds an HDF5 artifact's checksum (see :func:`seal_h5`).
+CHECKSUM_ATTR = "medret_checksum"
+#: Keyword arguments of ``h5py.File`` for writing artifacts: the newest file format, whose metadata
+#: (object headers, chunk indexes, the superblock) carries checksums of its own.
+H5_WRITE: dict[str, Any] = {"mode": "w", "libver": "latest"}
+
+
+def write_strings(f: Any, name: str, strings: Any) -> None:
+    """Store a list of strings as UTF-8 bytes (``name``, uint8) and their boundaries (``name.offsets``, int64).
+
+    Not HDF5's variable-length strings: those live in the file's global heap, which carries no checksum,
+    and a flipped bit there can make HDF5 loop forever when the dataset is read.
+    """
+    import numpy as np
+
+    encoded = [str(s).encode("utf-8") for s in strings]
+    f.create_dataset(name, data=np.frombuffer(b"".join(encoded), dtype=np.uint8))
+    f.create_dataset(f"{name}.offsets", data=np.cumsum([0, *map(len, encoded)], dtype=np.int64))
+
+
+def read_strings(f: Any, name: str) -> list[str]:
+    """The strings :func:`write_strings` stored; ValueError when the boundaries do not fit the bytes."""
+    import numpy as np
+
+    data = f[name][()].tobytes()
+    offsets = np.asarray(f[f"{name}.offsets"][()])
+    if offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(data):
+        raise ValueError(f"string boundaries of {name!r} do not match its {len(data)} bytes")
+    if (np.diff(offsets) < 0).any():
+        raise ValueError(f"string boundaries of {name!r} are not in order")
+    return [data[a:b].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
+
+
+def set_attrs(f: Any, attrs: Mapping[str, Any]) -> None:
+    """Set HDF5 attributes, strings as fixed-length UTF-8 (kept in the checksummed object header, not the heap)."""
+    import numpy as np
+
+    for key, value in attrs.items():
+        if isinstance(value, str):
+            raw = value.encode("utf-8")
+            f.attrs.create(key, np.array(raw or b"\x00", dtype=f"S{max(1, len(raw))}"))
+        else:
+            f.attrs[key] = value
+
+
+def get_attrs(f: Any) -> dict[str, Any]:
+    """HDF5 attributes as Python values: strings decoded (UnicodeDecodeError is a ValueError), numbers as such."""
+    out: dict[str, Any] = {}
+    for key, value in f.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+            value = value.item()
+            if isinstance(value, bytes):
+                value = value.decode("utf-8")
+        out[key] = value
+    return out
+
+
+def seal_h5(f: Any) -> None:
+    """Store the checksum of an HDF5 artifact open for writing, after its last dataset and attribute.
+
+    Large datasets are created with ``fletcher32=True`` (a checksum per chunk, verified by HDF5 on
+    every read); the checksum covers the bytes of every other dataset (e.g. the image cache's
+    ``boxes``, string ``ids``, whose bytes live in a heap HDF5 does not checksum), the name, shape,
+    dtype and filters of every dataset, and every attribute.
+    """
+    f.attrs[CHECKSUM_ATTR] = _h5_checksum(f)
+
+
+def verify_h5(f: Any, path: str | Path, what: str) -> None:
+    """Raise one line naming ``path`` unless the artifact ``f`` (open for reading) matches its checksum."""
+    stored = f.attrs.get(CHECKSUM_ATTR)
+    if isinstance(stored, bytes):
+        stored = stored.decode(errors="replace")
+    if stored is None:
+        raise MedretError(
+            f"{path}: {what} without a checksum (written by another program or a medret before 0.2); "
+            "delete it and re-run the workflow"
+        )
+    if _h5_checksum(f) != stored:
+        raise MedretError(
+            f"{path}: damaged {what} (its contents no longer match the checksum written with it); "
+            "delete it and re-run the workflow"
+        )
+
+
+def _h5_checksum(f: Any) -> str:
+    import numpy as np
+
+    h = hashlib.sha256()
+
+    def add(*parts: Any) -> None:
+        for part in parts:
+            data = part if isinstance(part, bytes) else str(part).encode()
+            h.update(len(data).to_bytes(8, "little") + data)
+
+    for name in sorted(f):
+        ds = f[name]
+        if not hasattr(ds, "shape"):  # a group: artifacts hold none, but a damaged file might
+            add("group", name)
+            continue
+        add("dataset", name, ds.dtype.str, ds.shape, ds.chunks, ds.compression, ds.fletcher32)
+        if ds.fletcher32:
+            continue
+        values = ds[()]
+        if ds.dtype.kind == "O":  # variable-length strings: their bytes, one by one
+            for v in np.ravel(values):
+                add(v if isinstance(v, bytes) else str(v).encode())
+        else:
+            add(np.ascontiguousarray(values).tobytes())
+    for key in sorted(f.attrs):
+        if key == CHECKSUM_ATTR:
+            continue
+        value = f.attrs[key]
+        if isinstance(value, str | bytes):
+            add("attr", key, value)
+        else:
+            arr = np.asarray(value)
+            add("attr", key, arr.dtype.str, arr.shape, arr.tobytes() if arr.dtype.kind != "O" else repr(value))
+    return h.hexdigest()

@@ -3,7 +3,11 @@
 Rules (DESIGN §4, this project's protocol):
 
 * the evaluated split only (config ``split``, default ``test``);
-* reports that are empty after stripping whitespace are dropped;
+* reports that are empty after stripping whitespace are dropped (listed in ``skipped.csv``);
+* ``views: frontal`` (the default) keeps frontal images only (PA, AP, FRONTAL and their variants such
+  as AP AXIAL or PA LLD) and those whose view the dataset does not record; a lateral or oblique image
+  is left out (listed in ``skipped.csv``), and so is a study that has nothing else. ``views: any``
+  keeps every view;
 * one image per study: frontal views first (PA, then AP, then FRONTAL), then the smallest pair id;
 * identical report strings are one retrieval candidate (``text_id``), so an image query has
   exactly one relevant text and a report query may have several relevant images.
@@ -37,6 +41,7 @@ image is broken is evaluated on its AP image.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,13 +53,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medret.errors import MedretError
-from medret.io import atomic_output, digest
+from medret.io import atomic_output, canonical_json, digest
 
 _VIEW_ORDER = {"PA": 0, "AP": 1, "FRONTAL": 2}  # FRONTAL: a frontal view of unknown kind
 RELEVANCE_MODES = ("exact", "labels")
 UNCERTAIN_POLICIES = ("positive", "negative")
 SKIPPED_COLUMNS = ["pair_id", "split", "image_path", "problem"]
 BAD_IMAGE_POLICIES = ("fail", "skip")
+VIEW_POLICIES = ("frontal", "any")
 
 
 def screen_images(pairs: pd.DataFrame, *, split: str, policy: str, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -95,16 +101,44 @@ def screen_images(pairs: pd.DataFrame, *, split: str, policy: str, key: str) -> 
     return pairs.loc[~bad].reset_index(drop=True), skipped.reset_index(drop=True)
 
 
-def select_pairs(pairs: pd.DataFrame, split: str, *, one_per_study: bool = True) -> pd.DataFrame:
-    """Apply the manifest rules to a standard pairs table; rows come out sorted by ``pair_id``."""
+def is_frontal(views: pd.Series) -> pd.Series:
+    """True for frontal views: PA, AP, FRONTAL and their variants (``AP AXIAL``, ``PA LLD``, ``AP SUPINE``, ...)."""
+    v = views.fillna("").astype(str).str.strip().str.upper()
+    return v.isin(list(_VIEW_ORDER)) | v.str.startswith(("PA ", "AP "))
+
+
+def select_pairs(
+    pairs: pd.DataFrame, split: str, *, one_per_study: bool = True, views: str = "any"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Apply the manifest rules to a standard pairs table; return (selected pairs sorted by ``pair_id``, left out).
+
+    ``views``: ``any`` or ``frontal`` (only frontal views and views not recorded; see :func:`is_frontal`).
+    The pairs left out by a rule, not those merely not chosen for their study, come back with the reason
+    in ``problem`` (columns :data:`SKIPPED_COLUMNS`): an empty report, or a view other than frontal.
+    """
+    if views not in VIEW_POLICIES:
+        raise MedretError(f"config key views: {views!r}; use {' or '.join(VIEW_POLICIES)}")
     table = pairs[pairs["split"] == split].copy()
     if table.empty:
         found = ", ".join(sorted(pairs["split"].unique())[:10])
         raise MedretError(f"no pairs in split {split!r} (splits present: {found}); set the dataset's split key")
     table["report"] = table["report"].str.strip()
-    table = table[table["report"] != ""]
+    empty = table["report"] == ""
+    left_out = [table.loc[empty, ["pair_id", "split", "image_path"]].assign(problem="empty report")]
+    table = table[~empty]
     if table.empty:
         raise MedretError(f"every report in split {split!r} is empty; the dataset has no usable pairs")
+    if views == "frontal":
+        view = table["view"].fillna("").astype(str).str.strip()
+        other = ~is_frontal(view) & (view != "")
+        problem = "not a frontal view (" + view[other].str.upper() + "; views: frontal)"
+        left_out.append(table.loc[other, ["pair_id", "split", "image_path"]].assign(problem=problem))
+        table = table[~other]
+        if table.empty:
+            raise MedretError(
+                f"no frontal image in split {split!r} (views recorded: {', '.join(sorted(set(view))[:8])}); "
+                "set the dataset's views: any"
+            )
     if one_per_study:
         # Pairs without a study id are their own study.
         study = table["study_id"].where(table["study_id"] != "", "pair:" + table["pair_id"])
@@ -118,7 +152,8 @@ def select_pairs(pairs: pd.DataFrame, split: str, *, one_per_study: bool = True)
     table = table.sort_values("pair_id").reset_index(drop=True)
     text_ids, _ = pd.factorize(table["report"], sort=False)
     table.insert(3, "text_id", text_ids.astype(np.int64))
-    return table
+    dropped = pd.concat(left_out, ignore_index=True)[SKIPPED_COLUMNS]
+    return table, dropped.sort_values("pair_id").reset_index(drop=True)
 
 
 def label_groups(table: pd.DataFrame, *, uncertain: str = "positive", key: str = "relevance") -> np.ndarray:
@@ -157,20 +192,43 @@ def manifest_digest(table: pd.DataFrame) -> str:
 
 
 def write_table(table: pd.DataFrame, path: str | Path, **metadata: str) -> None:
-    """Write a parquet table atomically with string key/value metadata (provenance)."""
+    """Write a parquet table atomically with string key/value metadata (provenance) and a checksum.
+
+    Parquet's page checksums cover the data pages only; ``medret.checksum`` (:func:`table_checksum`)
+    covers what a reader gets back: every value, the column names and types, and the metadata.
+    """
     arrow = pa.Table.from_pandas(table, preserve_index=False)
+    medret_meta = {k: str(v) for k, v in metadata.items()}
     meta = dict(arrow.schema.metadata or {})
-    meta.update({f"medret.{k}".encode(): str(v).encode() for k, v in metadata.items()})
+    meta.update({f"medret.{k}".encode(): v.encode() for k, v in medret_meta.items()})
+    arrow = arrow.replace_schema_metadata(meta)
+    meta[b"medret.checksum"] = table_checksum(arrow.to_pandas(), medret_meta).encode()
     with atomic_output(path) as tmp:
         # Page checksums: read_table then detects a damaged page instead of returning wrong values.
         pq.write_table(arrow.replace_schema_metadata(meta), tmp, write_page_checksum=True)
 
 
+def table_checksum(table: pd.DataFrame, metadata: dict[str, str]) -> str:
+    """SHA-256 of a table as read back: column names, dtypes, every value (pandas' row hashes) and ``metadata``."""
+    h = hashlib.sha256()
+    layout = {"columns": [str(c) for c in table.columns], "dtypes": [str(t) for t in table.dtypes]}
+    h.update(canonical_json([layout, sorted(metadata.items())]).encode())
+    for column in table.columns:
+        values = table[column]
+        try:
+            hashed = pd.util.hash_pandas_object(values, index=False)
+        except TypeError:  # unhashable cells (lists, dicts): their text
+            hashed = pd.util.hash_pandas_object(values.astype(str), index=False)
+        h.update(hashed.to_numpy().tobytes())
+    return h.hexdigest()
+
+
 def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:
     """Read a parquet table written by :func:`write_table`; return it with its medret metadata.
 
-    A truncated or damaged file is an error naming it (page checksums, where the file has them,
-    are verified, so a flipped byte in the data is caught rather than read as a wrong value).
+    A truncated or damaged file is an error naming it: page checksums are verified (a flipped byte in
+    the data is caught rather than read as a wrong value), and so is the table's own checksum, which
+    also covers the footer (types, metadata) that page checksums leave out.
     """
     path = Path(path)
     if not path.is_file():
@@ -183,10 +241,22 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:
             if k.startswith(b"medret.")
         }
         table = arrow.to_pandas()
-    # Damage surfaces as any of these (bad magic, thrift, snappy, checksum, undecodable metadata).
-    except (pa.ArrowException, OSError, ValueError) as exc:
+    # Damage surfaces as many exception types: bad magic, thrift, snappy or page checksum errors from
+    # Arrow, undecodable metadata, and KeyError/TypeError from pandas reading a damaged pandas schema.
+    except Exception as exc:
         message = str(exc).replace("\n", " ")
         raise MedretError(f"{path}: unreadable parquet file ({message}); delete it and re-run the workflow") from exc
+    stored = meta.pop("checksum", None)
+    if stored is None:
+        raise MedretError(
+            f"{path}: parquet table without a checksum (written by another program or a medret before 0.2); "
+            "delete it and re-run the workflow"
+        )
+    if table_checksum(table, meta) != stored:
+        raise MedretError(
+            f"{path}: damaged parquet table (its contents no longer match the checksum written with it); "
+            "delete it and re-run the workflow"
+        )
     return table, meta
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import json
 import os
 import platform
 import sys
@@ -106,20 +107,57 @@ def build_manifest(
     pairs = load_pairs(name, entry, list(sources))
     key = f"datasets.{name}.bad_images"
     pairs, skipped = screen_images(pairs, split=entry["split"], policy=entry["bad_images"], key=key)
+    manifest, left_out = select_pairs(pairs, entry["split"], views=entry["views"])
+    skipped = pd.concat([skipped, left_out], ignore_index=True)
     with atomic_output(out_skipped) as tmp:
         skipped.to_csv(tmp, index=False)
-    manifest = select_pairs(pairs, entry["split"])
-    write_table(manifest, out_manifest, digest=manifest_digest(manifest), dataset=name, split=entry["split"])
+    notes = manifest_notes(name, entry, skipped)
+    for note in notes:
+        print(note, file=sys.stderr)
+    write_table(
+        manifest,
+        out_manifest,
+        digest=manifest_digest(manifest),
+        dataset=name,
+        split=entry["split"],
+        notes=json.dumps(notes),
+    )
     if (pairs["split"] == entry["train_split"]).any():
-        train = select_pairs(pairs, entry["train_split"], one_per_study=False)
+        train, _ = select_pairs(pairs, entry["train_split"], one_per_study=False)
     else:  # an evaluation-only dataset; a model that tries to train on it gets a clear error
         train = manifest.iloc[0:0]
     write_table(train, out_train, digest=manifest_digest(train), dataset=name, split=entry["train_split"])
     print(
         f"{name}: {len(manifest)} evaluated pairs, {manifest['text_id'].nunique()} unique reports, "
-        f"{len(train)} training pairs, {len(skipped)} skipped",
+        f"{len(train)} training pairs, {len(skipped)} left out (skipped.csv)",
         file=sys.stderr,
     )
+
+
+def manifest_notes(name: str, entry: Mapping[str, Any], skipped: pd.DataFrame) -> list[str]:
+    """The warnings of a manifest, one line each: pairs left out and why (also shown in summary.md)."""
+    notes = []
+    problems = skipped["problem"].astype(str)
+    image = ~problems.eq("empty report") & ~problems.str.endswith("; views: frontal)")
+    if image.any():
+        notes.append(
+            f"medret warning: dataset {name!r}: {int(image.sum())} pairs left out for a missing or unreadable "
+            f"image (bad_images: skip; listed in skipped.csv)"
+        )
+    empty = problems.eq("empty report")
+    if empty.any():
+        notes.append(
+            f"medret warning: dataset {name!r}: {int(empty.sum())} pairs of split {entry['split']!r} left out for "
+            "a report that is empty after stripping (listed in skipped.csv)"
+        )
+    views = problems.str.endswith("; views: frontal)")
+    if views.any():
+        studies = skipped.loc[views, "pair_id"].size
+        notes.append(
+            f"medret warning: dataset {name!r}: {studies} lateral or other non-frontal images left out "
+            "(views: frontal; listed in skipped.csv)"
+        )
+    return notes
 
 
 def build_report_corpus(
@@ -160,8 +198,11 @@ def build_report_corpus(
     )
 
 
-def build_image_cache(table_path: str | Path, out_path: str | Path, size: int, workers: int = 1) -> None:
-    """Decode the images of a manifest or training table once into the HDF5 image cache (``workers`` threads)."""
+def build_image_cache(
+    table_path: str | Path, out_path: str | Path, *, size: int, fast: bool = False, workers: int = 1
+) -> None:
+    """Decode the images of a manifest or training table once into the HDF5 image cache (``workers`` threads;
+    ``fast``: reduced JPEG decoding, see :func:`medret.imaging.decode_to_canvas`)."""
     from medret import imaging
     from medret.manifest import read_table
 
@@ -173,6 +214,7 @@ def build_image_cache(table_path: str | Path, out_path: str | Path, size: int, w
         size=size,
         manifest_digest=meta["digest"],
         workers=workers,
+        fast=fast,
     )
 
 
@@ -298,7 +340,7 @@ def embed_images(
     model = load_model(_model_entry(entry, checkpoint, text_model, gpus), name)
     with ImageCache(cache_path, manifest_digest=manifest.digest) as cache:
         note = embeddings.upsampling_warning(
-            model, cache.boxes, model_name=name, dataset=dataset, image_size=cache.size
+            model, cache.boxes, model_name=name, dataset=dataset, image_size=cache.size, sizes=cache.sizes
         )
         if note is not None:
             print(note, file=sys.stderr)
@@ -312,6 +354,7 @@ def embed_images(
             corruption_entry=corruption_entry,
             corruption_digest=meta["digest"],
             manifest_digest=manifest.digest,
+            notes=[] if note is None else [note],
         )
 
 

@@ -8,7 +8,8 @@ wrote; nothing is recomputed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,10 @@ def summary_markdown(
     comparisons: pd.DataFrame,
     corruptions: Mapping[str, Mapping[str, Any]],
     evaluation: Mapping[str, Any],
+    warnings: Sequence[str] = (),
 ) -> str:
-    """The Markdown text of ``summary.md`` (see the module doc)."""
+    """The Markdown text of ``summary.md`` (see the module doc); ``warnings`` (:func:`collect_warnings`) get a
+    section of their own before the tables."""
     n_boot, ci = int(evaluation["bootstrap"]), float(evaluation["ci"])
     out = [
         f"# medret results: {dataset}",
@@ -64,6 +67,10 @@ def summary_markdown(
         "frequent reports first, equally frequent ones in random order (expected values). nAUC: area under the "
         "metric-vs-level curve over the level range, divided by the clean value; above chance: (area − chance) / "
         "(clean value − chance), empty where the clean value's interval reaches chance.",
+        "",
+        "## Warnings",
+        "",
+        *([f"- {w.removeprefix('medret warning: ')}" for w in warnings] or ["None."]),
     ]
     for corruption in sorted(metrics["corruption"].unique(), key=lambda c: (c != "occlusion", c)):
         entry = corruptions.get(corruption, {})
@@ -142,6 +149,22 @@ def _nauc_lines(
     return lines
 
 
+def collect_warnings(manifest_path: str | Path, embedding_paths: Sequence[str | Path] = ()) -> list[str]:
+    """The warnings a dataset's results carry, in order and without repeats: the manifest's (pairs left out
+    and why) and the image embeddings' (a cache too small for a model). Files that do not exist are passed over."""
+    from medret.embeddings import read_notes
+    from medret.manifest import read_table
+
+    found: list[str] = []
+    if Path(manifest_path).is_file():
+        _, meta = read_table(manifest_path)
+        found += json.loads(meta.get("notes", "[]"))
+    for path in embedding_paths:
+        if Path(path).is_file():
+            found += read_notes(path)
+    return list(dict.fromkeys(found))
+
+
 def write_summary(
     dataset: str,
     metrics_path: str | Path,
@@ -150,8 +173,11 @@ def write_summary(
     out_path: str | Path,
     corruptions: Mapping[str, Mapping[str, Any]],
     evaluation: Mapping[str, Any],
+    *,
+    manifest_path: str | Path,
+    embedding_paths: Sequence[str | Path] = (),
 ) -> None:
-    """Write ``summary.md`` from the metrics stage's three tables."""
+    """Write ``summary.md`` from the metrics stage's three tables and the warnings of the dataset's artifacts."""
     text = summary_markdown(
         dataset,
         pd.read_csv(metrics_path),
@@ -159,6 +185,30 @@ def write_summary(
         pd.read_csv(comparisons_path),
         corruptions,
         evaluation,
+        collect_warnings(manifest_path, embedding_paths),
     )
     with atomic_output(out_path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
+
+
+def print_run_warnings(
+    results_dir: str | Path, datasets: Sequence[str], models: Sequence[str], corruptions: Sequence[str]
+) -> None:
+    """At the end of a run: every warning the results carry, on stderr (also in each dataset's summary.md)."""
+    import sys
+
+    for dataset in datasets:
+        base = Path(results_dir) / dataset
+        paths = [base / "embeddings" / m / "images" / f"{c}.h5" for m in models for c in corruptions]
+        try:
+            warnings = collect_warnings(base / "manifest.parquet", paths)
+        except Exception as exc:  # a damaged artifact: its own job reports it; never hide the run's outcome
+            print(f"medret: could not collect the warnings of {dataset} ({exc})", file=sys.stderr)
+            continue
+        if warnings:
+            print(
+                f"medret: {len(warnings)} warning(s) for dataset {dataset} (also in {base / 'summary.md'}):",
+                file=sys.stderr,
+            )
+            for warning in warnings:
+                print(f"  {warning}", file=sys.stderr)

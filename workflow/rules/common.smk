@@ -3,17 +3,23 @@ import os
 import re
 import sys
 
-from medret.config import load_schema, validate_config
+from medret.config import load_schema, read_config_file, validate_config
 from medret.datasets import get_adapter
 from medret.errors import MedretError
 from medret.io import check_output_dir
 from medret.stages import model_files, visible_gpus
+from medret.summary import print_run_warnings
 
 # Never reach for a model hub: a missing file must fail at once, not after minutes of retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 try:
+    # Snakemake's YAML reading lets a repeated key silently replace the first: read the files strictly.
+    for _path in workflow.config_settings.configfiles or [
+        os.path.join(workflow.basedir, "config", "config.yaml")
+    ]:
+        read_config_file(_path)
     config.update(
         validate_config(
             config, load_schema(workflow.source_path("../../config/schema.yaml"))
@@ -44,11 +50,19 @@ DEMO_KEYS = ("n_train", "n_test", "render_size", "seed")
 #: Read by the ranks and metrics only.
 RELEVANCE_KEYS = ("relevance", "uncertain_labels")
 #: Keys the manifest does not read: the image cache's size, the corpus's extra splits and the above.
-NOT_MANIFEST_KEYS = ("image_size", "extra_reports", *RELEVANCE_KEYS, *DEMO_KEYS)
+NOT_MANIFEST_KEYS = (
+    "image_size",
+    "fast_decode",
+    "extra_reports",
+    *RELEVANCE_KEYS,
+    *DEMO_KEYS,
+)
 #: Keys the report corpus does not read (the screening policy and training split reach it through
 #: the manifest).
 NOT_CORPUS_KEYS = (
     "image_size",
+    "fast_decode",
+    "views",
     "bad_images",
     "train_split",
     *RELEVANCE_KEYS,
@@ -83,6 +97,36 @@ def final_outputs():
                     plot=plot,
                     ext=("png", "pdf"),
                 )
+    return out
+
+
+def intermediate_outputs():
+    """Every cached artifact the final outputs are made from, also a target of the default rule.
+
+    Snakemake does not rebuild a missing intermediate file whose consumers are up to date, so a
+    deleted (e.g. damaged) embedding, rank table or image cache would stay missing. As a target it
+    is rebuilt by a plain re-run, and being newer than its consumers, they re-run too (mtime).
+    """
+    out = []
+    for dataset, entry in DATASETS.items():
+        base = f"{RESULTS}/{dataset}"
+        if entry["adapter"] == "demo":
+            out.append(f"resources/{dataset}/pairs.csv")
+        out += [f"{base}/{name}" for name in ("manifest.parquet", "train.parquet")]
+        out += [
+            f"{base}/skipped.csv",
+            f"{base}/corpus.parquet",
+            f"{base}/images/eval.h5",
+        ]
+        if any(MODELS[m]["train"]["dataset"] == dataset for m in TRAINED_MODELS):
+            out.append(f"{base}/images/train.h5")
+        out += [f"{base}/corruptions/{c}.parquet" for c in CORRUPTIONS]
+        for model in MODELS:
+            out.append(f"{base}/embeddings/{model}/text.h5")
+            for corruption in CORRUPTIONS:
+                out.append(f"{base}/embeddings/{model}/images/{corruption}.h5")
+                out.append(f"{base}/ranks/{model}/{corruption}.parquet")
+    out += [f"{RESULTS}/models/{m}/checkpoint.pt" for m in TRAINED_MODELS]
     return out
 
 
@@ -121,6 +165,17 @@ def cache_table(wildcards):
     """The manifest (subset eval) or training table (subset train) whose images are cached."""
     name = "manifest" if wildcards.subset == "eval" else "train"
     return f"{RESULTS}/{wildcards.dataset}/{name}.parquet"
+
+
+def dataset_image_embeddings(wildcards):
+    """Every image embedding file of a dataset (the summary reads their warnings)."""
+    return expand(
+        "{results}/{dataset}/embeddings/{model}/images/{corruption}.h5",
+        results=RESULTS,
+        dataset=wildcards.dataset,
+        model=MODELS,
+        corruption=CORRUPTIONS,
+    )
 
 
 def dataset_ranks(wildcards):
@@ -162,6 +217,10 @@ def dataset_relevance(wildcards):
 
 def dataset_image_size(wildcards):
     return DATASETS[wildcards.dataset]["image_size"]
+
+
+def dataset_fast_decode(wildcards):
+    return DATASETS[wildcards.dataset]["fast_decode"]
 
 
 def training_options(wildcards):

@@ -16,5 +16,6 @@ rule image_cache:
         runtime=240,
     params:
         size=dataset_image_size,
+        fast=dataset_fast_decode,
     script:
         "../scripts/image_cache.py"

@@ -39,6 +39,8 @@ rule metrics:
 
 rule summary:
     input:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        embeddings=dataset_image_embeddings,
         metrics=f"{RESULTS}/{{dataset}}/metrics.csv",
         robustness=f"{RESULTS}/{{dataset}}/robustness.csv",
         comparisons=f"{RESULTS}/{{dataset}}/comparisons.csv",

@@ -4,6 +4,7 @@ with script_context(snakemake.log[0]):
     build_image_cache(
         snakemake.input.table,
         snakemake.output[0],
-        snakemake.params.size,
+        size=snakemake.params.size,
+        fast=snakemake.params.fast,
         workers=snakemake.threads,
     )

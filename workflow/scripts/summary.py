@@ -10,4 +10,6 @@ with script_context(snakemake.log[0]):
         snakemake.output[0],
         snakemake.params.corruptions,
         snakemake.params.evaluation,
+        manifest_path=snakemake.input.manifest,
+        embedding_paths=snakemake.input.embeddings,
     )

@@ -17,7 +17,17 @@ import pandas as pd
 from medret.errors import MedretError
 
 #: Dataset keys every adapter takes (besides ``adapter``); each adapter declares its own in ``options``.
-COMMON_OPTIONS = ("split", "train_split", "bad_images", "image_size", "extra_reports", "relevance", "uncertain_labels")
+COMMON_OPTIONS = (
+    "split",
+    "train_split",
+    "bad_images",
+    "views",
+    "image_size",
+    "fast_decode",
+    "extra_reports",
+    "relevance",
+    "uncertain_labels",
+)
 
 #: Columns of the standard pairs table, in order. ``patient_id``, ``study_id`` and ``view`` may be
 #: empty strings when a dataset does not have them; label columns are named ``label_<finding>``.
@@ -88,7 +98,13 @@ def list_adapters() -> dict[str, str]:
 def load_pairs(name: str, entry: Mapping[str, Any], sources: list[str]) -> pd.DataFrame:
     """Read dataset ``name`` (config ``entry``) from ``sources`` into the standard pairs table."""
     adapter = get_adapter(entry["adapter"], key=f"datasets.{name}.adapter")
-    table = adapter.load(entry, sources)
+    try:
+        table = adapter.load(entry, sources)
+    except MedretError as exc:
+        # Adapters do not know the entry's name: their messages say datasets.<name>, filled in here.
+        if "datasets.<name>" not in str(exc):
+            raise
+        raise MedretError(str(exc).replace("datasets.<name>", f"datasets.{name}")) from exc
     missing = [c for c in PAIR_COLUMNS if c not in table.columns]
     if missing:  # a programming error in an adapter, not a user error
         raise RuntimeError(f"adapter {adapter.name} returned no column(s) {missing}")

@@ -29,10 +29,15 @@ def read_pairs_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise MedretError(f"{path}: dataset CSV not found; check the config key datasets.<name>.csv")
+    if path.stat().st_size == 0:
+        raise MedretError(
+            f"{path}: the file is empty (0 bytes); write a header line {','.join(REQUIRED)} and one row per pair"
+        )
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise MedretError(f"{path}: not a readable CSV ({exc}); save it as UTF-8 comma-separated") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())
+        raise MedretError(f"{path}: not a readable CSV ({reason}); save it as UTF-8 comma-separated") from exc
     missing = [c for c in REQUIRED if c not in raw.columns]
     if missing:
         raise MedretError(

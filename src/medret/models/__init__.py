@@ -160,4 +160,10 @@ def load_model(entry: Mapping[str, Any], name: str = "<model>") -> ModelAdapter:
     missing = [k for k in family.required if k not in entry]
     if missing:
         raise MedretError(f"config key models.{name}.{missing[0]} is required by family {family.name}")
-    return family.builder()(entry)
+    try:
+        return family.builder()(entry)
+    except MedretError as exc:
+        # Families do not know the entry's name: their messages say models.<name>, filled in here.
+        if name == "<model>" or "models.<name>" not in str(exc):
+            raise
+        raise MedretError(str(exc).replace("models.<name>", f"models.{name}")) from exc

@@ -118,18 +118,31 @@ class ModelAdapter(ABC):
         """Digest of :meth:`spec`, stored in every embedding file this model writes."""
         return digest(self.spec())
 
-    def enlargement(self, boxes: np.ndarray | torch.Tensor, canvas: int) -> np.ndarray:
+    def enlargement(
+        self, boxes: np.ndarray | torch.Tensor, canvas: int, sizes: np.ndarray | torch.Tensor | None = None
+    ) -> np.ndarray:
         """Per content box (N, 4) of an S = ``canvas`` cache, the factor by which this model's preprocessing
-        enlarges it (1.0: not enlarged)."""
-        boxes = boxes.cpu().numpy() if isinstance(boxes, torch.Tensor) else np.asarray(boxes)
+        enlarges it where the cache has shrunk the source (1.0: not enlarged).
+
+        ``sizes`` (N, 2) are the sources' own (height, width): an image the cache kept at its own size is
+        resized from its original pixels, as the model's own pipeline does, so it never counts. Without
+        ``sizes`` every box is taken for a shrunk source.
+        """
+        boxes = _numpy(boxes)
         if self.resize_rule is None or len(boxes) == 0:
             return np.ones(len(boxes))
-        return np.maximum(self.resize_rule.factors(boxes, canvas), 1.0)
+        factors = np.maximum(self.resize_rule.factors(boxes, canvas), 1.0)
+        if sizes is not None:
+            shrunk = (boxes[:, 2:4] < _numpy(sizes)).any(axis=1)
+            factors = np.where(shrunk, factors, 1.0)
+        return factors
 
-    def upsampling(self, boxes: np.ndarray | torch.Tensor, canvas: int) -> float:
+    def upsampling(
+        self, boxes: np.ndarray | torch.Tensor, canvas: int, sizes: np.ndarray | torch.Tensor | None = None
+    ) -> float:
         """The largest factor by which this model's preprocessing enlarges any of the given content boxes of an
         S = ``canvas`` cache (1.0 = none), where the original pipeline shrinks the full-resolution image."""
-        factors = self.enlargement(boxes, canvas)
+        factors = self.enlargement(boxes, canvas, sizes)
         return float(factors.max()) if len(factors) else 1.0
 
     @contextlib.contextmanager
@@ -141,8 +154,11 @@ class ModelAdapter(ABC):
                 yield
 
     @torch.inference_mode()
-    def encode_images(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
-        """Embed (B, S, S) uint8 cache-space images; ``boxes`` are their content boxes (B, 4).
+    def encode_images(
+        self, images: torch.Tensor, boxes: torch.Tensor | None = None, sizes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Embed (B, S, S) uint8 cache-space images; ``boxes`` are their content boxes (B, 4) and ``sizes`` the
+        (height, width) of their source images (B, 2; default: the boxes' own, i.e. sources kept at their size).
 
         Returns (B, D) float32, L2-normalised, on the CPU.
         """
@@ -151,11 +167,14 @@ class ModelAdapter(ABC):
         if boxes is None:
             size = images.shape[-1]
             boxes = torch.tensor([[0, 0, size, size]] * len(images))
+        if sizes is None:
+            sizes = boxes[:, 2:4]
         out = []
         for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size].to(self.device, non_blocking=True)
+            stop = start + self.batch_size
+            batch = images[start:stop].to(self.device, non_blocking=True)
             with self._autocast():
-                emb = self._encode_images(batch, boxes[start : start + self.batch_size].to(self.device))
+                emb = self._encode_images(batch, boxes[start:stop].to(self.device), sizes[start:stop].to(self.device))
             out.append(F.normalize(emb.float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
@@ -170,9 +189,17 @@ class ModelAdapter(ABC):
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
     @abstractmethod
-    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Family-specific preprocessing and image tower on one batch (already on the device)."""
+    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """Family-specific preprocessing and image tower on one batch (already on the device).
+
+        ``boxes`` (B, 4) locate each image on its canvas; ``sizes`` (B, 2) are the source images' own (height,
+        width), for families whose pipelines compute geometry from the original size.
+        """
 
     @abstractmethod
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Family-specific tokenisation and text tower on one batch."""
+
+
+def _numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -280,7 +280,7 @@ class BiomedClipAdapter(ModelAdapter):
         """Token ids (B, context_length) as open_clip's tokenizer for BiomedCLIP makes them."""
         return self.tokenizer(texts)
 
-    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(open_clip_preprocess(images, boxes, self.preprocess_cfg))
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:

@@ -560,7 +560,7 @@ class BioViLAdapter(ModelAdapter):
         """The image tower's input for uint8 canvases and their content boxes."""
         return preprocess(images, boxes, self.crop)
 
-    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         return self.image_model(preprocess(images, boxes, self.crop))
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import _compat_pickle
 import contextlib
+import gzip
 import hashlib
+import pickle
+import tarfile
+import types
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import _weights_only_unpickler
 
 from medret.errors import MedretError
 
@@ -102,3 +109,122 @@ def read_vocab(path: Path) -> dict[str, int]:
     if lines and lines[-1] == "":
         lines.pop()
     return {token.rstrip("\r"): i for i, token in enumerate(lines)}
+
+
+# --------------------------------------------------------------------------------------------
+# Restricted unpickling and describing unreadable files
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle referenced a class or function outside the allow-list; nothing was called."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"GLOBAL {name} is not allow-listed")
+        self.name = name
+
+
+def restricted_load(path: str | Path, allowed: Mapping[str, Any]) -> Any:
+    """``torch.load`` through an unpickler that resolves only allow-listed globals.
+
+    The allow-list is torch's own weights-only list (tensors, storages, ``OrderedDict``, ...) plus
+    ``allowed`` (``"module.name"`` -> object). Every class or function a pickle can call or build is
+    looked up through ``find_class``, so a ``__reduce__`` payload naming anything else raises
+    :class:`RefusedGlobal` before it is called. Unlike torch's weights-only unpickler, the standard
+    unpickler fills any allowed container (e.g. a ``defaultdict``, which OmegaConf keeps as its
+    resolver cache and which torch's weights-only unpickler refuses to fill). TorchScript archives
+    are refused: ``torch.load`` would hand them to ``torch.jit.load``.
+    """
+    path = Path(path)
+    if _is_torchscript(path):
+        raise pickle.UnpicklingError("a TorchScript archive (torch.jit.save), which is refused here")
+    names = {**_weights_only_unpickler._get_allowed_globals(), **allowed}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            # torch.save writes protocol 2, which spells builtins the Python 2 way (__builtin__.long).
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[module, name]
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+            try:
+                return names[f"{module}.{name}"]
+            except KeyError:
+                raise RefusedGlobal(f"{module}.{name}") from None
+
+    module = types.ModuleType("medret_restricted_pickle")
+    module.Unpickler = Unpickler  # type: ignore[attr-defined]
+    module.load = lambda f, **kw: Unpickler(f, **kw).load()  # type: ignore[attr-defined]
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) or any("/code/" in n for n in names)
+
+
+def describe_file(path: str | Path) -> str:
+    """What an unreadable weights file actually is, from its bytes (for "cannot read" messages).
+
+    Tells apart an empty file, a Git LFS pointer, an HTML page (a blocked or failed download), a gzip
+    or tar archive to unpack, a zip cut short, a zip without a torch ``data.pkl``, a torch zip with a
+    damaged member, a legacy (pre-1.6) torch file and anything else (its size and first bytes).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        return f"an unreadable file ({exc.strerror or exc})"
+    if size == 0:
+        return "an empty file (0 bytes)"
+    if head.startswith(b"version https://git-lfs"):
+        return f"a Git LFS pointer ({size} bytes), not the weights; fetch the file itself (git lfs pull)"
+    if head.lstrip()[:1] == b"<" and b"html" in head.lower():
+        return f"an HTML page ({size} bytes), e.g. a login or error page saved by a failed download"
+    if head.startswith(b"\x1f\x8b"):
+        return f"a gzip file ({size} bytes); decompress it first" + _gzip_tail(path)
+    if head[257:262] == b"ustar":
+        return f"a tar archive ({size} bytes) holding {_tar_names(path)}; extract the weights file from it"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError):
+            return f"a zip archive cut short ({size:,} bytes, its central directory is missing): an incomplete download"
+        with zf:
+            names = zf.namelist()
+            pkl = [n for n in names if n.endswith("data.pkl")]
+            if not pkl:
+                return f"a zip archive of {len(names)} files (first: {', '.join(names[:3])}) without a torch data.pkl"
+            try:
+                bad = zf.testzip()
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                bad = f"? ({exc})"
+            records = sum(1 for n in names if "/data/" in n)
+            if bad is not None:
+                return f"a torch zip file ({size:,} bytes) whose member {bad} is damaged (CRC mismatch)"
+            return f"a complete torch zip file ({size:,} bytes, {records} tensor records, every CRC correct)"
+    if head[:1] == b"\x80":
+        return f"a legacy-format (pre-1.6) torch or pickle file ({size:,} bytes)"
+    return f"a {size:,}-byte file starting with {head[:16]!r}, not a torch file"
+
+
+def _gzip_tail(path: Path) -> str:
+    try:
+        with gzip.open(path) as g:
+            inner = g.read(512)
+    except (OSError, EOFError):
+        return ""
+    return " (it holds a tar archive)" if inner[257:262] == b"ustar" else ""
+
+
+def _tar_names(path: Path) -> str:
+    try:
+        with tarfile.open(path) as tf:
+            names = tf.getnames()
+    except (tarfile.TarError, OSError):
+        return "unreadable members"
+    return f"{len(names)} members (first: {', '.join(names[:3])})"

@@ -505,26 +505,30 @@ def open_clip_preprocess(images: torch.Tensor, boxes: torch.Tensor, cfg: Mapping
     return (batch - mean) / std
 
 
-def cxr_preprocess(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def cxr_preprocess(images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     """CXR-RePaiR / CheXzero preprocessing of uint8 canvases; returns (B, 3, 224, 224) float.
 
-    Rebuilds their 320 x 320 black-padded image from each content box with their geometry
-    (``int(side * 320 / longest)``, offsets ``(320 - side) // 2``), keeps it on the integer 0-255
-    grid (they stored a uint8 PIL image), normalises and resizes with bicubic, no antialias.
+    Rebuilds their 320 x 320 black-padded image with their geometry, computed from each source's own size
+    (``ratio = float(320) / max(w, h)``, sides ``int(side * ratio)``, offsets ``(320 - side) // 2``): at
+    ``image_size: 320`` the cached box is that image already, byte for byte. Otherwise (another cache size, or
+    a source smaller than the cache, kept at its own size there) the box is resized to it with Pillow's
+    Lanczos (their ``Image.ANTIALIAS``), on the CPU: from the original pixels when the cache kept them, which
+    is then their canvas exactly. Then their normalisation and a bicubic resize to 224 without antialias.
     """
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
+    import numpy as np
+    from PIL import Image
 
     canvas = torch.zeros(len(images), 1, CXR_CANVAS, CXR_CANVAS, device=images.device)
-    for i, (top, left, h, w) in enumerate(boxes.tolist()):
-        x = images[i, top : top + h, left : left + w].unsqueeze(0)
-        ratio = float(CXR_CANVAS) / max(h, w)
-        nh, nw = int(h * ratio), int(w * ratio)
+    for i, ((top, left, h, w), (h0, w0)) in enumerate(zip(boxes.tolist(), sizes.tolist(), strict=True)):
+        x = images[i, top : top + h, left : left + w]
+        ratio = float(CXR_CANVAS) / max(h0, w0)
+        nh, nw = int(h0 * ratio), int(w0 * ratio)
         if (nh, nw) != (h, w):
-            # PIL's Lanczos has no torch kernel; antialiased bicubic in uint8 is the closest (rounded, clipped).
-            x = TF.resize(x, [nh, nw], interpolation=InterpolationMode.BICUBIC, antialias=True)
+            pil = Image.fromarray(np.ascontiguousarray(x.cpu().numpy()), mode="L")
+            resized = np.asarray(pil.resize((nw, nh), Image.Resampling.LANCZOS))
+            x = torch.from_numpy(resized.copy()).to(images.device)
         t0, l0 = (CXR_CANVAS - nh) // 2, (CXR_CANVAS - nw) // 2
-        canvas[i, :, t0 : t0 + nh, l0 : l0 + nw] = x
+        canvas[i, 0, t0 : t0 + nh, l0 : l0 + nw] = x
     x = (canvas - CXR_MEAN) / CXR_STD
     x = F.interpolate(x, size=(CXR_INPUT, CXR_INPUT), mode="bicubic", align_corners=False, antialias=False)
     return x.expand(-1, 3, -1, -1)
@@ -569,7 +573,7 @@ class _ClipAdapter(ModelAdapter):
         self,
         model: torch.nn.Module,
         arch: str,
-        preprocess: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        preprocess: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
         preprocess_spec: dict[str, Any],
         weights: str,
     ) -> None:
@@ -598,8 +602,8 @@ class _ClipAdapter(ModelAdapter):
         """Token ids (B, context_length) as the model's original tokenizer makes them."""
         return self.tokenizer(texts)
 
-    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(self.preprocess(images, boxes))
+    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(self.preprocess(images, boxes, sizes))
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenize(texts).to(self.device))
@@ -656,7 +660,7 @@ class OpenClipAdapter(_ClipAdapter):
         pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pp.items()}
         spec = {"crop": "content box", **pp}
         self.resize_rule = open_clip_resize_rule(pp)
-        self._setup(model, arch, lambda im, bx: open_clip_preprocess(im, bx, pp), spec, file_sha256(path))
+        self._setup(model, arch, lambda im, bx, _sizes: open_clip_preprocess(im, bx, pp), spec, file_sha256(path))
 
 
 class _CxrClipAdapter(_ClipAdapter):
@@ -676,7 +680,14 @@ class _CxrClipAdapter(_ClipAdapter):
         model = create_open_clip(self.arch)
         load_strict(model, state, path, f"{self.title} ({self.arch})")
         del state
-        spec = {"canvas": CXR_CANVAS, "mean": CXR_MEAN, "std": CXR_STD, "size": CXR_INPUT, "resize": "bicubic-noaa"}
+        spec = {
+            "canvas": CXR_CANVAS,
+            "canvas_resize": "PIL Lanczos from the source size",
+            "mean": CXR_MEAN,
+            "std": CXR_STD,
+            "size": CXR_INPUT,
+            "resize": "bicubic-noaa",
+        }
         self._setup(model, self.arch, cxr_preprocess, spec, file_sha256(path))
 
 

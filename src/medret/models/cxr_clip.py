@@ -16,13 +16,15 @@ Options (``models.<name>.*``):
 * ``max_length``: report truncation in tokens (default: the checkpoint's ``base.text_max_length``, 256).
 
 Reading the file safely: ``config`` is the Hydra config after ``convert_dictconfig_to_dict``, which converts only
-``DictConfig`` nodes, so OmegaConf ``ListConfig`` values survive (and drag their parent ``DictConfig`` tree along
-through ``_parent``). The file is read with ``torch.load(weights_only=True)`` under ``safe_globals`` with exactly the
-ten globals such a pickle references (:data:`SAFE_GLOBALS`; found by pickling a config built with CXR-CLIP's own code
-and configs, not checked against the released files, which were not available); anything else (a ``__reduce__``
-payload anywhere, a Lightning or TorchScript file, an OmegaConf class outside the list) is refused by torch's
-weights-only unpickler before it is called. OmegaConf values are converted to plain containers without resolving
-interpolations.
+``DictConfig`` nodes, so OmegaConf ``ListConfig`` values survive and drag their parent ``DictConfig`` tree along
+through ``_parent``, up to the root, whose metadata holds OmegaConf's resolver cache: a ``defaultdict`` that Hydra's
+``${now:...}`` resolver (``configs/train.yaml``'s run directory) fills. torch's weights-only unpickler refuses to fill a
+``defaultdict`` ("Can only SETITEM for dict"), so every file written by CXR-CLIP's trainer is read instead with
+:func:`medret.models.checkpoints.restricted_load`: torch's own allow-list for tensors plus exactly the ten globals
+such a config references (:data:`SAFE_GLOBALS`; checked against checkpoints written by CXR-CLIP's own unpatched
+trainer, ``reference/cxr_clip/``). Anything else (a ``__reduce__`` payload anywhere, a Lightning or TorchScript
+file, an OmegaConf class outside the list) is refused before it is called. OmegaConf values are converted to plain
+containers without resolving interpolations.
 
 Architecture, from the checkpoint's own ``config["model"]`` (``cxrclip/model/clip.py``, ``modules/*.py``):
 
@@ -52,8 +54,9 @@ content box (the original image at cache resolution); the resize is Pillow's 8-b
 exactly (``Resample.c``: the same float64 coefficient steps, 22-bit fixed-point taps, horizontal then vertical pass,
 each rounded to 8 bits; Pillow 9.4.0 was the authors' version), in integer arithmetic on the images' device, so the
 network input is bit-identical to the PIL pipeline's and the same on every device; then torchvision's centre crop,
-/255, normalisation, grey repeated to RGB. (The installed Pillow 13 runs the vertical pass first for some tall,
-narrow images, width/height <= 0.4 at 1024 px and more; there the two differ by one grey level on some pixels.)
+/255, normalisation, grey repeated to RGB. (The installed Pillow 13 runs the vertical pass first for some images
+far from square, tall or wide, e.g. 1024 px and more at width/height <= 0.4, and 900 x 300 or 1200 x 360; there
+it differs from Pillow 9.4.0, and so from this, by one grey level on some pixels; reference/cxr_clip/.)
 
 Tokeniser: Bio_ClinicalBERT has no ``tokenizer_config.json``, so the original ``AutoTokenizer`` built a lower-casing
 ``BertTokenizerFast`` (the vocabulary is cased, the checkpoints were trained on lower-cased text). It is rebuilt here
@@ -70,7 +73,6 @@ import json
 import math
 import re
 import typing
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,7 +82,16 @@ from torch import nn
 
 from medret.errors import MedretError
 from medret.models.base import ModelAdapter, ResizeRule
-from medret.models.checkpoints import BERT_BASE, error_line, file_sha256, read_vocab, skip_random_init
+from medret.models.checkpoints import (
+    BERT_BASE,
+    RefusedGlobal,
+    describe_file,
+    error_line,
+    file_sha256,
+    read_vocab,
+    restricted_load,
+    skip_random_init,
+)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -150,14 +161,15 @@ _SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Reading the file
 
 
-def safe_globals() -> list[Any]:
-    """The allow-list for ``torch.load(weights_only=True)``: what the pickled Hydra config references.
+def safe_globals() -> dict[str, Any]:
+    """The allow-list of the restricted unpickler beyond tensors: what a pickled Hydra config references.
 
     ``DictConfig``/``ListConfig`` (containers), ``AnyNode`` (every leaf of a YAML-built config), ``Metadata`` /
     ``ContainerMetadata`` (their dataclass metadata), ``typing.Any`` (ref/key/element types), ``dict``/``list``/``int``
-    (object and key types) and ``collections.defaultdict`` (``Metadata.resolver_cache``). Nothing else: typed nodes
-    (``StringNode``, ``IntegerNode``, ...) come only from structured configs, which cxr-clip does not use, and Hydra's
-    own structured ``hydra`` subtree is deleted before the task function runs.
+    (object and key types) and ``collections.defaultdict`` (``Metadata.resolver_cache``, which Hydra's ``${now:...}``
+    resolver fills with the run's date and time). Nothing else: typed nodes (``StringNode``, ``IntegerNode``, ...) come
+    only from structured configs, which cxr-clip does not use, and Hydra's own structured ``hydra`` subtree is deleted
+    before the task function runs.
     """
     try:
         from omegaconf.base import ContainerMetadata, Metadata
@@ -167,9 +179,9 @@ def safe_globals() -> list[Any]:
     except ImportError:
         raise MedretError(
             "family cxr_clip needs the omegaconf package to read the checkpoint's pickled config; "
-            "pip install omegaconf==2.4.0"
+            "pip install omegaconf==2.3.0"
         ) from None
-    return [
+    objects = (
         DictConfig,
         ListConfig,
         ContainerMetadata,
@@ -180,10 +192,11 @@ def safe_globals() -> list[Any]:
         list,
         int,
         collections.defaultdict,
-    ]
+    )
+    return dict(zip(SAFE_GLOBALS, objects, strict=True))
 
 
-#: Names of :func:`safe_globals` (for documentation and tests).
+#: Names of :func:`safe_globals`, as a pickle spells them.
 SAFE_GLOBALS = (
     "omegaconf.dictconfig.DictConfig",
     "omegaconf.listconfig.ListConfig",
@@ -238,43 +251,37 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if not path.is_file():
         raise checkpoint_not_found(path)
-    allowed = safe_globals()
     try:
-        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
-            # torch warns that it would hand a TorchScript archive to torch.jit.load; with weights_only it raises.
-            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive", category=UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated, foreign or code-carrying files
-        msg = error_line(exc)
-        hit = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
-        if hit:
-            name = hit.group(1)
-            if name.startswith("omegaconf."):
-                # The allow-list was derived from a rebuilt config, not a released file: say so, and the way out.
-                raise MedretError(
-                    f"{path}: refused to load: its pickled config references the OmegaConf class {name}, which is "
-                    f"outside medret's allow-list of {len(SAFE_GLOBALS)} classes (found by pickling a config built "
-                    "with CXR-CLIP's code, not checked against every released file); nothing was run; if this is an "
-                    "unmodified released file, please report the class name to medret's maintainers for review; "
-                    'meanwhile, if you trust the file, convert it once with python -c "import torch; '
-                    "from medret.models.cxr_clip import plain; c = torch.load('IN.tar', weights_only=False); "
-                    "torch.save({'model': c['model'], 'config': plain(c['config'])}, 'OUT.tar')\" and set config key "
-                    "models.<name>.checkpoint to OUT.tar"
-                ) from None
-            if name.startswith(("pytorch_lightning", "lightning")):
-                looks = "a PyTorch-Lightning checkpoint (e.g. GLoRIA or MGCA)"
-            else:
-                looks = "a pickle that would call or build arbitrary objects (possibly malicious)"
+        obj = restricted_load(path, safe_globals())
+    except RefusedGlobal as exc:
+        name = exc.name
+        if name.startswith("omegaconf."):
+            # The allow-list was derived from configs built by CXR-CLIP's code: say so, and the way out.
             raise MedretError(
-                f"{path}: refused to load: the pickle references {name}, which is not a tensor, plain value or "
-                f"one of the OmegaConf config types a CXR-CLIP file needs; it looks like {looks}; nothing was run"
+                f"{path}: refused to load: its pickled config references the OmegaConf class {name}, which is "
+                f"outside medret's allow-list of {len(SAFE_GLOBALS)} classes (those a config built by CXR-CLIP's own "
+                "trainer references); nothing was run; if this is an unmodified released file, please report the "
+                "class name to medret's maintainers for review; meanwhile, if you trust the file, convert it once "
+                'with python -c "import torch; from medret.models.cxr_clip import plain; '
+                "c = torch.load('IN.tar', weights_only=False); "
+                "torch.save({'model': c['model'], 'config': plain(c['config'])}, 'OUT.tar')\" and set config key "
+                "models.<name>.checkpoint to OUT.tar"
             ) from None
+        if name.startswith(("pytorch_lightning", "lightning")):
+            looks = "a PyTorch-Lightning checkpoint (e.g. GLoRIA or MGCA)"
+        else:
+            looks = "a pickle that would call or build arbitrary objects (possibly malicious)"
+        raise MedretError(
+            f"{path}: refused to load: the pickle references {name}, which is not a tensor, plain value or "
+            f"one of the OmegaConf config types a CXR-CLIP file needs; it looks like {looks}; nothing was run"
+        ) from None
+    except Exception as exc:  # torch raises many types for truncated or foreign files
         if "TorchScript" in str(exc):
             raise MedretError(
                 f"{path}: a TorchScript archive (e.g. OpenAI's ViT-B-32.pt, family open_clip), not a CXR-CLIP file"
             ) from None
         raise MedretError(
-            f"{path}: not a loadable CXR-CLIP checkpoint ({msg}); the file is truncated or corrupt, download it again"
+            f"{path}: cannot read as a CXR-CLIP checkpoint ({error_line(exc)}); the file is {describe_file(path)}"
         ) from None
     if not isinstance(obj, Mapping) or not isinstance(obj.get("model"), Mapping) or "config" not in obj:
         raise MedretError(
@@ -725,7 +732,7 @@ class CxrClipAdapter(ModelAdapter):
                 self._digests["text_config"] = file_sha256(cfg)
         return {**self._digests, "max_length": self.max_length}
 
-    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, enabled=False):
             pixels = preprocess(images, boxes, self.mean, self.std)
         return self.model.encode_image(pixels)

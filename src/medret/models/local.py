@@ -220,7 +220,7 @@ class LocalAdapter(ModelAdapter):
     def identity(self) -> dict[str, Any]:
         return {"weights": self._train_digest}
 
-    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         return self.model.image(self.model.preprocess(images))
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:

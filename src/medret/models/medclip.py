@@ -48,10 +48,11 @@ the resize is left to do. It is PIL's 8-bit bicubic resampler rebuilt from torch
 bicubic: the same kernel (a = -0.5, support widened when shrinking), and two separable passes,
 each rounded and clipped to 0-255 as PIL stores them (see :func:`preprocess_images`). At cache
 size 224 nothing is resampled. Difference from PIL: one grey level at a few pixels per image
-(PIL computes in fixed point; see tests/test_medclip.py). MedCLIP pads images smaller than 224 px
-to 224 instead of enlarging them; the cache does not keep the source size, so this is not
-reproduced (radiographs are larger). A cache ``image_size`` of at least 224 avoids enlarging
-a downsampled canvas.
+(PIL computes in fixed point; see tests/test_medclip.py). MedCLIP's square has side
+``max(224, w, h)``, so it pads an image smaller than 224 px instead of enlarging it: the cache keeps
+such a source at its own size and :func:`square_canvases` builds that square from it. A shrunk
+source's square is the cache canvas. A cache ``image_size`` of at least 224 avoids enlarging a
+shrunk canvas.
 
 Text: Bio_ClinicalBERT WordPiece with ``do_lower_case=True``. The HF repo has no tokenizer config,
 so the ``AutoTokenizer`` MedCLIP used lowercases and strips accents. Reports are truncated to
@@ -473,6 +474,37 @@ def preprocess_images(images: torch.Tensor) -> torch.Tensor:
     return (x / 255.0 - IMG_MEAN) / IMG_STD
 
 
+def square_canvases(
+    images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor
+) -> torch.Tensor | list[torch.Tensor]:
+    """MedCLIP's black square around each image, in cache pixels: the canvas itself when that is it (one
+    tensor, the usual case), else a list of squares, one per image.
+
+    MedCLIP pastes the image centred on a square of side ``max(224, w, h)`` of its source. For a source the
+    cache kept at its own size (box = source size) that square is built from the box; for a shrunk source
+    it is the canvas, scaled as the cache scaled the source (side S when the source is at least 224 px).
+    """
+    s = images.shape[-1]
+    sides = []
+    for (top, left, h, w), (h0, w0) in zip(boxes.tolist(), sizes.tolist(), strict=True):
+        native = (h, w) == (h0, w0)
+        side = max(INPUT_SIZE, h, w) if native else round(max(INPUT_SIZE, h0, w0) * s / max(h0, w0))
+        centred = (top, left) == ((s - h) // 2, (s - w) // 2)
+        sides.append(None if side == s and centred else side)
+    if all(side is None for side in sides):
+        return images
+    out = []
+    for image, (top, left, h, w), side in zip(images, boxes.tolist(), sides, strict=True):
+        if side is None:
+            out.append(image)
+            continue
+        square = torch.zeros(side, side, dtype=image.dtype, device=image.device)
+        t0, l0 = (side - h) // 2, (side - w) // 2
+        square[t0 : t0 + h, l0 : l0 + w] = image[top : top + h, left : left + w]
+        out.append(square)
+    return out
+
+
 def _vocab_file(text_model: str | Path) -> Path:
     path = Path(text_model)
     vocab = path if path.suffix == ".txt" else path / "vocab.txt"
@@ -601,9 +633,11 @@ class MedCLIPAdapter(ModelAdapter):
         """Token ids and attention masks (B, max_length) as fed to the text tower."""
         return self.tokenizer(texts)
 
-    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        # MedCLIP pads to a black square: that is the cache canvas, so the content box is not needed.
-        return self.model.vision_model(preprocess_images(images))
+    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        squares = square_canvases(images, boxes, sizes)
+        if isinstance(squares, torch.Tensor):
+            return self.model.vision_model(preprocess_images(squares))
+        return self.model.vision_model(torch.cat([preprocess_images(sq[None]) for sq in squares]))
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         ids, mask = self.tokenizer(texts)
