@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
 
@@ -19,10 +20,12 @@ from medret.metrics import (
     ROBUSTNESS_QUANTITIES,
     _bootstrap_means,
     _bootstrap_median,
+    _expected_median,
     bootstrap_counts,
     chance_recall_at_k,
     chance_reciprocal_rank,
     evaluate,
+    expected_median_rank,
     expected_rank,
     hits,
     mean_reciprocal_rank,
@@ -198,6 +201,94 @@ def test_chance_with_candidates_ahead_by_hand():
     )
 
 
+def _enumerated_median(pools):
+    """E[np.median of the ranks] by enumerating every ordering of every query's candidates (Fractions).
+
+    ``pools``: (N, m, a) per query; candidates 0..m-1 are the relevant ones, rank = a + 1 + the
+    position of the first of them. All Π N_q! combinations of orderings are equally likely.
+    """
+    per_query = [
+        [a + 1 + min(order.index(c) for c in range(m)) for order in itertools.permutations(range(n))]
+        for n, m, a in pools
+    ]
+    total, count = Fraction(0), 0
+    for ranks in itertools.product(*per_query):
+        r, q = sorted(ranks), len(ranks)
+        total += Fraction(r[q // 2]) if q % 2 else Fraction(r[q // 2 - 1] + r[q // 2], 2)
+        count += 1
+    return total / count
+
+
+@pytest.mark.parametrize(
+    "pools",
+    [
+        [(3, 1, 0), (4, 2, 0), (4, 1, 2)],  # odd: the middle rank; one query behind a = 2 sure misses
+        [(4, 1, 0), (3, 2, 1), (4, 2, 0), (3, 1, 0)],  # even: the mean of the two middle ranks
+        [(4, 2, 0), (4, 2, 0), (4, 2, 0)],  # one class of three queries
+        [(3, 1, 1), (2, 2, 0), (4, 3, 0), (1, 1, 3), (3, 2, 0)],  # deterministic ones (N = m) mixed in
+    ],
+)
+def test_expected_median_rank_equals_enumerated_orderings(pools):
+    n, m, a = (np.array(col) for col in zip(*pools, strict=True))
+    assert expected_median_rank(n, m, a) == pytest.approx(float(_enumerated_median(pools)), abs=1e-12)
+
+
+def test_expected_median_rank_by_hand():
+    # Three queries, N = 4 with m = 2 relevant: P(R=1) = 1/2, P(R=2) = 1/3, P(R=3) = 1/6, so
+    # p(t) = P(R <= t) = 1/2, 5/6, 1 at t = 1, 2, 3. The median is the 2nd of 3 ranks:
+    # E = Σ_t P(S_t <= 1) with S_t ~ Binomial(3, p(t)), P(S_t <= 1) = (1−p)³ + 3p(1−p)²:
+    # t = 0: 1; t = 1: 1/8 + 3/8 = 1/2; t = 2: 1/216 + 15/216 = 2/27; t >= 3: 0.
+    # E[median] = 1 + 1/2 + 2/27 = 85/54 ≈ 1.574, not the median of E[R] = 5/3 (the old value).
+    assert expected_median_rank([4, 4, 4], [2, 2, 2]) == pytest.approx(85 / 54, abs=1e-14)
+    assert float(np.median(expected_rank([4, 4, 4], [2, 2, 2]))) == pytest.approx(5 / 3)
+    # Two queries: the median is the mean of the two, so E is the mean of the E[R]:
+    # uniform on {1, 2, 3} twice gives 2; N = 4, m = 2 (E = 5/3) with a query uniform on {2, 3}
+    # (N = 2, m = 1 behind a = 1; E = 5/2) gives (5/3 + 5/2)/2 = 25/12.
+    assert expected_median_rank([3, 3], [1, 1]) == pytest.approx(2.0, abs=1e-14)
+    assert expected_median_rank([4, 2], [2, 1], ahead=[0, 1]) == pytest.approx(25 / 12, abs=1e-14)
+    # Three queries uniform on {1, ..., 4}: P(S_t <= 1) = (1−t/4)³ + 3(t/4)(1−t/4)² = 1, 54/64,
+    # 32/64, 10/64 at t = 0..3, so E = 1 + 96/64 = 5/2 (the symmetric distribution's centre).
+    assert expected_median_rank([4, 4, 4], [1, 1, 1]) == pytest.approx(2.5, abs=1e-14)
+
+
+def test_expected_median_rank_matches_monte_carlo():
+    # 200 queries of mixed pools, 20,000 seeded draws; tolerance 4 standard errors of the simulated
+    # mean. A draw uses that the first of m relevant among N in random order sits at 1 + Binomial(N − m,
+    # U), U ~ Beta(1, m) the smallest of the m relevant items' uniform sort keys.
+    rng = np.random.default_rng(11)
+    q, draws = 200, 20_000
+    n, m = rng.integers(20, 61, q), rng.integers(1, 5, q)
+    a = np.where(rng.random(q) < 0.3, rng.integers(1, 11, q), 0)
+    exact = expected_median_rank(n, m, a)
+    medians = np.median(a + 1 + rng.binomial(n - m, rng.beta(1, m, size=(draws, q))), axis=1)
+    se = medians.std() / math.sqrt(draws)
+    assert abs(medians.mean() - exact) < 4 * se
+    # the median of the per-query expectations is far off: over 100 standard errors here
+    assert abs(float(np.median(expected_rank(n, m, a))) - exact) > 100 * se
+
+
+def test_expected_median_rank_when_the_median_is_certain():
+    # Popularity without ties: one report per frequency (N = m = 1), so rank = a + 1 for sure.
+    assert expected_median_rank([1, 1, 1, 1], [1, 1, 1, 1], ahead=[0, 3, 7, 2]) == 3.5  # ranks 1, 4, 8, 3
+    assert expected_median_rank([5, 5, 5], [5, 5, 5]) == 1.0  # every candidate relevant
+    # Two of three queries sure to rank 2: the middle rank is 2 whatever the third one does.
+    assert expected_median_rank([1, 1, 10], [1, 1, 1], ahead=[1, 1, 0]) == 2.0
+    assert expected_median_rank([1], [1], ahead=[41]) == 42.0  # one query
+
+
+def test_expected_median_rank_is_cached_on_the_multiset_of_pools():
+    # Q = 5000 queries among N = 5000 candidates, m uniform on 1..3 (three classes)
+    rng = np.random.default_rng(0)
+    n, m = np.full(5000, 5000), rng.integers(1, 4, 5000)
+    value = expected_median_rank(n, m)
+    hits = _expected_median.cache_info().hits
+    assert expected_median_rank(n[::-1], m[::-1]) == value  # the same pools in another order
+    assert _expected_median.cache_info().hits == hits + 1
+    assert 1 < value < float(np.median(expected_rank(n, m)))
+    with pytest.raises(MedretError, match="no queries"):
+        expected_median_rank(np.array([], dtype=int), np.array([], dtype=int))
+
+
 def test_popularity_baseline_hand_checked():
     # Reports A ×3, B ×2, C ×1 over six images (exact relevance): the ranking is A, B, C for every image.
     text_ids = np.array([0, 0, 1, 2, 0, 1])
@@ -262,7 +353,10 @@ def test_constant_score_model_scores_zero_recall():
         assert row(metrics, "MRR", direction=direction).value == pytest.approx(1 / (n - m + 1))
         med = row(metrics, "median_rank", direction=direction)
         assert med.value == n - m + 1
-        assert med.chance == pytest.approx((n + 1) / (m + 1))
+        # the expected median of 40 random ranks (m = 1: by symmetry (N + 1)/2, as E[R])
+        assert med.chance == pytest.approx(expected_median_rank(np.full(n_q, n), m), abs=1e-12)
+    assert row(metrics, "median_rank", direction="t2i").chance == pytest.approx((n + 1) / 2)
+    assert row(metrics, "median_rank", direction="i2t").chance < (n + 1) / (3 + 1)  # E[R] with m = 3
     assert row(metrics, "R@1", direction="t2i").chance == pytest.approx(100 / 40)  # K/N in percent
 
 
@@ -545,6 +639,44 @@ def test_relevance_modes_are_separate_rows_with_their_own_chance():
     assert row(metrics, "R@1", relevance="labels").chance == pytest.approx(30.0)
     assert row(metrics, "R@5", relevance="labels").chance == pytest.approx(100 * (1 - 21 / 252))
     assert robustness.empty  # one level only: no curve to summarise
+
+
+def test_metrics_table_median_rank_references_are_expected_medians():
+    # Five image queries among 20 reports, 1 to 3 relevant, at two levels.
+    m = np.array([1, 2, 1, 3, 1])
+    ranks = table(
+        block([1, 4, 2, 9, 3], level=0.0, n_candidates=20, n_relevant=m),
+        block([5, 4, 12, 9, 3], level=0.5, n_candidates=20, n_relevant=m),
+    )
+    # Popularity: reports A ×3, B ×2, C ×2, D ×1, E ×1, one image per report (exact relevance). A's
+    # image ranks 1; B's and C's 2 or 3 (a = 1 ahead, N = 2 tied); D's and E's 4 or 5 (a = 3). The
+    # median is the 3rd of 5, the larger of B's and C's ranks: with ties broken per image,
+    # E = 2·1/4 + 3·3/4 = 2.75 (the median of the per-query E[R] 1, 2.5, 2.5, 4.5, 4.5 is 2.5; one
+    # tie order shared by every image would always give B and C ranks 2 and 3, median 3).
+    popularity = popularity_baseline(np.array([3, 2, 2, 1, 1]), {"exact": ([np.array([t]) for t in range(5)], [])})
+    metrics, _, _ = evaluate(ranks, None, dataset="toy", n_boot=50, popularity=popularity)
+    chance = expected_median_rank(np.full(5, 20), m)
+    for level in (0.0, 0.5):  # the chance level depends on the query pool only
+        med = row(metrics, "median_rank", level=level)
+        assert med.chance == pytest.approx(chance, abs=1e-12)
+        assert med.popularity == pytest.approx(2.75, abs=1e-12)
+        assert med.popularity == pytest.approx(expected_median_rank([1, 2, 2, 2, 2], 1, [0, 1, 1, 3, 3]), abs=1e-12)
+    # by hand: E = Σ_t P(S_t < 3), S_t = #{q : R_q <= t} a sum of Bernoulli(1 − C(20 − t, m_q)/C(20, m_q))
+    direct = 0.0
+    for t in range(20):
+        pmf = np.array([1.0])
+        for mq in m:
+            hit = 1 - math.comb(20 - t, mq) / math.comb(20, mq)
+            pmf = np.convolve(pmf, [1 - hit, hit])
+        direct += pmf[:3].sum()
+    assert chance == pytest.approx(direct, abs=1e-12)
+    # E[R] = 21/2, 7, 21/2, 21/4, 21/2: their median 10.5 was the old chance value
+    assert chance < float(np.median(expected_rank(20, m))) - 1
+    # the other references are unchanged: means of per-query expectations
+    assert row(metrics, "R@1", level=0.0).chance == pytest.approx(100 * np.mean(m / 20))
+    assert row(metrics, "MRR", level=0.0).popularity == pytest.approx(
+        (1 + 2 * (1 / 2 + 1 / 3) / 2 + 2 * (1 / 4 + 1 / 5) / 2) / 5
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,15 @@ ties count against the query (a constant-score model gets rank N - m + 1 and R@K
 K < N - m + 1), and a query with several relevant candidates is judged by its best-ranked one; the
 other relevant candidates never push it down.
 
+Reference levels (the metrics table's ``chance`` and ``popularity`` columns) are exact expectations,
+not simulations: under a uniformly random ordering of each query's candidates (chance), or of the
+reports tied in frequency behind the more frequent ones (popularity, image → report). R@K and MRR
+are means over queries, so theirs are the means of the per-query expectations. The median rank is
+not a mean: its reference is E[median over queries of the ranks], the query ranks independent
+(:func:`expected_median_rank`; for popularity, ties broken per image), not the median of the
+per-query expected ranks, which can be far from it. It is for one ranking per query, like the
+means': a random model's median of per-query *mean* ranks over R > 1 repeats has another expectation.
+
 Uncertainty: a percentile bootstrap over clusters (patients). One counts matrix, keyed only on the
 sorted cluster ids, the number of replicates and the seed, weights every model, corruption, level
 and direction, so CIs of differences and of curve summaries (AUC, relative drop) are paired, and
@@ -32,6 +41,7 @@ difference 0, interval [0, 0] and p = 1.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -155,7 +165,8 @@ def _nonempty(ranks: np.ndarray) -> np.ndarray:
 # Every function also takes ``ahead``: candidates known to outrank all relevant ones, followed by a
 # uniformly random ordering of the N tied candidates. ahead = 0 is chance; the popularity baseline
 # (a fixed ranking with ties broken at random) uses it for the candidates more frequent than the
-# query's most frequent relevant one.
+# query's most frequent relevant one. The first three are per query (their means are the R@K and MRR
+# references); expected_median_rank is the median rank's reference for a whole pool of queries.
 
 
 def _check_pool(
@@ -212,9 +223,133 @@ def _expected_reciprocal(n: int, m: int, ahead: int = 0) -> float:
 
 
 def expected_rank(n_candidates: np.ndarray, n_relevant: np.ndarray, ahead: np.ndarray | int = 0) -> np.ndarray:
-    """Per-query E[R] = a + (N+1)/(m+1) under a random ordering; its median over queries is chance median rank."""
+    """Per-query E[R] = a + (N+1)/(m+1) under a random ordering.
+
+    Not a median-rank chance level: the median over queries of these is not the expected median
+    rank (a median is not linear); that is :func:`expected_median_rank`.
+    """
     n, m, a = _check_pool(n_candidates, n_relevant, ahead)
     return a + (n + 1) / (m + 1)
+
+
+def expected_median_rank(n_candidates: np.ndarray, n_relevant: np.ndarray, ahead: np.ndarray | int = 0) -> float:
+    """E[median over queries of R_q], the query ranks R_q independent, each as in :func:`expected_rank`.
+
+    R_q = a_q + J_q, J_q the position of the first of m_q relevant items in a uniformly random order
+    of N_q; the median is :func:`median_rank`'s (np.median: for an even number Q of queries the mean
+    of the two middle order statistics). Exact up to rounding (about 1e-13 absolute for thousands of
+    queries); the median of the per-query E[R_q] is not this, and can be far from it.
+
+    For the j-th smallest rank, E[R_(j)] = Σ_{t>=0} P(R_(j) > t) = Σ_t P(S_t < j), where
+    S_t = #{q : R_q <= t} is Poisson-binomial with p_q(t) = P(R_q <= t) = 1 − C(N_q − (t − a_q), m_q)
+    / C(N_q, m_q) for t > a_q, else 0. Queries with the same (N, m, a) form one binomial class, and
+    P(S_t < j) comes from inverting the characteristic function Π_c (1 − p_c + p_c e^{iw})^{n_c}
+    (:func:`_poisson_binomial_cdf`). It falls with t from 1 to 0; the sum runs over the t where it
+    is neither to within 1e-15 (found by bisection), each t before them adding 1. Cached on the
+    multiset of classes, so cells sharing a query pool (every level of a curve) cost one computation.
+    """
+    n, m, a = _check_pool(n_candidates, n_relevant, ahead)
+    if n.size == 0:
+        raise MedretError("no queries to compute an expected median rank from")
+    keys, counts = np.unique(np.stack([n.ravel(), m.ravel(), a.ravel()], axis=1), axis=0, return_counts=True)
+    return _expected_median(tuple((*key, count) for key, count in zip(keys.tolist(), counts.tolist(), strict=True)))
+
+
+_SETTLED = 1e-15  # P(S_t < j) this close to 1 (or 0) counts as 1 (or 0): bounds the summation range
+_NEGLIGIBLE = 1e-20  # a class with n_c·min(p_c, 1 − p_c) below this counts as certain (total-variation bound)
+_TAIL = 1e-20  # probability mass of S_t left outside its DFT window (Bernstein bound)
+_SPECTRUM_CUT = 50.0  # frequencies where |φ(w)| <= exp(−2 Var(S) sin²(w/2)) < e^−50 are left out
+_CHUNK = 1 << 21  # elements per (t, class, frequency) block
+
+
+@functools.lru_cache(maxsize=1024)
+def _expected_median(classes: tuple[tuple[int, int, int, int], ...]) -> float:
+    """:func:`expected_median_rank` of the classes (N, m, a, number of queries), sorted."""
+    n, m, a, size = (np.array(column, dtype=np.int64) for column in zip(*classes, strict=True))
+    q = int(size.sum())
+    orders = np.array([q // 2 + 1] if q % 2 else [q // 2, q // 2 + 1])  # 1-based; np.median's middle value(s)
+    span = n - m + 1  # J in 1..span
+    # log P(J > s), s = 0..span, of every class end to end: cumulative sums of log((N−m−i)/(N−i))
+    pieces = []
+    for ni, mi, si in zip(n.tolist(), m.tolist(), span.tolist(), strict=True):
+        steps = np.log1p(-mi / (ni - np.arange(si - 1, dtype=float)))  # i = 0..span−2, all finite
+        pieces.append(np.concatenate([[0.0], np.cumsum(steps), [-np.inf]]))
+    log_sf = np.concatenate(pieces)
+    offset = np.concatenate([[0], np.cumsum(span + 1)[:-1]])
+    weight = size.astype(float)
+
+    def below(ts: np.ndarray) -> np.ndarray:
+        """P(S_t < j) = P(S_t <= j − 1) for each t (rows) and middle order j (columns)."""
+        lsf = log_sf[offset + np.clip(ts[:, None] - a, 0, span)]
+        sf, p = np.exp(lsf), -np.expm1(lsf)
+        sure = weight * sf < _NEGLIGIBLE  # R <= t for all of the class
+        active = ~sure & (weight * p >= _NEGLIGIBLE)
+        k = orders - 1 - (sure * size).sum(axis=1, keepdims=True)
+        return _poisson_binomial_cdf(sf, p, np.where(active, weight, 0.0), k)
+
+    def first(lo: int, hi: int, passed) -> int:
+        """The first t in (lo, hi] where ``passed`` holds, given that it holds at hi and not at lo."""
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if passed(below(np.array([mid]))[0]) else (mid, hi)
+        return hi
+
+    # S_t = 0 up to t = min a and S_t = Q from t = max(a + span) on, so P(S_t < j) is 1, then 0.
+    last = int((a + span).max())
+    start = first(int(a.min()), last, lambda f: f[0] < 1.0 - _SETTLED)  # lower middle order leaves 1
+    end = first(start - 1, last, lambda f: f[-1] <= _SETTLED)  # upper middle order reaches 0
+    total = np.full(len(orders), float(start))  # t = 0..start−1 add 1 each
+    step = max(1, _CHUNK // (16 * len(n)))
+    for t0 in range(start, end, step):
+        total += below(np.arange(t0, min(t0 + step, end))).sum(axis=0)
+    return float(total.mean())
+
+
+def _poisson_binomial_cdf(sf: np.ndarray, p: np.ndarray, weight: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """P(S_t <= k_tj) for each row t: S_t a sum of independent Binomial(weight_tc, p_tc), sf = 1 − p.
+
+    Inverts the characteristic function φ on a DFT grid. S lies in lo..hi = μ ± r but for a mass
+    below _TAIL (Bernstein's inequality), so a grid of G >= hi − lo + 1 points w_l = 2πl/G folds only
+    that much onto the window: P(S <= k) = (1/G) Σ_l φ(w_l) Σ_{s=lo..k} e^{−i w_l s}, the inner sum
+    e^{−i w (lo+k)/2} sin(w (k−lo+1)/2) / sin(w/2) with its angles reduced exactly (integers mod 2G),
+    the terms l and G − l conjugate. log φ(w) = Σ_c weight_c log(1 + p_c (e^{iw} − 1)): modulus
+    ½ log1p(−4 p sf sin²(w/2)), argument atan2(p sin w, sf + p cos w), both to full relative
+    precision. Frequencies where |φ(w)| <= exp(−2 Var(S) sin²(w/2)) is below e^−50 are left out.
+    """
+    total = weight.sum(axis=1)
+    mean, variance = (weight * p).sum(axis=1), (weight * p * sf).sum(axis=1)
+    tail = np.log(2 / _TAIL)  # P(|S − μ| >= r) <= 2 exp(−r² / (2 (Var + r/3))) <= _TAIL
+    r = tail / 3 + np.sqrt((tail / 3) ** 2 + 2 * tail * variance)
+    lo, hi = np.maximum(0, np.floor(mean - r)), np.minimum(total, np.ceil(mean + r))
+    out = (k >= hi[:, None]).astype(float)  # outside the window: 0 or 1 to within _TAIL
+    inside = (k >= lo[:, None]) & (k < hi[:, None])
+    rows = np.flatnonzero(inside.any(axis=1))
+    if rows.size == 0:
+        return out
+    used = (weight[rows] > 0).any(axis=0)  # classes uncertain at some t
+    grid = int((hi - lo)[rows].max()) + 1
+    keep = grid // 2  # l = 1..keep; l = G/2 (G even) is its own conjugate
+    if variance[rows].min() > _SPECTRUM_CUT / 2:  # else 2 sin² <= 2 keeps every frequency
+        keep = min(keep, int(np.arccos(1.0 - _SPECTRUM_CUT / variance[rows].min()) * grid / (2 * np.pi)))
+    ell = np.arange(1, keep + 1)
+    w = 2 * np.pi * ell / grid
+    sin_half, sin_w, cos_w = np.sin(w / 2) ** 2, np.sin(w), np.cos(w)
+    pair = np.where(2 * ell == grid, 1.0, 2.0)  # l and G − l, once for the self-conjugate l = G/2
+    step = max(1, _CHUNK // (int(used.sum()) * keep))
+    for chunk in np.array_split(rows, -(-rows.size // step)):
+        ps, pw = (p * sf)[chunk][:, used, None], p[chunk][:, used, None]
+        wt = weight[chunk][:, used]
+        with np.errstate(divide="ignore"):  # log 0 where p = 1/2 and w = π: φ = 0
+            modulus = np.einsum("tc,tcl->tl", wt, 0.5 * np.log1p(-4.0 * ps * sin_half))
+        argument = np.einsum("tc,tcl->tl", wt, np.arctan2(pw * sin_w, sf[chunk][:, used, None] + pw * cos_w))
+        phi = np.exp(modulus + 1j * argument)[:, None, :]  # (t, 1, l)
+        start, kk = lo[chunk].astype(np.int64)[:, None, None], k[chunk][:, :, None]
+        kk = np.clip(kk, start, start + grid - 1)
+        shift = np.exp(-1j * np.pi * ((ell * (start + kk)) % (2 * grid)) / grid)
+        inner = shift * np.sin(np.pi * ((ell * (kk - start + 1)) % (2 * grid)) / grid) / np.sin(np.pi * ell / grid)
+        cdf = (kk[:, :, 0] - start[:, :, 0] + 1 + np.real(phi * inner) @ pair) / grid
+        out[chunk] = np.where(inside[chunk], np.clip(cdf, 0.0, 1.0), out[chunk])
+    return out
 
 
 def popularity_baseline(
@@ -230,6 +365,14 @@ def popularity_baseline(
     ``ahead`` = a. (Pessimistic ties, as used for models' scores, would rank the relevant report
     last in its frequency group, below what any real fixed ranking gets.) Report → image has no
     such baseline: an image-blind model scores every image the same, which is chance.
+
+    R@K and MRR are means, the same whether one tie order serves every image or each image draws
+    its own. The median rank is not: its value is :func:`expected_median_rank`, which takes the
+    queries' ranks as independent, i.e. ties broken per image. One order shared by every image ties
+    together the ranks of queries whose relevant reports share a frequency group, and the expected
+    median can then differ: with exact relevance and every report's frequency equal to its number
+    of queries, each group's ranks are the same multiset under every order, so the median is fixed,
+    while independent tie breaks spread it.
 
     A reference, not the best an image-blind model can do: with label relevance, a ranking that
     puts one report of each label group first reaches more. ``relevance`` maps each mode to (corpus
@@ -250,7 +393,7 @@ def popularity_baseline(
         n, ahead = upper - np.searchsorted(ordered, best, side="left"), len(freq) - upper
         values = {f"R@{k}": 100.0 * chance_recall_at_k(n, m, k, ahead).mean() for k in KS}
         values["MRR"] = chance_reciprocal_rank(n, m, ahead).mean()
-        values["median_rank"] = float(np.median(expected_rank(n, m, ahead)))
+        values["median_rank"] = expected_median_rank(n, m, ahead)
         rows += [{"relevance": mode, "direction": "i2t", "metric": k, "value": v} for k, v in values.items()]
     return pd.DataFrame(rows, columns=["relevance", "direction", "metric", "value"])
 
@@ -480,7 +623,9 @@ def evaluate(
     ``n_boot`` cluster-bootstrap replicates (clusters = ``clusters[query_id]``, e.g. patients; None
     or a None value makes a query its own cluster); the same resamples serve every row. ``chance``
     is the expectation under a uniformly random ranking: the mean of the per-query chance of R@K
-    (percent) or of E[1/R], and for median_rank the median of (N+1)/(m+1).
+    (percent) or of E[1/R], and for median_rank the exact expected median over queries of
+    independent random ranks (:func:`expected_median_rank`; not the median of the per-query
+    (N+1)/(m+1)), for one ranking per query (R = 1).
 
     Robustness, columns ``ROBUSTNESS_COLUMNS``, for R@1, R@5, R@10 and MRR of every (model,
     corruption, relevance, direction) curve with a level-0 point and at least two levels: ``auc`` = trapezoid
@@ -496,7 +641,8 @@ def evaluate(
     pairing across levels.
 
     ``popularity`` is the value of the image-blind popularity baseline (the table of
-    :func:`popularity_baseline`, matched on relevance, direction and metric; NaN without it).
+    :func:`popularity_baseline`, matched on relevance, direction and metric; NaN without it): for
+    median_rank likewise the exact expected median, ties broken independently per image.
 
     Comparisons, columns ``COMPARISON_COLUMNS``: every two models' paired differences (module doc).
     """
@@ -584,11 +730,13 @@ def _cells(per_query: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, corruption, level, relevance, direction), in ngroup order, with n_queries and chance."""
     n, m = per_query["n_candidates"].to_numpy(), per_query["n_relevant"].to_numpy()
     chance = {f"R@{k}": 100.0 * chance_recall_at_k(n, m, k) for k in KS}
-    chance |= {"MRR": chance_reciprocal_rank(n, m), "median_rank": expected_rank(n, m)}
+    chance["MRR"] = chance_reciprocal_rank(n, m)
     table = per_query[[*_CELL, "query_id"]].assign(**{f"chance_{k}": v for k, v in chance.items()})
     grouped = table.groupby(_CELL, sort=True, observed=True)
     cells = grouped[[f"chance_{k}" for k in _MEANS]].mean()
-    cells["chance_median_rank"] = grouped["chance_median_rank"].median()
+    pools = per_query.groupby(_CELL, sort=True, observed=True)[["n_candidates", "n_relevant"]]
+    # exact E[median rank] of a random ranking per cell; cached, so the levels of a curve cost one
+    cells["chance_median_rank"] = [expected_median_rank(p["n_candidates"], p["n_relevant"]) for _, p in pools]
     cells["n_queries"] = grouped["query_id"].nunique()
     cells["n_repeats"] = per_query.groupby(_CELL, sort=True, observed=True)["n_repeats"].first()
     return cells.reset_index()
