@@ -280,3 +280,24 @@ def test_unknown_training_option(tmp_path):
             tmp_path / "x.pt",
             data_digest="",
         )
+
+
+def test_family_and_adapter_messages_name_the_entry(tmp_path):
+    """Families and adapters do not know an entry's name; their messages name it all the same."""
+    from medret.datasets import load_pairs
+    from medret.errors import MedretError
+    from medret.models import load_model
+
+    (tmp_path / "m.bin").touch()
+    entry = {"family": "medclip", "variant": "vit", "checkpoint": str(tmp_path / "m.bin"), "text_model": "nowhere"}
+    with pytest.raises(MedretError) as err:
+        load_model(entry, "my-medclip")
+    assert str(err.value).startswith("config key models.my-medclip.text_model: nowhere/vocab.txt not found")
+    assert "<name>" not in str(err.value)
+    report = tmp_path / "df_chexpert_plus_240401.csv"
+    report.write_text("path_to_image,section_impression\n")
+    entry = {"adapter": "chexpert_plus", "root": str(tmp_path), "reports": str(report), "split": "valid"}
+    entry["labels"] = str(tmp_path / "no-labels")
+    with pytest.raises(MedretError) as err:
+        load_pairs("cxp", entry, [str(report), str(tmp_path / "no-labels" / "impression_fixed.json")])
+    assert "datasets.cxp." in str(err.value) and "<name>" not in str(err.value), str(err.value)

@@ -342,3 +342,17 @@ def test_adding_a_model_submits_only_its_jobs(slurm_demo, tmp_path):
     )
     assert len(new) > 0
     pd.testing.assert_frame_equal(new, old)
+
+
+def test_a_job_that_fails_on_bad_input_is_submitted_once(slurm_demo, tmp_path):
+    """No resubmission of a medret input error (it would fail again; the profile used to resubmit it once)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(slurm_demo[0], workdir, symlinks=True)
+    text = workdir / "results" / "demo" / "embeddings" / "local" / "text.h5"
+    text.write_bytes(text.read_bytes()[: text.stat().st_size // 2])  # damaged: the ranks jobs stop on it
+    target = "results/demo/ranks/local/occlusion.parquet"
+    jobs = submitted_by(lambda: snakemake(workdir, MINI, *SLURM_ARGS, target, "--forcerun", target, check=False))
+    assert rule_counts(jobs) == {"ranks": 1}, jobs
+    assert set(jobs["state"]) == {"FAILED"}
+    log = (workdir / "logs" / "ranks" / "demo" / "local" / "occlusion.log").read_text()
+    assert log.startswith(f"medret error: {text.relative_to(workdir)}: ")

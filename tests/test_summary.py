@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from test_metrics import block, table
 
 from medret.manifest import write_table
@@ -13,6 +16,7 @@ from medret.metrics import evaluate, popularity_baseline
 from medret.summary import summary_markdown, write_summary
 
 EVALUATION = {"bootstrap": 200, "ci": 0.95}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tables():
@@ -77,3 +81,21 @@ def _csv(tmp_path, name: str, frame: pd.DataFrame):
     path = tmp_path / f"{name}.csv"
     frame.to_csv(path, index=False, float_format="%.6g")
     return path
+
+
+#: Each report caption and the table it describes.
+CAPTIONS = {"metrics.rst": "metrics.csv", "robustness.rst": "robustness.csv", "comparisons.rst": "comparisons.csv"}
+
+
+@pytest.mark.parametrize("caption", sorted(CAPTIONS))
+def test_every_name_a_caption_gives_is_a_column_or_value_of_its_table(caption):
+    """A caption's ``name`` is a column of the table, or a value in one of its columns (``quantity = nauc``)."""
+    tables = dict(zip(("metrics.csv", "robustness.csv", "comparisons.csv"), _tables(), strict=True))
+    table = tables[CAPTIONS[caption]]
+    text = (ROOT / "workflow" / "report" / caption).read_text(encoding="utf-8")
+    names = re.findall(r"``([^`]+)``", text)
+    assert names, caption
+    values = {str(v) for column in table.columns for v in table[column].dropna().unique()}
+    for name in names:
+        for word in re.findall(r"[A-Za-z_@0-9]+", name):
+            assert word in table.columns or word in values, f"{caption}: ``{name}``: {word!r} is in no column"

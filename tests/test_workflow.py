@@ -520,6 +520,76 @@ def test_config_typo_is_one_line(tmp_path):
     assert lines == ["medret config error: config key models.local.train.epocs: unknown key (did you mean 'epochs'?)"]
 
 
+def test_a_repeated_key_in_a_config_file_is_one_line(tmp_path):
+    """YAML lets the second `local:` replace the first: a model would silently disappear. Refused at start."""
+    text = yaml.safe_dump(MINI, sort_keys=False).replace("models:\n", "models:\n  local:\n    family: local\n", 1)
+    (tmp_path / "dup.yaml").write_text(text)
+    config = ["--configfile", str(tmp_path / "dup.yaml"), "-n"]
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), *config],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "medret" in ln]
+    assert len(lines) == 1 and re.fullmatch(
+        rf"medret config error: {re.escape(str(tmp_path / 'dup.yaml'))}, line \d+: key 'local' appears twice in one "
+        r"mapping \(first on line \d+\), so one entry would silently replace the other; rename or remove one",
+        lines[0],
+    ), lines
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_empty_pairs_csv_is_one_line(tmp_path):
+    (tmp_path / "pairs.csv").write_bytes(b"")
+    config = copy.deepcopy(MINI)
+    config["datasets"] = {"mine": {"adapter": "csv", "csv": "pairs.csv", "image_size": 64}}
+    config["models"]["local"]["train"]["dataset"] = "mine"
+    proc = snakemake(tmp_path, config, "results/mine/manifest.parquet", check=False)
+    assert proc.returncode != 0
+    lines = {ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("medret error:")}
+    assert lines == {
+        "medret error: pairs.csv: the file is empty (0 bytes); write a header line id,image,report,split and one "
+        "row per pair"
+    }
+    assert "Traceback" not in (tmp_path / "logs" / "manifest" / "mine.log").read_text()
+    assert not (tmp_path / "results" / "mine" / "manifest.parquet").exists()
+
+
+def test_warnings_reach_the_summary_and_the_end_of_the_run(demo_run, tmp_path):
+    """A pair left out (empty report) and a model that enlarges the cache: in summary.md and printed at the end."""
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run, symlinks=True)
+    pairs = pd.read_csv(run / "resources" / "demo" / "pairs.csv", dtype=str, keep_default_na=False)
+    first_test = pairs.index[pairs["split"] == "test"][0]
+    pairs.loc[first_test, "report"] = "  "
+    data = tmp_path / "data"
+    shutil.copytree(run / "resources" / "demo" / "images", data / "images")
+    pairs.to_csv(data / "pairs.csv", index=False)
+    config = copy.deepcopy(MINI)
+    # A 32 px cache for a model whose input is 64 px: it enlarges every (64 px) image the cache shrank.
+    config["datasets"] = {"mine": {"adapter": "csv", "csv": str(data / "pairs.csv"), "image_size": 32}}
+    config["models"] = {"small": {"family": "local", "checkpoint": "results/models/local/checkpoint.pt"}}
+    config["corruptions"] = {"occlusion": MINI["corruptions"]["occlusion"]}
+    proc = snakemake(run, config)
+    summary = (run / "results" / "mine" / "summary.md").read_text(encoding="utf-8")
+    warnings = [
+        "dataset 'mine': 1 pairs of split 'test' left out for a report that is empty after stripping (listed in "
+        "skipped.csv)",
+        "model 'small' enlarges 95 of 95 images of dataset 'mine' (up to 2.00x: its padded square canvas is resized "
+        "to 64 px, the cache gives 32 px); set datasets.mine.image_size to at least 64 to avoid it",
+    ]
+    section = summary.split("## Warnings\n\n", 1)[1].split("\n\n", 1)[0]
+    assert section.splitlines() == [f"- {w}" for w in warnings]
+    end = proc.stderr[proc.stderr.rindex("medret: ") :].splitlines()[:3]  # then Snakemake's closing lines
+    assert end == [
+        "medret: 2 warning(s) for dataset mine (also in results/mine/summary.md):",
+        *(f"  medret warning: {w}" for w in warnings),
+    ]
+    assert pd.read_csv(run / "results" / "mine" / "skipped.csv")["problem"].tolist() == ["empty report"]
+
+
 def test_missing_image_fails_with_one_line_and_no_artifact(tmp_path, demo_run):
     data = tmp_path / "data"
     shutil.copytree(demo_run / "resources" / "demo", data)
