@@ -539,7 +539,7 @@ def test_bad_files_are_refused(tiny, tmp_path, monkeypatch):
     # Truncated files.
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((tiny.dir / "plain.pt").read_bytes()[:4000])
-    with pytest.raises(MedretError, match=r"truncated\.pt: cannot read checkpoint .*truncated, corrupt"):
+    with pytest.raises(MedretError, match=r"truncated\.pt: cannot read checkpoint .*the file is a zip archive cut"):
         load("cxr_repair", truncated)
     short = tmp_path / "short.safetensors"
     short.write_bytes((tiny.dir / "open_clip_model.safetensors").read_bytes()[:4000])

@@ -83,7 +83,15 @@ from torch import nn
 
 from medret.errors import MedretError
 from medret.models.base import ModelAdapter, ResizeRule
-from medret.models.checkpoints import BERT_BASE, error_line, file_sha256, key_problems, read_vocab, skip_random_init
+from medret.models.checkpoints import (
+    BERT_BASE,
+    describe_file,
+    error_line,
+    file_sha256,
+    key_problems,
+    read_vocab,
+    skip_random_init,
+)
 from medret.models.cxr_clip import pil_resize_crop, resized_size
 from medret.models.medclip import describe_checkpoint
 
@@ -299,7 +307,7 @@ def read_state_dict(path: Path, what: str, key: str, hint: str) -> dict[str, tor
         if isinstance(exc, pickle.UnpicklingError) or "GLOBAL" in str(exc) or "Unsupported" in str(exc):
             why = "it references objects other than tensors, so it was refused without running it"
         else:
-            why = "the file is truncated, corrupt or not a weights file; download it again"
+            why = f"the file is {describe_file(path)}"
         raise MedretError(f"{path}: cannot read {what} ({error_line(exc)}); {why}; {hint}") from None
     if not (
         isinstance(obj, Mapping)

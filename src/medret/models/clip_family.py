@@ -63,7 +63,7 @@ from torch import _weights_only_unpickler
 
 from medret.errors import MedretError
 from medret.models.base import ModelAdapter, ResizeRule
-from medret.models.checkpoints import error_line, file_sha256, key_problems
+from medret.models.checkpoints import describe_file, error_line, file_sha256, key_problems
 
 #: Keys of OpenAI's TorchScript state dict that are not weights (deleted by OpenAI's and open_clip's loaders).
 NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -283,7 +283,7 @@ def read_state_dict(path: str | Path, *, missing_hint: str) -> tuple[dict[str, t
     except MedretError:
         raise
     except Exception as exc:  # truncated, foreign or code-carrying files raise many types
-        hint = "the file is truncated, corrupt or not a weights file"
+        hint = f"the file is {describe_file(path)}"
         if isinstance(exc, pickle.UnpicklingError) or "Unsupported global" in str(exc):
             hint = "the weights-only reader refused it (it holds more than tensors); nothing in it was run"
         raise MedretError(f"{path}: cannot read checkpoint ({error_line(exc)}); {hint}") from None

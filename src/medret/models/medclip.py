@@ -89,7 +89,7 @@ from torch import nn
 
 from medret.errors import MedretError
 from medret.models.base import ModelAdapter, ResizeRule
-from medret.models.checkpoints import error_line, file_sha256, key_problems, read_vocab, skip_random_init
+from medret.models.checkpoints import describe_file, error_line, file_sha256, key_problems, read_vocab, skip_random_init
 
 FAMILY = "medclip"
 VARIANTS = {"vit": "Swin-T", "resnet": "ResNet-50"}
@@ -334,7 +334,7 @@ def read_checkpoint(path: str | Path, variant: str) -> dict[str, torch.Tensor]:
         if isinstance(exc, pickle.UnpicklingError) or "GLOBAL" in str(exc) or "Unsupported" in str(exc):
             hint = "it references objects other than tensors, so it was refused without running it"
         else:
-            hint = f"the file is truncated, corrupt or not a weights file; download it again ({_missing_hint(variant)})"
+            hint = f"the file is {describe_file(path)} ({_missing_hint(variant)})"
         raise MedretError(f"{path}: cannot read checkpoint ({error_line(exc)}); {hint}") from None
     if not (
         isinstance(obj, Mapping)
