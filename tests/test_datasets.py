@@ -170,12 +170,12 @@ def test_manifest_stage_writes_skipped_and_warnings(tmp_path):
     assert skipped["problem"].tolist()[1:] == ["not a frontal view (LATERAL; views: frontal)", "empty report"]
     _, meta = read_table(out / "m.parquet")
     assert json.loads(meta["notes"]) == [
-        "medret warning: dataset 'mine': 1 pairs left out for a missing or unreadable image (bad_images: skip; "
-        "listed in skipped.csv)",
+        "medret warning: dataset 'mine': 1 pairs left out for a missing, unreadable or degenerate image "
+        "(bad_images: skip; listed in skipped.csv)",
         "medret warning: dataset 'mine': 1 pairs of split 'test' left out for a report that is empty after "
         "stripping (listed in skipped.csv)",
-        "medret warning: dataset 'mine': 1 lateral or other non-frontal images left out (views: frontal; listed "
-        "in skipped.csv)",
+        "medret warning: dataset 'mine': views: frontal left out 1 lateral or other non-frontal images, and with "
+        "them 1 studies that have no frontal image (listed in skipped.csv; views: any keeps them)",
     ]
 
 

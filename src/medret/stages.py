@@ -111,7 +111,7 @@ def build_manifest(
     skipped = pd.concat([skipped, left_out], ignore_index=True)
     with atomic_output(out_skipped) as tmp:
         skipped.to_csv(tmp, index=False)
-    notes = manifest_notes(name, entry, skipped)
+    notes = manifest_notes(name, entry, skipped, pairs, manifest)
     for note in notes:
         print(note, file=sys.stderr)
     write_table(
@@ -134,28 +134,34 @@ def build_manifest(
     )
 
 
-def manifest_notes(name: str, entry: Mapping[str, Any], skipped: pd.DataFrame) -> list[str]:
-    """The warnings of a manifest, one line each: pairs left out and why (also shown in summary.md)."""
+def manifest_notes(
+    name: str, entry: Mapping[str, Any], skipped: pd.DataFrame, pairs: pd.DataFrame, manifest: pd.DataFrame
+) -> list[str]:
+    """The warnings of a manifest, one line each: pairs left out and why, and the studies the views rule
+    left without an image (also shown in summary.md and at the end of the run)."""
     notes = []
     problems = skipped["problem"].astype(str)
-    image = ~problems.eq("empty report") & ~problems.str.endswith("; views: frontal)")
+    views = problems.str.endswith("; views: frontal)")
+    empty = problems.eq("empty report")
+    image = ~empty & ~views
     if image.any():
         notes.append(
-            f"medret warning: dataset {name!r}: {int(image.sum())} pairs left out for a missing or unreadable "
-            f"image (bad_images: skip; listed in skipped.csv)"
+            f"medret warning: dataset {name!r}: {int(image.sum())} pairs left out for a missing, unreadable or "
+            "degenerate image (bad_images: skip; listed in skipped.csv)"
         )
-    empty = problems.eq("empty report")
     if empty.any():
         notes.append(
             f"medret warning: dataset {name!r}: {int(empty.sum())} pairs of split {entry['split']!r} left out for "
             "a report that is empty after stripping (listed in skipped.csv)"
         )
-    views = problems.str.endswith("; views: frontal)")
     if views.any():
-        studies = skipped.loc[views, "pair_id"].size
+        study = pairs.set_index("pair_id")["study_id"]
+        left = {study.get(p) or f"pair:{p}" for p in skipped.loc[views, "pair_id"]}
+        kept = {s or f"pair:{p}" for p, s in zip(manifest["pair_id"], manifest["study_id"], strict=True)}
         notes.append(
-            f"medret warning: dataset {name!r}: {studies} lateral or other non-frontal images left out "
-            "(views: frontal; listed in skipped.csv)"
+            f"medret warning: dataset {name!r}: views: frontal left out {int(views.sum())} lateral or other "
+            f"non-frontal images, and with them {len(left - kept)} studies that have no frontal image "
+            "(listed in skipped.csv; views: any keeps them)"
         )
     return notes
 
