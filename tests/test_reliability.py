@@ -577,6 +577,19 @@ def test_random_byte_flips_never_change_a_result_silently_nor_raise_a_traceback(
         print(f"{kind}: {len(data)} bytes, {dict(outcomes)}")
 
 
+def test_no_hdf5_artifact_keeps_anything_in_the_global_heap(tmp_path):
+    """Variable-length strings live in HDF5's global heap, which has no checksum; a flipped bit there once made
+    reading an attribute spin forever. Every string is stored with a fixed length or as bytes."""
+    for kind, (path, _) in _artifacts(tmp_path).items():
+        if path.suffix != ".h5":
+            continue
+        with h5py.File(path, "r") as f:
+            for name in f:
+                assert f[name].dtype.kind != "O", (kind, name)
+            for name in f.attrs:
+                assert f.attrs.get_id(name).dtype.kind != "O", (kind, "attribute", name)
+
+
 def test_the_image_cache_boxes_and_sizes_are_covered_by_the_checksum(tmp_path):
     """The issue's case: one flipped byte in ``boxes`` once gave a silently narrower crop; now it is refused."""
     path = _png_cache(tmp_path, n=3, size=32)

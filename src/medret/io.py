@@ -226,7 +226,7 @@ def seal_h5(f: Any) -> None:
     ``boxes``, string ``ids``, whose bytes live in a heap HDF5 does not checksum), the name, shape,
     dtype and filters of every dataset, and every attribute.
     """
-    f.attrs[CHECKSUM_ATTR] = _h5_checksum(f)
+    set_attrs(f, {CHECKSUM_ATTR: _h5_checksum(f)})  # fixed-length: nothing of the file in the global heap
 
 
 def verify_h5(f: Any, path: str | Path, what: str) -> None:
