@@ -545,21 +545,19 @@ def validate_config_entry(entry: dict) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["image cache", "text embeddings", "image embeddings", "parquet table"])
-def test_random_byte_flips_never_change_a_result_silently_nor_raise_a_traceback(tmp_path, kind):
-    """The damage sweep: one flipped bit at a time, at random places, in each kind of artifact.
+def test_a_flipped_bit_in_any_byte_never_changes_a_result_silently_nor_raises_a_traceback(tmp_path, kind):
+    """The damage sweep: one flipped bit at a time, in every byte of each kind of artifact (about 40 s in all).
 
     Every read either returns exactly what was written (a flip in bytes nothing reads, e.g. free space)
-    or stops with one MedretError line naming the file; never another exception, never other values.
+    or stops with one MedretError line naming the file; never another exception, never other values,
+    never a hang (a flipped bit in HDF5's global heap once made a read spin forever).
     """
     path, read = _artifacts(tmp_path)[kind]
     original, data = read(path), path.read_bytes()
     rng = np.random.default_rng(sum(map(ord, kind)))
     damaged = tmp_path / f"damaged{path.suffix}"
     outcomes: collections.Counter[str] = collections.Counter()
-    # 400 random bytes per file; MEDRET_FULL_SWEEP=1 flips every byte (results in docs/reliability.md).
-    full = os.environ.get("MEDRET_FULL_SWEEP") == "1"
-    positions = range(len(data)) if full else rng.choice(len(data), size=min(len(data), 400), replace=False)
-    for position in positions:
+    for position in range(len(data)):
         bit = int(rng.integers(8))
         damaged.write_bytes(data[:position] + bytes([data[position] ^ (1 << bit)]) + data[position + 1 :])
         try:
@@ -572,9 +570,7 @@ def test_random_byte_flips_never_change_a_result_silently_nor_raise_a_traceback(
             continue
         assert got == original, f"byte {position} bit {bit}: read back different values without an error"
         outcomes["unchanged"] += 1
-    assert outcomes["refused"] > 0, outcomes
-    if full:
-        print(f"{kind}: {len(data)} bytes, {dict(outcomes)}")
+    assert outcomes["refused"] > len(data) // 3, outcomes
 
 
 def test_no_hdf5_artifact_keeps_anything_in_the_global_heap(tmp_path):
