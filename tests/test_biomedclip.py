@@ -320,7 +320,7 @@ def test_truncated_and_malicious_weights_are_refused(published, tmp_path):
     weights = d / "open_clip_pytorch_model.bin"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    with pytest.raises(MedretError, match=r"cannot read checkpoint.*truncated"):
+    with pytest.raises(MedretError, match=r"cannot read checkpoint .*the file is a zip archive cut short"):
         load_model({"family": "biomedclip", "checkpoint": str(d)})
     marker = tmp_path / "pwned"
     torch.save({"visual.head.proj.weight": torch.zeros(1), "x": _Evil(marker)}, weights)

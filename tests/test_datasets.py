@@ -318,6 +318,24 @@ def test_cache_at_320_is_the_cxr_repair_canvas_byte_for_byte(tmp_path, height, w
         assert box[3] == 319
 
 
+def test_a_narrow_source_is_resized_horizontal_pass_first_as_pillow_9_did(tmp_path):
+    """Pillow 13 runs the vertical pass first for tall, narrow images, Pillow 9 (the original pipelines') did not.
+
+    reference/cxr_repair measured CXR-RePaiR's own preprocess() under Pillow 9.5 on such an image: equal to two
+    one-axis resizes (horizontal first) under Pillow 13, not to one call.
+    """
+    path = tmp_path / "narrow.png"
+    Image.fromarray(_radiograph_like(2544, 1200)).save(path)
+    canvas, box, _ = decode_to_canvas(path, 320)
+    top, left, h, w = box
+    assert (h, w) == (320, int(1200 * (320 / 2544)))
+    with Image.open(path) as im:
+        two_pass = im.resize((w, 2544), Image.LANCZOS).resize((w, 320), Image.LANCZOS)
+        one_call = im.resize((w, 320), Image.LANCZOS)
+    assert np.array_equal(canvas[top : top + h, left : left + w], np.asarray(two_pass))
+    assert not np.array_equal(np.asarray(two_pass), np.asarray(one_call)), "Pillow's pass order changed again"
+
+
 def test_a_source_smaller_than_the_cache_keeps_its_own_pixels(tmp_path):
     img = _radiograph_like(90, 70)
     Image.fromarray(img).save(tmp_path / "small.png")

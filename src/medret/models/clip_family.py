@@ -518,6 +518,8 @@ def cxr_preprocess(images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tenso
     import numpy as np
     from PIL import Image
 
+    from medret.imaging import resize_lanczos
+
     canvas = torch.zeros(len(images), 1, CXR_CANVAS, CXR_CANVAS, device=images.device)
     for i, ((top, left, h, w), (h0, w0)) in enumerate(zip(boxes.tolist(), sizes.tolist(), strict=True)):
         x = images[i, top : top + h, left : left + w]
@@ -525,7 +527,7 @@ def cxr_preprocess(images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tenso
         nh, nw = int(h0 * ratio), int(w0 * ratio)
         if (nh, nw) != (h, w):
             pil = Image.fromarray(np.ascontiguousarray(x.cpu().numpy()), mode="L")
-            resized = np.asarray(pil.resize((nw, nh), Image.Resampling.LANCZOS))
+            resized = np.asarray(resize_lanczos(pil, nw, nh))
             x = torch.from_numpy(resized.copy()).to(images.device)
         t0, l0 = (CXR_CANVAS - nh) // 2, (CXR_CANVAS - nw) // 2
         canvas[i, 0, t0 : t0 + nh, l0 : l0 + nw] = x
