@@ -74,8 +74,8 @@ def decode_to_canvas(
     original pixels once, as its own pipeline does, instead of an enlarged copy. ``fast`` decodes a
     JPEG much larger than the canvas at a reduced scale (1/2, 1/4 or 1/8, straight from its DCT
     coefficients) that stays at least twice the target, as Pillow's ``thumbnail`` does: a 2544 × 3056
-    JPEG goes into a 224 px cache 2.6× faster (1.6× into 512 px), within a grey level or so of the
-    exact decode, but not the same bytes.
+    JPEG goes into a 224 px cache 2.6× faster (1.6× into 512 px), on average 0.2 grey levels from the
+    exact decode (about 20% of pixels differ at 320 px, up to 14 levels at hard edges): not the same bytes.
     """
     try:
         with Image.open(path) as img:
