@@ -346,12 +346,14 @@ def test_a_job_uses_a_gpu_only_when_it_holds_one(monkeypatch):
 
 
 def _hub_checkpoints(root: Path) -> dict[str, dict]:
-    """Config entries of a tiny open_clip model (state dict + JSON architecture) and a tiny BiomedCLIP
-    directory in its published hub layout (config, weights, vocabulary), with random weights."""
+    """Config entries of a tiny open_clip model (state dict + JSON architecture), a tiny BiomedCLIP
+    directory in its published hub layout (config, weights, vocabulary) and tiny Hugging Face CLIP and
+    SigLIP directories (family transformers: PubMedCLIP's and MedSigLIP's layouts), with random weights."""
     import open_clip
     import torch
     from test_biomedclip import TINY_CFG as BIOMEDCLIP_CFG
     from test_biomedclip import _write_layout
+    from test_transformers_family import _write_clip, _write_siglip
 
     arch = root / "medret-tiny-wf.json"
     arch.write_text(json.dumps(TINY_CLIP))
@@ -366,6 +368,8 @@ def _hub_checkpoints(root: Path) -> dict[str, dict]:
     return {
         "tiny-clip": {"family": "open_clip", "model": str(arch), "checkpoint": str(root / "tiny.pt")},
         "tiny-biomedclip": {"family": "biomedclip", "checkpoint": str(biomedclip)},
+        "tiny-hf-clip": {"family": "transformers", "checkpoint": str(_write_clip(root / "hf-clip"))},
+        "tiny-hf-siglip": {"family": "transformers", "checkpoint": str(_write_siglip(root / "hf-siglip"))},
     }
 
 
@@ -373,7 +377,7 @@ def test_a_pretrained_family_joins_the_study(demo_run, tmp_path):
     """Adding pretrained models to the finished demo plans exactly their jobs (they run in the next test)."""
     config = copy.deepcopy(MINI)
     config["models"].update(_hub_checkpoints(tmp_path))
-    expected = {"embed_texts": 2, "embed_images": 4, "ranks": 4, "metrics": 1, "summary": 1, "plot_results": 2}
+    expected = {"embed_texts": 4, "embed_images": 8, "ranks": 8, "metrics": 1, "summary": 1, "plot_results": 2}
     assert planned_jobs(demo_run, config) == {**expected, "all": 1}
 
 
@@ -427,7 +431,7 @@ def _published_checkpoints(root: Path) -> dict[str, dict]:
 
 def test_every_published_family_runs_end_to_end(demo_run, tmp_path):
     """Every family (published file layouts) through the whole workflow: CXR-RePaiR, CheXzero, MedCLIP,
-    CXR-CLIP, BioViL, and tiny open_clip and BiomedCLIP models.
+    CXR-CLIP, BioViL, and tiny open_clip, BiomedCLIP and transformers (CLIP, SigLIP) models.
 
     A 16-pair subset of the demo's test split and two levels keep the full-size image towers cheap.
     """
@@ -449,7 +453,7 @@ def test_every_published_family_runs_end_to_end(demo_run, tmp_path):
     metrics = pd.read_csv(res / "metrics.csv")
     assert set(metrics["model"]) == set(models)
     dims = {"cxr-repair": 512, "chexzero": 512, "medclip": 512, "cxr-clip": 512, "biovil": 128, "tiny-clip": 32}
-    dims["tiny-biomedclip"] = 16
+    dims.update({"tiny-biomedclip": 16, "tiny-hf-clip": 16, "tiny-hf-siglip": 32})
     n_texts = subset["report"].str.strip().nunique()
     for name, dim in dims.items():
         with h5py.File(res / "embeddings" / name / "images" / "occlusion.h5") as f:
@@ -460,7 +464,7 @@ def test_every_published_family_runs_end_to_end(demo_run, tmp_path):
         ranks = pd.read_parquet(res / "ranks" / name / "occlusion.parquet")
         assert len(ranks) == 2 * (16 + n_texts) and ranks["rank"].between(1, 16).all()
     comparisons = pd.read_csv(res / "comparisons.csv")
-    assert len(set(zip(comparisons["model_a"], comparisons["model_b"], strict=True))) == 7 * 6 // 2
+    assert len(set(zip(comparisons["model_a"], comparisons["model_b"], strict=True))) == 9 * 8 // 2
     assert set(comparisons["quantity"]) == {"value", "nauc"}
     # p in [0, 1]; undefined (NaN) only where the difference is (an nAUC of a curve whose clean value is 0).
     defined = comparisons["difference"].notna()

@@ -195,6 +195,37 @@ PUBLIC_FILES: dict[str, PublicFile] = {
             "biomedclip",
             "models.<name>.checkpoint (the directory)",
         ),
+        # PubMedCLIP (family transformers). Seen in the repository's history: config.json and pytorch_model.bin
+        # (commit 117ca20; the weights' LFS digest), preprocessor_config.json and tokenizer_config.json (commit
+        # ed5c719). vocab.json and merges.txt were not seen in a listing; they are what CLIPTokenizer.save_pretrained
+        # writes beside tokenizer_config.json, and the model card's CLIPProcessor.from_pretrained needs them. If
+        # one is missing, `hf download flaviagiammarino/pubmed-clip-vit-base-patch32 --local-dir DIR` gets every file.
+        *_hf_directory(
+            "pubmed-clip",
+            "flaviagiammarino/pubmed-clip-vit-base-patch32",
+            "pubmed-clip-vit-base-patch32",
+            ("config.json", "preprocessor_config.json", "tokenizer_config.json", "vocab.json", "merges.txt"),
+            "transformers",
+            "models.<name>.checkpoint (the directory)",
+        ),
+        PublicFile(
+            "pubmed-clip-pytorch-model",
+            _hf("flaviagiammarino/pubmed-clip-vit-base-patch32", "pytorch_model.bin"),
+            "pubmed-clip-vit-base-patch32/pytorch_model.bin",
+            "transformers",
+            "models.<name>.checkpoint (the directory)",
+            sha256="4daa7650d2b47e55c37b5ca7dcabe826fd82407c26028a574bcc422f35a94aa4",
+        ),
+        PublicFile(
+            "medsiglip-448",
+            None,
+            "medsiglip-448",
+            "transformers",
+            "models.<name>.checkpoint (the directory)",
+            manual="MedSigLIP is gated: log in at https://huggingface.co/google/medsiglip-448 and accept the Health AI "
+            "Developer Foundations terms, then run `hf auth login` and "
+            "`hf download google/medsiglip-448 --local-dir weights/medsiglip-448`",
+        ),
     ]
 }
 

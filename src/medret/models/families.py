@@ -122,3 +122,19 @@ register_family(
         required=("biovil_version", "checkpoint", "text_model"),
     )
 )
+register_family(
+    Family(
+        name="transformers",
+        build="medret.models.hf_transformers:TransformersAdapter",
+        options={
+            # hf_transformers.SUPPORTED, CONFIG_FILE, PREPROCESSOR_FILE
+            "checkpoint": "local directory in the Hugging Face layout of a CLIPModel or SiglipModel (model_type "
+            "clip or siglip): config.json, model.safetensors or pytorch_model.bin (or their sharded index), tokenizer "
+            "files, preprocessor_config.json; e.g. hf download google/medsiglip-448 --local-dir DIR; "
+            "custom code (auto_map) is never run",
+        },
+        description="Hugging Face transformers dual encoders (CLIP, SigLIP: PubMedCLIP, MedSigLIP) with their own "
+        "image processor and tokenizer",
+        required=("checkpoint",),
+    )
+)
