@@ -147,14 +147,22 @@ def demo_study(root: Path, config: dict[str, Any], *, threads: int = 1) -> Study
     root.mkdir(parents=True, exist_ok=True)
     entry = config["datasets"]["demo"]
     csv = root / "resources" / "pairs.csv"
-    stages.generate_demo(csv, entry, workers=1)
+    stages.generate_demo(out_csv=csv, entry=entry, workers=1)
     manifest, train = root / "manifest.parquet", root / "train.parquet"
-    stages.build_manifest("demo", entry, [str(csv)], manifest, train, root / "skipped.csv")
+    stages.build_manifest(
+        name="demo", entry=entry, sources=[str(csv)], out_manifest=manifest, out_train=train,
+        out_skipped=root / "skipped.csv",
+    )  # fmt: skip
     specs = root / "occlusion.parquet"
-    stages.build_corruption_specs(manifest, "occlusion", config["corruptions"]["occlusion"], specs)
-    stages.build_image_cache(train, root / "train.h5", size=int(entry["image_size"]))
+    stages.build_corruption_specs(
+        manifest_path=manifest, name="occlusion", entry=config["corruptions"]["occlusion"], out_path=specs
+    )
+    stages.build_image_cache(table_path=train, out_path=root / "train.h5", size=int(entry["image_size"]))
     checkpoints = {}
     for name, model in config["models"].items():
         checkpoints[name] = root / "models" / name / "checkpoint.pt"
-        stages.train_model(name, model, train, root / "train.h5", checkpoints[name], threads=threads)
+        stages.train_model(
+            name=name, entry=model, train_table=train, train_images=root / "train.h5", out_path=checkpoints[name],
+            threads=threads,
+        )  # fmt: skip
     return Study(root, config, manifest, specs, checkpoints)

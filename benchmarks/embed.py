@@ -162,7 +162,7 @@ def build_study(args: argparse.Namespace, root: Path, *, n_test: int, size: int,
         root, n_test=n_test, n_train=8, render_size=size, image_size=size, levels=levels, models=["local"]
     )
     study = demo_study(root, config, threads=args.threads)
-    stages.build_image_cache(study.manifest, root / "eval.h5", size=size)
+    stages.build_image_cache(table_path=study.manifest, out_path=root / "eval.h5", size=size)
     set_threads(args.threads)
     return study
 

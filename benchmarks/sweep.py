@@ -52,20 +52,20 @@ def medret_sweep(study: Study, out: Path) -> dict[str, Path]:
     from medret import stages
 
     cache = out / "eval.h5"
-    stages.build_image_cache(study.manifest, cache, size=study.image_size)
+    stages.build_image_cache(table_path=study.manifest, out_path=cache, size=study.image_size)
     paths = {}
     for name, entry in study.config["models"].items():
         paths[name] = out / f"{name}.h5"
         stages.embed_images(
-            name,
-            entry,
-            "occlusion",
-            study.occlusion,
-            study.manifest,
-            cache,
-            study.specs,
-            paths[name],
-            checkpoint=str(study.checkpoints[name]),
+            name=name,
+            entry=entry,
+            corruption="occlusion",
+            corruption_entry=study.occlusion,
+            manifest_path=study.manifest,
+            cache_path=cache,
+            specs_path=study.specs,
+            out_path=paths[name],
+            files={"checkpoint": str(study.checkpoints[name])},
         )
     return paths
 

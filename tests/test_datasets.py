@@ -164,7 +164,14 @@ def test_manifest_stage_writes_skipped_and_warnings(tmp_path):
     entry = {"adapter": "csv", "csv": str(path), "split": "test", "train_split": "train"}
     entry |= {"bad_images": "skip", "views": "frontal"}
     out = tmp_path / "out"
-    stages.build_manifest("mine", entry, [str(path)], out / "m.parquet", out / "t.parquet", out / "skipped.csv")
+    stages.build_manifest(
+        name="mine",
+        entry=entry,
+        sources=[str(path)],
+        out_manifest=out / "m.parquet",
+        out_train=out / "t.parquet",
+        out_skipped=out / "skipped.csv",
+    )
     skipped = pd.read_csv(out / "skipped.csv")
     assert skipped["pair_id"].tolist() == ["a", "c", "d"]
     assert skipped["problem"].tolist()[1:] == ["not a frontal view (LATERAL; views: frontal)", "empty report"]

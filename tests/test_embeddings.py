@@ -20,8 +20,7 @@ from medret.errors import MedretError
 from medret.imaging import ImageCache, decode_to_canvas
 from medret.io import seal_h5, set_attrs, write_strings
 from medret.manifest import read_table
-from medret.models import ModelAdapter, ResizeRule, load_model
-from medret.models.biovil import BioViLAdapter
+from medret.models import ModelAdapter, ResizeRule, list_families, load_model
 from medret.models.local import train
 
 REPORTS = ["No effusion.", "Left effusion.", "No effusion.", "Right pneumothorax.", "Cardiomegaly.", "No effusion."]
@@ -49,24 +48,38 @@ def study(tmp_path_factory):
     config = validate_config({"datasets": {"toy": dataset}, "models": {"m": model}, "corruptions": {"occ": occ}})
     entry = config["datasets"]["toy"]
     outputs = [root / name for name in ("manifest.parquet", "train.parquet", "skipped.csv")]
-    stages.build_manifest("toy", entry, [str(root / "pairs.csv")], *outputs)
-    stages.build_report_corpus("toy", entry, [str(root / "pairs.csv")], outputs[0], root / "corpus.parquet")
-    stages.build_image_cache(root / "manifest.parquet", root / "eval.h5", size=32)
-    stages.build_corruption_specs(root / "manifest.parquet", "occ", occ, root / "specs.parquet")
+    sources = [str(root / "pairs.csv")]
+    stages.build_manifest(
+        name="toy", entry=entry, sources=sources, out_manifest=outputs[0], out_train=outputs[1], out_skipped=outputs[2]
+    )
+    stages.build_report_corpus(
+        name="toy", entry=entry, sources=sources, manifest_path=outputs[0], out_corpus=root / "corpus.parquet"
+    )
+    stages.build_image_cache(table_path=root / "manifest.parquet", out_path=root / "eval.h5", size=32)
+    stages.build_corruption_specs(
+        manifest_path=root / "manifest.parquet", name="occ", entry=occ, out_path=root / "specs.parquet"
+    )
     images = rng.integers(0, 255, (6, 32, 32), dtype=np.uint8)
     train(model, REPORTS, np.array([0, 1, 0, 2, 3, 0]), images, root / "ckpt.pt", data_digest="x")
-    text_inputs = (root / "manifest.parquet", root / "corpus.parquet")
-    stages.embed_texts("m", model, *text_inputs, root / "text.h5", checkpoint=str(root / "ckpt.pt"))
+    files = {"checkpoint": str(root / "ckpt.pt")}
+    stages.embed_texts(
+        name="m",
+        entry=model,
+        manifest_path=root / "manifest.parquet",
+        corpus_path=root / "corpus.parquet",
+        out_path=root / "text.h5",
+        files=files,
+    )
     stages.embed_images(
-        "m",
-        model,
-        "occ",
-        occ,
-        root / "manifest.parquet",
-        root / "eval.h5",
-        root / "specs.parquet",
-        root / "occ.h5",
-        checkpoint=str(root / "ckpt.pt"),
+        name="m",
+        entry=model,
+        corruption="occ",
+        corruption_entry=occ,
+        manifest_path=root / "manifest.parquet",
+        cache_path=root / "eval.h5",
+        specs_path=root / "specs.parquet",
+        out_path=root / "occ.h5",
+        files=files,
     )
     return root, model, occ
 
@@ -93,12 +106,12 @@ def test_cache_layout_and_provenance(study):
 def test_ranks_stage(study):
     root, _, _ = study
     stages.compute_ranks(
-        root / "manifest.parquet",
-        root / "corpus.parquet",
-        root / "text.h5",
-        root / "occ.h5",
-        root / "specs.parquet",
-        root / "ranks.parquet",
+        manifest_path=root / "manifest.parquet",
+        corpus_path=root / "corpus.parquet",
+        text_path=root / "text.h5",
+        image_path=root / "occ.h5",
+        specs_path=root / "specs.parquet",
+        out_path=root / "ranks.parquet",
         block=1 << 20,
         dataset="toy",
         relevance=RELEVANCE,
@@ -118,12 +131,12 @@ def test_provenance_mismatch_is_refused(study, tmp_path):
         seal_h5(f)
     with pytest.raises(MedretError, match=r"stale\.h5: provenance mismatch on manifest_digest"):
         stages.compute_ranks(
-            root / "manifest.parquet",
-            root / "corpus.parquet",
-            root / "text.h5",
-            stale,
-            root / "specs.parquet",
-            tmp_path / "r.parquet",
+            manifest_path=root / "manifest.parquet",
+            corpus_path=root / "corpus.parquet",
+            text_path=root / "text.h5",
+            image_path=stale,
+            specs_path=root / "specs.parquet",
+            out_path=tmp_path / "r.parquet",
             block=1 << 20,
             dataset="toy",
             relevance=RELEVANCE,
@@ -134,12 +147,12 @@ def test_provenance_mismatch_is_refused(study, tmp_path):
         seal_h5(f)
     with pytest.raises(MedretError, match="different model specs"):
         stages.compute_ranks(
-            root / "manifest.parquet",
-            root / "corpus.parquet",
-            root / "text.h5",
-            stale,
-            root / "specs.parquet",
-            tmp_path / "r.parquet",
+            manifest_path=root / "manifest.parquet",
+            corpus_path=root / "corpus.parquet",
+            text_path=root / "text.h5",
+            image_path=stale,
+            specs_path=root / "specs.parquet",
+            out_path=tmp_path / "r.parquet",
             block=1 << 20,
             dataset="toy",
             relevance=RELEVANCE,
@@ -150,15 +163,17 @@ def test_provenance_mismatch_is_refused(study, tmp_path):
 def test_specs_of_another_corruption_are_refused(study, tmp_path):
     root, _, occ = study
     other = {**occ, "seed": 1}
-    stages.build_corruption_specs(root / "manifest.parquet", "occ", other, tmp_path / "specs.parquet")
+    stages.build_corruption_specs(
+        manifest_path=root / "manifest.parquet", name="occ", entry=other, out_path=tmp_path / "specs.parquet"
+    )
     with pytest.raises(MedretError, match="provenance mismatch on corruption_spec_digest"):
         stages.compute_ranks(
-            root / "manifest.parquet",
-            root / "corpus.parquet",
-            root / "text.h5",
-            root / "occ.h5",
-            tmp_path / "specs.parquet",
-            tmp_path / "r.parquet",
+            manifest_path=root / "manifest.parquet",
+            corpus_path=root / "corpus.parquet",
+            text_path=root / "text.h5",
+            image_path=root / "occ.h5",
+            specs_path=tmp_path / "specs.parquet",
+            out_path=tmp_path / "r.parquet",
             block=1 << 20,
             dataset="toy",
             relevance=RELEVANCE,
@@ -308,7 +323,7 @@ class _Geometry(ModelAdapter):
 
 
 def test_upsampling_warning_names_the_count_factor_and_the_image_size_that_avoids_it():
-    biovil = _Geometry(BioViLAdapter.resize_rule)
+    biovil = _Geometry(list_families()["biovil"].resize)
     # In a 512 cache: MIMIC's 2544 x 3056 (box 512 x 426), its landscape twin, a square, and 512 x 412.
     boxes = np.array([[0, 43, 512, 426], [43, 0, 426, 512], [0, 0, 512, 512], [0, 50, 512, 412]])
     assert upsampling_warning(biovil, boxes[:3], model_name="biovil", dataset="mimic", image_size=512) == (
@@ -329,7 +344,7 @@ def test_upsampling_warning_names_the_count_factor_and_the_image_size_that_avoid
 def test_suggested_image_size_holds_for_a_real_mimic_sized_image(tmp_path):
     """The cache itself at the suggested size: the 2544-px side becomes int(2544 * S / 3056): 511 at 615, 512 at 616."""
     Image.new("L", (2544, 3056), 128).save(tmp_path / "mimic.png")  # width x height, as MIMIC-CXR's
-    biovil = _Geometry(BioViLAdapter.resize_rule)
+    biovil = _Geometry(list_families()["biovil"].resize)
     expected = {512: (0, 43, 512, 426), 615: (0, 52, 615, 511), 616: (0, 52, 616, 512)}
     sizes = np.array([[3056, 2544]])
     for size, box in expected.items():

@@ -27,6 +27,7 @@ from medret.models.local import (
     report_tokens,
     train,
 )
+from medret.plugins import Option
 
 REPORTS = [
     "No pleural effusion. No pneumothorax.",
@@ -121,7 +122,7 @@ def test_checking_configs_imports_no_torch_and_no_family_module():
     assert out["families"] == sorted(list_families())
     assert out["trainable"] == ["local"]
     assert out["heavy"] == []
-    assert out["models"] == ["medret.models.families"]
+    assert out["models"] == ["medret.models.families", "medret.models.geometry"]
 
 
 def test_builtin_families_name_module_level_callables():
@@ -137,10 +138,12 @@ def test_option_texts_follow_the_family_modules():
     # The declarations live in medret.models.families (torch-free); their texts quote these constants.
     from medret.models import biomedclip, medclip
 
-    text = list_families()["biomedclip"].options["checkpoint"]
+    text = list_families()["biomedclip"].options["checkpoint"].description
     for value in (biomedclip.REPO, biomedclip.CONFIG_FILE, biomedclip.WEIGHTS_FILE, biomedclip.VOCAB_FILE):
         assert value in text
-    assert f"(default {medclip.DEFAULT_MAX_LENGTH})" in list_families()["medclip"].options["max_length"]
+    # Defaults live in the declaration; the module reads them from there.
+    max_length = list_families()["medclip"].options["max_length"]
+    assert max_length.default == medclip.DEFAULT_MAX_LENGTH == 77 and "(default 77)" in max_length.text()
 
 
 class TinyAdapter(ModelAdapter):
@@ -152,7 +155,7 @@ class TinyAdapter(ModelAdapter):
     def embed_dim(self) -> int:
         return 4
 
-    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         return torch.ones(len(images), 4, device=images.device)
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -178,7 +181,10 @@ def test_third_party_family(registry, form):
         Family(
             name="tiny",
             build=build,
-            options={"scale": "a number", "train": "training options"},
+            options={
+                "scale": Option("a number", {"type": "number"}, default=1.0),
+                "train": Option("training options", {"type": "object"}),
+            },
             description="test",
             train=train,
         )
@@ -197,9 +203,9 @@ def test_third_party_family(registry, form):
 
 
 def test_malformed_family_targets():
-    with pytest.raises(ValueError, match=r"family x: build='medret\.models\.local' is not 'module:attribute'"):
+    with pytest.raises(ValueError, match=r"family x: build: 'medret\.models\.local' is not 'module:attribute'"):
         Family(name="x", build="medret.models.local", options={}, description="")
-    with pytest.raises(ValueError, match=r"family x: train=':train' is not 'module:attribute'"):
+    with pytest.raises(ValueError, match=r"family x: train: ':train' is not 'module:attribute'"):
         Family(name="x", build=TinyAdapter, options={}, description="", train=":train")
     with pytest.raises(TypeError, match="family x: build must be a callable"):
         Family(name="x", build=None, options={}, description="")

@@ -637,14 +637,14 @@ def test_job_context_caps_torch_threads_without_importing_torch():
     # Stages that never need torch (manifest, image cache, plots) must not pay its import.
     code = """
 import sys
-from medret import stages
-with stages.script_context(None, threads=1):  # torch's default here is the number of cores
+from medret import jobs
+with jobs.script_context(None, threads=1):  # torch's default here is the number of cores
     from medret import imaging, manifest, plots
     print("torch" in sys.modules)
     import torch
     print(torch.get_num_threads())
 import torch
-with stages.script_context(None, threads=3):  # torch already imported: set directly
+with jobs.script_context(None, threads=3):  # torch already imported: set directly
     print(torch.get_num_threads())
 """
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
@@ -750,8 +750,8 @@ def test_a_full_disk_during_a_real_cache_build_is_one_line_and_leaves_nothing(tm
     small = tmp_path / "small"
     small.mkdir()
     code = (
-        "from medret import imaging, stages\n"
-        "with stages.script_context(None):\n"
+        "from medret import imaging, jobs\n"
+        "with jobs.script_context(None):\n"
         f"    paths = [f'{tmp_path}/{{i}}.png' for i in range(8)]\n"
         f"    imaging.build_image_cache(list('01234567'), paths, '{small}/eval.h5', size=256, manifest_digest='d')\n"
     )

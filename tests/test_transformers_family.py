@@ -283,7 +283,7 @@ def test_family_is_registered():
     assert family.build == "medret.models.hf_transformers:TransformersAdapter"
     from medret.models import hf_transformers as hft
 
-    text = family.options["checkpoint"]
+    text = family.options["checkpoint"].description
     for value in (*(a.model_class for a in hft.SUPPORTED.values()), hft.CONFIG_FILE, hft.PREPROCESSOR_FILE):
         assert value in text
 

@@ -313,7 +313,7 @@ def test_a_missing_model_file_is_one_line_naming_its_key(tmp_path, key):
 def test_resources_of_the_jobs(demo_run):
     """GPUs only for the stages that run a model on one (and none on a machine without), the metrics a
     cluster job with memory, and training memory scaling with its image cache."""
-    from medret.stages import visible_gpus
+    from medret.jobs import visible_gpus
 
     proc = snakemake(demo_run, _edit("models.local.train.epochs", 4), "-n")
     jobs = {job["rule"]: job for job in dry_run_jobs(proc.stdout)}
@@ -329,20 +329,21 @@ def test_resources_of_the_jobs(demo_run):
 def test_a_job_uses_a_gpu_only_when_it_holds_one(monkeypatch):
     import torch
 
-    from medret import stages
+    from medret import jobs, stages
     from medret.retrieval import scoring_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     assert scoring_device(0) == torch.device("cpu") and scoring_device(1) == torch.device("cuda")
     entry = {"family": "local", "device": "auto", "train": {"dataset": "d"}}
-    got = stages._model_entry(entry, "c.pt", None, gpus=0)
+    # The job's inputs: only the family's file options are taken (a job's named inputs hold others too).
+    got = stages._model_entry(entry, {"checkpoint": "c.pt", "manifest": "m.parquet"}, gpus=0)
     assert got == {"family": "local", "device": "cpu", "checkpoint": "c.pt"}
-    assert stages._model_entry(entry, None, "tok", gpus=1)["device"] == "auto"  # auto: CUDA, then MPS
-    assert stages._model_entry(entry, None, None, gpus=None)["device"] == "auto"  # outside a workflow job
+    assert stages._model_entry(entry, {"text_model": "tok"}, gpus=1)["device"] == "auto"  # auto: CUDA, then MPS
+    assert stages._model_entry(entry, None, gpus=None)["device"] == "auto"  # outside a workflow job
     # A job's GPUs: its gpu resource, else a gres's GPU count (sites that ask SLURM for --gres).
-    assert stages.gpus_held({"gpu": 1}) == 1 and stages.gpus_held({"gpu": 0}) == 0 and stages.gpus_held({}) == 0
-    assert stages.gpus_held({"gpu": 0, "gres": "gpu:a100:2"}) == 2 and stages.gpus_held({"gres": "gpu"}) == 1
-    assert stages.gpus_held({"gres": "tmpdisk:10,gpu:1"}) == 1 and stages.gpus_held({"gres": "shard:4"}) == 0
+    assert jobs.gpus_held({"gpu": 1}) == 1 and jobs.gpus_held({"gpu": 0}) == 0 and jobs.gpus_held({}) == 0
+    assert jobs.gpus_held({"gpu": 0, "gres": "gpu:a100:2"}) == 2 and jobs.gpus_held({"gres": "gpu"}) == 1
+    assert jobs.gpus_held({"gres": "tmpdisk:10,gpu:1"}) == 1 and jobs.gpus_held({"gres": "shard:4"}) == 0
 
 
 def _hub_checkpoints(root: Path) -> dict[str, dict]:

@@ -25,14 +25,17 @@ def main(argv: list[str] | None = None) -> int:
 
             for name, family in list_families().items():
                 print(f"{name}: {family.description}")
-                for key, text in family.options.items():
-                    print(f"    {key}: {text}")
+                for key, option in family.options.items():
+                    print(f"    {key}: {option.text()}")
+                if family.resize is not None:
+                    print(f"    (first resize: {family.resize})")
         elif args.command == "files":
-            from medret.download import PUBLIC_FILES
+            from medret.download import PUBLIC_FILES, owners
 
+            filled = owners()
             for spec in PUBLIC_FILES.values():
                 where = spec.url or f"manual: {spec.manual}"
-                print(f"{spec.name:28s} {spec.family:18s} {spec.filename}\n    {where}")
+                print(f"{spec.name:36s} {spec.filename}\n    for {'; '.join(filled[spec.name])}\n    {where}")
         else:
             from medret.download import DEFAULT_DEST, download
 

@@ -62,8 +62,15 @@ def _key(path: list[Any]) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+#: Config keys that name a registered plug-in, and what a plug-in of each is called in messages.
+_PLUGIN_KEYS = {"family": "family", "adapter": "dataset adapter", "kind": "corruption kind"}
+
+
 def _message(error: jsonschema.ValidationError) -> str:
     path = list(error.absolute_path)
+    if error.validator == "enum" and path and path[-1] in _PLUGIN_KEYS:
+        choices = ", ".join(map(str, error.validator_value))
+        return f"config key {_key(path)}: unknown {_PLUGIN_KEYS[path[-1]]} {error.instance!r}; use one of: {choices}"
     if error.validator == "additionalProperties":
         allowed = list(error.schema.get("properties", {}))
         extra = [k for k in error.instance if k not in allowed]
@@ -94,9 +101,38 @@ def _fill_defaults(value: Any, schema: Mapping[str, Any]) -> None:
                 _fill_defaults(value[key], extra)
 
 
+def composed_schema(base: Mapping[str, Any]) -> dict[str, Any]:
+    """The config schema: ``base`` (config/schema.yaml, the keys common to every entry of a section) with
+    each model entry's schema assembled from its family's declared options (:mod:`medret.plugins`)."""
+    from medret.models import list_families
+    from medret.plugins import entry_schema
+
+    schema = copy.deepcopy(dict(base))
+    families = list_families()
+    entry = schema["properties"]["models"]["additionalProperties"]
+    common = entry["properties"]
+    entry.pop("additionalProperties", None)  # each family's schema below closes the entry
+    common["family"] = {**common["family"], "enum": list(families)}
+    entry["allOf"] = [
+        {
+            "if": {"properties": {"family": {"const": name}}, "required": ["family"]},
+            "then": entry_schema(common, family.options, ("family",)),
+        }
+        for name, family in families.items()
+    ]
+    return schema
+
+
 def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Return a validated copy of ``config`` with defaults filled in, or raise MedretError."""
-    schema = load_schema() if schema is None else schema
+    """Return a validated copy of ``config`` with defaults filled in, or raise MedretError.
+
+    ``schema`` is config/schema.yaml's (the default); the registered plug-ins' declarations complete it
+    (:func:`composed_schema`).
+    """
+    from medret.models import list_families
+    from medret.plugins import fill_defaults
+
+    schema = composed_schema(load_schema() if schema is None else schema)
     config = copy.deepcopy(dict(config))
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
@@ -107,6 +143,9 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     # Before the defaults are filled: only the user's keys count.
     allowed = {name: dataset_options(entry, name) for name, entry in config["datasets"].items()}
     _fill_defaults(config, schema)
+    families = list_families()
+    for entry in config["models"].values():
+        fill_defaults(entry, families[entry["family"]].options)
     for name, entry in config["datasets"].items():
         # The schema's defaults are per key, not per adapter: a csv entry must not gain the demo's n_train.
         for key in set(entry) - allowed[name]:

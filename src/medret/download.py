@@ -42,12 +42,23 @@ class PublicFile:
     name: str
     url: str | None
     filename: str
-    family: str
-    config_key: str
     sha256: str | None = None
     md5: str | None = None
     member: str | None = None  # keep only this member of a zip archive
     manual: str | None = None  # instructions when the file cannot be fetched by a plain GET
+
+
+def owners() -> dict[str, list[str]]:
+    """Which config keys each public file fills, by file name: ``["models.<name>.checkpoint (family medclip)"]``,
+    read from the families' declarations (their options' ``published``)."""
+    from medret.models import list_families
+
+    out: dict[str, list[str]] = {name: [] for name in PUBLIC_FILES}
+    for family in list_families().values():
+        for key, option in family.files.items():
+            for name in option.published:
+                out.setdefault(name, []).append(f"models.<name>.{key} (family {family.name})")
+    return out
 
 
 def _hf(repo: str, path: str, revision: str = "main") -> str:
@@ -59,8 +70,6 @@ def _hf_directory(
     repo: str,
     directory: str,
     filenames: tuple[str, ...],
-    family: str,
-    config_key: str,
     revision: str = "main",
 ) -> list[PublicFile]:
     """Entries for files of one Hugging Face repo that a model reads as one directory.
@@ -73,8 +82,6 @@ def _hf_directory(
             f"{prefix}-{fname.split('.')[0].replace('_', '-')}",
             _hf(repo, fname, revision),
             f"{directory}/{fname}",
-            family,
-            config_key,
         )
         for fname in filenames
     ]
@@ -88,16 +95,12 @@ PUBLIC_FILES: dict[str, PublicFile] = {
             "https://openaipublic.azureedge.net/clip/models/"
             "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
             "ViT-B-32.pt",
-            "open_clip",
-            "models.<name>.checkpoint",
             sha256="40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
         ),
         PublicFile(
             "cxr-repair",
             None,
             "clip-imp-pretrained_128_6_after_4.pt",
-            "cxr_repair",
-            "models.<name>.checkpoint",
             manual="download it from the Stanford Box folder linked in the CXR-RePaiR README "
             "(https://stanfordmedicine.box.com/s/dbebk0jr5651dj8x1cu6b6kqyuuvz3ml)",
         ),
@@ -105,8 +108,6 @@ PUBLIC_FILES: dict[str, PublicFile] = {
             "chexzero",
             None,
             "best_64_5e-05_original_22000_0.864.pt",
-            "chexzero",
-            "models.<name>.checkpoint",
             manual="download it from the Google Drive folder 1makFLiEMbSleYltaRxw81aBhEDMpVwno "
             "linked in the CheXzero README",
         ),
@@ -114,16 +115,12 @@ PUBLIC_FILES: dict[str, PublicFile] = {
             "medclip-vit",
             "https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip",
             "medclip-vit-pytorch_model.bin",
-            "medclip",
-            "models.<name>.checkpoint",
             member="pytorch_model.bin",
         ),
         PublicFile(
             "medclip-resnet",
             "https://storage.googleapis.com/pytrial/medclip-pretrained.zip",
             "medclip-resnet-pytorch_model.bin",
-            "medclip",
-            "models.<name>.checkpoint",
             member="pytorch_model.bin",
         ),
         *[
@@ -131,8 +128,6 @@ PUBLIC_FILES: dict[str, PublicFile] = {
                 f"cxr-clip-{arch}-{data}",
                 f"{_CXR_CLIP}/{h}/{arch}_{data}.tar",
                 f"{arch}_{data}.tar",
-                "cxr_clip",
-                "models.<name>.checkpoint",
             )
             for arch, data, h in [
                 ("r50", "m", "f982386ef38aa3ecd6ce1f8f928e8aa8"),
@@ -148,23 +143,17 @@ PUBLIC_FILES: dict[str, PublicFile] = {
             "emilyalsentzer/Bio_ClinicalBERT",
             "Bio_ClinicalBERT",
             ("vocab.txt", "config.json"),
-            "medclip, cxr_clip",
-            "models.<name>.text_model (the directory)",
         ),
         PublicFile(
             "biovil-image",
             _hf("microsoft/BiomedVLP-CXR-BERT-specialized", "biovil_image_resnet50_proj_size_128.pt", "v1.1"),
             "biovil_image_resnet50_proj_size_128.pt",
-            "biovil",
-            "models.<name>.checkpoint",
             md5="02ce6ee460f72efd599295f440dbb453",
         ),
         PublicFile(
             "biovil-t-image",
             _hf("microsoft/BiomedVLP-BioViL-T", "biovil_t_image_model_proj_size_128.pt", "v1.0"),
             "biovil_t_image_model_proj_size_128.pt",
-            "biovil",
-            "models.<name>.checkpoint",
             md5="a83080e2f23aa584a4f2b24c39b1bb64",
         ),
         # CXR-BERT, the text model, from the same repo and revision as each image model (hi-ml-multimodal's pins).
@@ -173,8 +162,6 @@ PUBLIC_FILES: dict[str, PublicFile] = {
             "microsoft/BiomedVLP-CXR-BERT-specialized",
             "BiomedVLP-CXR-BERT-specialized",
             ("config.json", "pytorch_model.bin", "vocab.txt"),
-            "biovil",
-            "models.<name>.text_model (the directory)",
             revision="v1.1",
         ),
         *_hf_directory(
@@ -182,8 +169,6 @@ PUBLIC_FILES: dict[str, PublicFile] = {
             "microsoft/BiomedVLP-BioViL-T",
             "BiomedVLP-BioViL-T",
             ("config.json", "pytorch_model.bin", "vocab.txt"),
-            "biovil",
-            "models.<name>.text_model (the directory)",
             revision="v1.0",
         ),
         # No revision or digest of BiomedCLIP's files is recorded, so they follow main (its config changed over time).
@@ -192,8 +177,6 @@ PUBLIC_FILES: dict[str, PublicFile] = {
             "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
             "BiomedCLIP",
             ("open_clip_pytorch_model.bin", "open_clip_config.json", "vocab.txt"),
-            "biomedclip",
-            "models.<name>.checkpoint (the directory)",
         ),
         # PubMedCLIP (family transformers). Seen in the repository's history: config.json and pytorch_model.bin
         # (commit 117ca20; the weights' LFS digest), preprocessor_config.json and tokenizer_config.json (commit
@@ -205,23 +188,17 @@ PUBLIC_FILES: dict[str, PublicFile] = {
             "flaviagiammarino/pubmed-clip-vit-base-patch32",
             "pubmed-clip-vit-base-patch32",
             ("config.json", "preprocessor_config.json", "tokenizer_config.json", "vocab.json", "merges.txt"),
-            "transformers",
-            "models.<name>.checkpoint (the directory)",
         ),
         PublicFile(
             "pubmed-clip-pytorch-model",
             _hf("flaviagiammarino/pubmed-clip-vit-base-patch32", "pytorch_model.bin"),
             "pubmed-clip-vit-base-patch32/pytorch_model.bin",
-            "transformers",
-            "models.<name>.checkpoint (the directory)",
             sha256="4daa7650d2b47e55c37b5ca7dcabe826fd82407c26028a574bcc422f35a94aa4",
         ),
         PublicFile(
             "medsiglip-448",
             None,
             "medsiglip-448",
-            "transformers",
-            "models.<name>.checkpoint (the directory)",
             manual="MedSigLIP is gated: log in at https://huggingface.co/google/medsiglip-448 and accept the Health AI "
             "Developer Foundations terms, then run `hf auth login` and "
             "`hf download google/medsiglip-448 --local-dir weights/medsiglip-448`",
@@ -244,9 +221,8 @@ def download(name: str, dest: str | Path, *, mirror: str | None = None, timeout:
     spec = PUBLIC_FILES[name]
     target = Path(dest) / spec.filename
     if spec.url is None:
-        raise MedretError(
-            f"{spec.filename} cannot be fetched automatically: {spec.manual}; then set {spec.config_key} to its path"
-        )
+        keys = " or ".join(owners()[name]) or "the config key that takes it"
+        raise MedretError(f"{spec.filename} cannot be fetched automatically: {spec.manual}; then set {keys} to it")
     mirror = mirror or os.environ.get("MEDRET_DOWNLOAD_MIRROR")
     url = _mirrored(spec.url, mirror)
     sha256, md5 = hashlib.sha256(), hashlib.md5()

@@ -3,23 +3,17 @@
 The workflow scripts only unpack ``snakemake.input/output/params/resources`` and call these; they
 are equally usable from Python. Every output is written atomically (temporary path, then rename).
 
-GPUs: a workflow job runs a model on a GPU only when it holds one, i.e. when its Snakemake ``gpu``
-(or ``gres``) resource is above 0 (:func:`gpus_held`, passed to the stages as ``gpus``): Snakemake
-counts that resource to keep jobs from sharing a GPU, so a job that used one without holding it
-would share it unseen. The end of the module has the checks the workflow runs when it starts.
+Every stage function takes keyword arguments only. A stage that runs a model takes ``gpus``, the GPUs
+its job holds (:func:`medret.jobs.gpus_held`); the job glue (logs, threads, GPUs, the model files
+checked at start) is :mod:`medret.jobs`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import json
-import os
-import platform
 import sys
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,48 +21,11 @@ import numpy as np
 import pandas as pd
 
 from medret.errors import MedretError
-from medret.io import atomic_output, digest, disk_full
+from medret.io import atomic_output, digest
+from medret.jobs import job_device
 
 
-@contextlib.contextmanager
-def script_context(log_path: str | os.PathLike[str] | None, threads: int = 1) -> Iterator[None]:
-    """Send stderr to the job's log, cap torch threads, and turn a MedretError into one line.
-
-    The one-line message goes to the log and to the terminal; the job then exits with status 1
-    (Snakemake removes the outputs of failed jobs, and ours are atomic anyway). Torch is not
-    imported here: stages that never need it (demo data, manifest, image cache, plots) save the
-    seconds its import takes, and those that do get ``threads`` from ``OMP_NUM_THREADS``.
-    """
-    terminal = sys.stderr
-    log = open(log_path, "w", buffering=1) if log_path else None  # noqa: SIM115 (closed below)
-    if log is not None:
-        sys.stderr = log
-    os.environ.setdefault("MPLCONFIGDIR", str(Path(log_path or ".").resolve().parent / ".mplconfig"))
-    try:
-        threads = max(1, int(threads))
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(threads)
-        else:  # read by torch when a stage first imports it
-            os.environ["OMP_NUM_THREADS"] = str(threads)
-        yield
-    except MedretError as exc:
-        for stream in {terminal, sys.stderr}:
-            print(f"medret error: {exc}", file=stream, flush=True)
-        if disk_full(exc):
-            # HDF5 cannot close a file it failed to flush and crashes in its exit handler; the
-            # outputs are already removed, so leave without running exit handlers.
-            sys.stdout.flush()
-            if log is not None:
-                log.close()
-            os._exit(1)
-        raise SystemExit(1) from None
-    finally:
-        sys.stderr = terminal
-        if log is not None:
-            log.close()
-
-
-def generate_demo(out_csv: str | Path, entry: Mapping[str, Any], workers: int = 1) -> None:
+def generate_demo(*, out_csv: str | Path, entry: Mapping[str, Any], workers: int = 1) -> None:
     """Generate the synthetic demo dataset into the directory holding ``out_csv``.
 
     ``entry``: the demo dataset's ``n_train``, ``n_test``, ``render_size`` and ``seed`` (other keys
@@ -87,6 +44,7 @@ def generate_demo(out_csv: str | Path, entry: Mapping[str, Any], workers: int = 
 
 
 def build_manifest(
+    *,
     name: str,
     entry: Mapping[str, Any],
     sources: Sequence[str],
@@ -167,6 +125,7 @@ def manifest_notes(
 
 
 def build_report_corpus(
+    *,
     name: str,
     entry: Mapping[str, Any],
     sources: Sequence[str],
@@ -205,7 +164,7 @@ def build_report_corpus(
 
 
 def build_image_cache(
-    table_path: str | Path, out_path: str | Path, *, size: int, fast: bool = False, workers: int = 1
+    *, table_path: str | Path, out_path: str | Path, size: int, fast: bool = False, workers: int = 1
 ) -> None:
     """Decode the images of a manifest or training table once into the HDF5 image cache (``workers`` threads;
     ``fast``: reduced JPEG decoding, see :func:`medret.imaging.decode_to_canvas`)."""
@@ -225,7 +184,7 @@ def build_image_cache(
 
 
 def build_corruption_specs(
-    manifest_path: str | Path, name: str, entry: Mapping[str, Any], out_path: str | Path
+    *, manifest_path: str | Path, name: str, entry: Mapping[str, Any], out_path: str | Path
 ) -> None:
     """Write the spec table of one corruption over the manifest's pairs."""
     from medret.corruptions import make_specs, specs_digest
@@ -243,6 +202,7 @@ def build_corruption_specs(
 
 
 def train_model(
+    *,
     name: str,
     entry: Mapping[str, Any],
     train_table: str | Path,
@@ -270,39 +230,33 @@ def train_model(
     family.trainer()(entry, table, images, out_path, data_digest=meta["digest"], threads=threads)
 
 
-def job_device(device: str, gpus: int | None) -> str:
-    """The device a job runs a model on: the configured ``device`` if the job holds a GPU, else the CPU.
+def _model_entry(entry: Mapping[str, Any], files: Mapping[str, Any] | None, gpus: int | None) -> dict[str, Any]:
+    """The entry a model is built from: its options, the files the job got as inputs (those of the family's
+    file options among ``files``; a job's named inputs may hold others), and the job's device."""
+    from medret.models import get_family
 
-    ``gpus`` is None outside a workflow job: the configured device then stands.
-    """
-    return str(device) if gpus is None or gpus > 0 else "cpu"
-
-
-def _model_entry(
-    entry: Mapping[str, Any], checkpoint: str | None, text_model: str | None, gpus: int | None
-) -> dict[str, Any]:
-    """The entry a model is built from: its options, the files the job got as inputs, and the job's device."""
     out = {k: v for k, v in entry.items() if k != "train"}
-    for key, path in (("checkpoint", checkpoint), ("text_model", text_model)):
+    for key in get_family(entry).files:
+        path = (files or {}).get(key)
         if path:
-            out[key] = path
+            out[key] = str(path)
     out["device"] = job_device(out.get("device", "auto"), gpus)
     return out
 
 
 def embed_texts(
+    *,
     name: str,
     entry: Mapping[str, Any],
     manifest_path: str | Path,
     corpus_path: str | Path,
     out_path: str | Path,
-    checkpoint: str | None = None,
-    text_model: str | None = None,
+    files: Mapping[str, Any] | None = None,
     gpus: int | None = None,
 ) -> None:
     """Embed every report of the corpus (evaluated reports first) with one model.
 
-    ``checkpoint``/``text_model`` replace the entry's paths; ``gpus``: see :func:`train_model`.
+    ``files`` (the job's inputs) replace the paths of the entry's file options; ``gpus``: see :func:`train_model`.
     """
     from medret import embeddings
     from medret.manifest import Corpus, Manifest
@@ -310,11 +264,12 @@ def embed_texts(
 
     manifest = Manifest.read(manifest_path)
     texts = Corpus.read(corpus_path, manifest).texts
-    model = load_model(_model_entry(entry, checkpoint, text_model, gpus), name)
+    model = load_model(_model_entry(entry, files, gpus), name)
     embeddings.embed_texts(model, texts, out_path, model_name=name, manifest_digest=manifest.digest)
 
 
 def embed_images(
+    *,
     name: str,
     entry: Mapping[str, Any],
     corruption: str,
@@ -323,8 +278,7 @@ def embed_images(
     cache_path: str | Path,
     specs_path: str | Path,
     out_path: str | Path,
-    checkpoint: str | None = None,
-    text_model: str | None = None,
+    files: Mapping[str, Any] | None = None,
     gpus: int | None = None,
     dataset: str = "dataset",
 ) -> None:
@@ -343,7 +297,7 @@ def embed_images(
     specs, meta = read_table(specs_path)
     if meta.get("manifest_digest") != manifest.digest:
         raise MedretError(f"{specs_path}: made for another manifest; delete it and re-run the workflow")
-    model = load_model(_model_entry(entry, checkpoint, text_model, gpus), name)
+    model = load_model(_model_entry(entry, files, gpus), name)
     with ImageCache(cache_path, manifest_digest=manifest.digest) as cache:
         note = embeddings.upsampling_warning(
             model, cache.boxes, model_name=name, dataset=dataset, image_size=cache.size, sizes=cache.sizes
@@ -365,6 +319,7 @@ def embed_images(
 
 
 def compute_ranks(
+    *,
     manifest_path: str | Path,
     corpus_path: str | Path,
     text_path: str | Path,
@@ -427,6 +382,7 @@ def _relevance_sets(manifest: Any, corpus: Any, dataset: str, relevance: Mapping
 
 
 def compute_metrics(
+    *,
     dataset: str,
     manifest_path: str | Path,
     corpus_path: str | Path,
@@ -470,6 +426,7 @@ def compute_metrics(
 
 
 def plot_results(
+    *,
     metrics_path: str | Path,
     robustness_path: str | Path,
     corruption: str,
@@ -486,6 +443,7 @@ def plot_results(
 
 
 def plot_examples(
+    *,
     manifest_path: str | Path,
     cache_path: str | Path,
     specs_path: str | Path,
@@ -521,85 +479,29 @@ def plot_examples(
     plots.plot_examples(panel, levels, ids, out_paths, title=f"{corruption}: example images at each level")
 
 
-# --------------------------------------------------------------------------------------------
-# Set-up checks and resources, used by workflow/rules/common.smk (no torch: Snakemake runs them on
-# every call)
+def write_summary(
+    *,
+    dataset: str,
+    metrics_path: str | Path,
+    robustness_path: str | Path,
+    comparisons_path: str | Path,
+    manifest_path: str | Path,
+    embedding_paths: Sequence[str | Path],
+    corruptions: Mapping[str, Mapping[str, Any]],
+    evaluation: Mapping[str, Any],
+    out_path: str | Path,
+) -> None:
+    """``summary.md`` of a dataset: the metrics stage's tables and the warnings of its artifacts."""
+    from medret import summary
 
-
-def gpus_held(resources: Any) -> int:
-    """GPUs a Snakemake job holds: its ``gpu`` resource, else the GPU count of a ``gres`` like ``gpu:a100:2``.
-
-    ``resources`` is the job's ``snakemake.resources`` (anything with ``get``). A site that asks
-    SLURM for GPUs through ``gres`` sets ``gpu`` to 0, so both are read.
-    """
-    gpu = int(resources.get("gpu", 0) or 0)
-    if gpu > 0:
-        return gpu
-    count = 0
-    for item in str(resources.get("gres", "") or "").split(","):
-        name, *rest = item.strip().split(":")
-        if name == "gpu":
-            count += int(rest[-1]) if rest and rest[-1].isdigit() else 1
-    return count
-
-
-@functools.cache
-def visible_gpus() -> int:
-    """How many GPUs a job started on this machine could use, found without importing torch.
-
-    CUDA devices as the driver library counts them (honouring ``CUDA_VISIBLE_DEVICES``), HIP
-    devices likewise (ROCm), or 1 for Apple silicon (MPS); 0 when there is none of these.
-    """
-    if sys.platform == "darwin":
-        return 1 if platform.machine() == "arm64" else 0
-    probes = (("libcuda.so.1", "cuDeviceGetCount", True), ("libamdhip64.so", "hipGetDeviceCount", False))
-    for library, count_function, needs_init in probes:
-        try:
-            lib = ctypes.CDLL(library)
-        except OSError:
-            continue
-        count = ctypes.c_int(0)
-        if needs_init and lib.cuInit(0) != 0:  # e.g. no device visible: CUDA_ERROR_NO_DEVICE
-            continue
-        if getattr(lib, count_function)(ctypes.byref(count)) == 0 and count.value > 0:
-            return count.value
-    return 0
-
-
-#: Keys of a model entry that name files the model is read from.
-MODEL_FILE_KEYS = ("checkpoint", "text_model")
-
-
-def model_files(name: str, entry: Mapping[str, Any], produced: Collection[str] = ()) -> dict[str, str]:
-    """The files model ``name`` is read from (its ``checkpoint`` and ``text_model``), each checked to exist.
-
-    ``produced``: paths the workflow writes itself (trained models' checkpoints), which need not exist
-    yet. A missing file is one MedretError naming the config key, the path, what the family expects
-    there (its option text) and where the file is published (:data:`medret.download.PUBLIC_FILES`).
-    """
-    from medret.download import PUBLIC_FILES
-    from medret.models import get_family
-
-    family = get_family(entry, name)
-    files = {key: str(entry[key]) for key in MODEL_FILE_KEYS if key in entry}
-    for key, path in files.items():
-        if os.path.normpath(path) in produced or os.path.exists(path):
-            continue
-        hints = [f"expected: {family.options[key]}"]
-        published = [
-            spec
-            for spec in PUBLIC_FILES.values()
-            if family.name in spec.family.split(", ") and spec.config_key.startswith(f"models.<name>.{key}")
-        ]
-        names = [spec.name for spec in published if spec.url]
-        if any("(the directory)" in spec.config_key for spec in published):  # every file goes into it
-            hints.append(f"`python -m medret download {' '.join(names)} --dest DIR` fetches its files")
-        elif len(names) == 1:
-            hints.append(f"`python -m medret download {names[0]} --dest DIR` fetches it")
-        elif names:
-            hints.append(f"`python -m medret download NAME --dest DIR` fetches it (NAME: {', '.join(names)})")
-        hints += [f"{spec.filename}: {spec.manual}" for spec in published if not spec.url]
-        if family.train is not None and key == "checkpoint":
-            hints.append(f"or give models.{name}.train instead, and the workflow trains the model")
-        raise MedretError(f"config key models.{name}.{key}: {path} not found; {'; '.join(hints)}")
-    return files
+    summary.write_summary(
+        dataset,
+        metrics_path,
+        robustness_path,
+        comparisons_path,
+        out_path,
+        corruptions,
+        evaluation,
+        manifest_path=manifest_path,
+        embedding_paths=embedding_paths,
+    )

@@ -7,7 +7,7 @@ from medret.config import load_schema, read_config_file, validate_config
 from medret.datasets import get_adapter
 from medret.errors import MedretError
 from medret.io import check_output_dir
-from medret.stages import model_files, visible_gpus
+from medret.jobs import model_files, visible_gpus
 from medret.summary import print_run_warnings
 
 # Never reach for a model hub: a missing file must fail at once, not after minutes of retries.
@@ -140,16 +140,14 @@ def dataset_sources(wildcards):
     return get_adapter(entry["adapter"]).source_files(wildcards.dataset, entry)
 
 
-def model_checkpoint(wildcards):
-    """A trained model's checkpoint (made by the train_model step) or the configured weights file."""
+def model_inputs(wildcards):
+    """The files a model reads, named by their config keys (the family's file options, e.g. checkpoint,
+    text_model): a trained model's checkpoint is made by the train_model step, the others are configured.
+    """
+    files = dict(MODEL_FILES[wildcards.model])
     if wildcards.model in TRAINED_MODELS:
-        return f"{RESULTS}/models/{wildcards.model}/checkpoint.pt"
-    return MODEL_FILES[wildcards.model].get("checkpoint", [])
-
-
-def model_text_model(wildcards):
-    """The model's tokenizer/text-tower directory (families medclip, cxr_clip, biovil), if it has one."""
-    return MODEL_FILES[wildcards.model].get("text_model", [])
+        files["checkpoint"] = f"{RESULTS}/models/{wildcards.model}/checkpoint.pt"
+    return files
 
 
 def training_inputs(wildcards):
@@ -231,7 +229,7 @@ def training_options(wildcards):
 
 def model_options(wildcards):
     """A model entry as the embedding stages read it: its options. Its files are inputs."""
-    skip = ("train", "checkpoint", "text_model")
+    skip = ("train", *MODEL_FILES[wildcards.model])
     return {k: v for k, v in MODELS[wildcards.model].items() if k not in skip}
 
 

@@ -4,10 +4,9 @@
 
 rule embed_texts:
     input:
+        unpack(model_inputs),
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
         corpus=f"{RESULTS}/{{dataset}}/corpus.parquet",
-        checkpoint=model_checkpoint,
-        text_model=model_text_model,
     output:
         f"{RESULTS}/{{dataset}}/embeddings/{{model}}/text.h5",
     log:
@@ -27,11 +26,10 @@ rule embed_texts:
 
 rule embed_images:
     input:
+        unpack(model_inputs),
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
         cache=f"{RESULTS}/{{dataset}}/images/eval.h5",
         specs=f"{RESULTS}/{{dataset}}/corruptions/{{corruption}}.parquet",
-        checkpoint=model_checkpoint,
-        text_model=model_text_model,
     output:
         f"{RESULTS}/{{dataset}}/embeddings/{{model}}/images/{{corruption}}.h5",
     log:

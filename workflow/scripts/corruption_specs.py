@@ -1,6 +1,10 @@
-from medret.stages import build_corruption_specs, script_context
+from medret.jobs import script_context
+from medret.stages import build_corruption_specs
 
 with script_context(snakemake.log[0]):
     build_corruption_specs(
-        snakemake.input.manifest, snakemake.wildcards.corruption, snakemake.params.entry, snakemake.output[0]
+        manifest_path=snakemake.input.manifest,
+        name=snakemake.wildcards.corruption,
+        entry=snakemake.params.entry,
+        out_path=snakemake.output[0],
     )

@@ -1,17 +1,17 @@
-from medret.stages import embed_images, gpus_held, script_context
+from medret.jobs import gpus_held, script_context
+from medret.stages import embed_images
 
 with script_context(snakemake.log[0], snakemake.threads):
     embed_images(
-        snakemake.wildcards.model,
-        snakemake.params.entry,
-        snakemake.wildcards.corruption,
-        snakemake.params.corruption,
-        snakemake.input.manifest,
-        snakemake.input.cache,
-        snakemake.input.specs,
-        snakemake.output[0],
-        checkpoint=snakemake.input.checkpoint or None,
-        text_model=snakemake.input.text_model or None,
+        name=snakemake.wildcards.model,
+        entry=snakemake.params.entry,
+        corruption=snakemake.wildcards.corruption,
+        corruption_entry=snakemake.params.corruption,
+        manifest_path=snakemake.input.manifest,
+        cache_path=snakemake.input.cache,
+        specs_path=snakemake.input.specs,
+        out_path=snakemake.output[0],
+        files=dict(snakemake.input.items()),
         gpus=gpus_held(snakemake.resources),
         dataset=snakemake.wildcards.dataset,
     )

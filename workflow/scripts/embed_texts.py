@@ -1,13 +1,13 @@
-from medret.stages import embed_texts, gpus_held, script_context
+from medret.jobs import gpus_held, script_context
+from medret.stages import embed_texts
 
 with script_context(snakemake.log[0], snakemake.threads):
     embed_texts(
-        snakemake.wildcards.model,
-        snakemake.params.entry,
-        snakemake.input.manifest,
-        snakemake.input.corpus,
-        snakemake.output[0],
-        checkpoint=snakemake.input.checkpoint or None,
-        text_model=snakemake.input.text_model or None,
+        name=snakemake.wildcards.model,
+        entry=snakemake.params.entry,
+        manifest_path=snakemake.input.manifest,
+        corpus_path=snakemake.input.corpus,
+        out_path=snakemake.output[0],
+        files=dict(snakemake.input.items()),
         gpus=gpus_held(snakemake.resources),
     )

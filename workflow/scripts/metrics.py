@@ -1,14 +1,15 @@
-from medret.stages import compute_metrics, script_context
+from medret.jobs import script_context
+from medret.stages import compute_metrics
 
 with script_context(snakemake.log[0]):
     compute_metrics(
-        snakemake.wildcards.dataset,
-        snakemake.input.manifest,
-        snakemake.input.corpus,
-        snakemake.input.ranks,
-        snakemake.output.metrics,
-        snakemake.output.robustness,
-        snakemake.output.comparisons,
-        snakemake.params.evaluation,
-        snakemake.params.relevance,
+        dataset=snakemake.wildcards.dataset,
+        manifest_path=snakemake.input.manifest,
+        corpus_path=snakemake.input.corpus,
+        rank_paths=snakemake.input.ranks,
+        out_metrics=snakemake.output.metrics,
+        out_robustness=snakemake.output.robustness,
+        out_comparisons=snakemake.output.comparisons,
+        evaluation=snakemake.params.evaluation,
+        relevance=snakemake.params.relevance,
     )

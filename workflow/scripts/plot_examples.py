@@ -1,12 +1,13 @@
-from medret.stages import plot_examples, script_context
+from medret.jobs import script_context
+from medret.stages import plot_examples
 
 with script_context(snakemake.log[0]):
     plot_examples(
-        snakemake.input.manifest,
-        snakemake.input.cache,
-        snakemake.input.specs,
-        snakemake.wildcards.corruption,
-        snakemake.params.entry,
-        snakemake.params.n_examples,
-        snakemake.output,
+        manifest_path=snakemake.input.manifest,
+        cache_path=snakemake.input.cache,
+        specs_path=snakemake.input.specs,
+        corruption=snakemake.wildcards.corruption,
+        entry=snakemake.params.entry,
+        n_examples=snakemake.params.n_examples,
+        out_paths=snakemake.output,
     )

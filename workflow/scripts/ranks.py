@@ -1,13 +1,14 @@
-from medret.stages import compute_ranks, gpus_held, script_context
+from medret.jobs import gpus_held, script_context
+from medret.stages import compute_ranks
 
 with script_context(snakemake.log[0], snakemake.threads):
     compute_ranks(
-        snakemake.input.manifest,
-        snakemake.input.corpus,
-        snakemake.input.text,
-        snakemake.input.images,
-        snakemake.input.specs,
-        snakemake.output[0],
+        manifest_path=snakemake.input.manifest,
+        corpus_path=snakemake.input.corpus,
+        text_path=snakemake.input.text,
+        image_path=snakemake.input.images,
+        specs_path=snakemake.input.specs,
+        out_path=snakemake.output[0],
         block=snakemake.params.block,
         dataset=snakemake.wildcards.dataset,
         relevance=snakemake.params.relevance,

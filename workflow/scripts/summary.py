@@ -1,15 +1,15 @@
-from medret.stages import script_context
-from medret.summary import write_summary
+from medret.jobs import script_context
+from medret.stages import write_summary
 
 with script_context(snakemake.log[0]):
     write_summary(
-        snakemake.wildcards.dataset,
-        snakemake.input.metrics,
-        snakemake.input.robustness,
-        snakemake.input.comparisons,
-        snakemake.output[0],
-        snakemake.params.corruptions,
-        snakemake.params.evaluation,
+        dataset=snakemake.wildcards.dataset,
+        metrics_path=snakemake.input.metrics,
+        robustness_path=snakemake.input.robustness,
+        comparisons_path=snakemake.input.comparisons,
         manifest_path=snakemake.input.manifest,
         embedding_paths=snakemake.input.embeddings,
+        corruptions=snakemake.params.corruptions,
+        evaluation=snakemake.params.evaluation,
+        out_path=snakemake.output[0],
     )

@@ -1,12 +1,13 @@
-from medret.stages import gpus_held, script_context, train_model
+from medret.jobs import gpus_held, script_context
+from medret.stages import train_model
 
 with script_context(snakemake.log[0], snakemake.threads):
     train_model(
-        snakemake.wildcards.model,
-        snakemake.params.options,
-        snakemake.input.table,
-        snakemake.input.images,
-        snakemake.output[0],
+        name=snakemake.wildcards.model,
+        entry=snakemake.params.options,
+        train_table=snakemake.input.table,
+        train_images=snakemake.input.images,
+        out_path=snakemake.output[0],
         threads=snakemake.threads,
         gpus=gpus_held(snakemake.resources),
     )

@@ -3,16 +3,17 @@
 Every model is an adapter with one contract (DESIGN §5): ``encode_images`` takes uint8 images in
 cache space (the square canvases of the image cache, plus their content boxes) and
 ``encode_texts`` takes report strings; both return L2-normalised float32 embeddings. A family is
-one module that knows its checkpoint format, preprocessing and tokeniser; it is registered here
-with :func:`register_family` (the built-in ones in :mod:`medret.models.families`); adding a family
-never touches the workflow.
+one module that knows its checkpoint format, preprocessing and tokeniser, and one declaration
+(:class:`Family`: its options with their schema, defaults and the files they name, its resize rule,
+where its code lives). The built-in declarations are in :mod:`medret.models.families`; a family in
+another package declares itself through the ``medret.families`` entry point
+(:mod:`medret.plugins`). Adding a family never touches the workflow or the config schema.
 
 This module is torch-free: a family's ``build``/``train`` may be named as ``"module:attribute"``
 and is imported only when a model is built or trained, so checking a config (which the workflow
-does on every Snakemake call) imports no family module. :class:`~medret.models.base.ModelAdapter`,
-:class:`~medret.models.base.ResizeRule` (which a family declares so that a too-small image cache is
-reported) and :func:`~medret.models.base.resolve_device` live in :mod:`medret.models.base` and are
-still importable from here (lazily).
+does on every Snakemake call) imports no family module. :class:`~medret.models.base.ModelAdapter`
+and :func:`~medret.models.base.resolve_device` live in :mod:`medret.models.base` and are still
+importable from here (lazily); :class:`~medret.models.geometry.ResizeRule`, torch-free, too.
 
 Config entry of a model (``models.<name>`` in the config)::
 
@@ -25,12 +26,13 @@ Config entry of a model (``models.<name>`` in the config)::
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medret.errors import MedretError
+from medret.models.geometry import ResizeRule
+from medret.plugins import Option, check_target, entry_point_declarations, resolve
 
 if TYPE_CHECKING:
     from medret.models.base import ModelAdapter
@@ -39,7 +41,8 @@ if TYPE_CHECKING:
 COMMON_OPTIONS: dict[str, Any] = {"batch_size": 64, "device": "auto", "dtype": "float32"}
 
 #: Names served lazily from :mod:`medret.models.base` (importing it imports torch).
-_BASE_NAMES = ("ModelAdapter", "ResizeRule", "resolve_device")
+_BASE_NAMES = ("ModelAdapter", "resolve_device")
+__all__ = ["COMMON_OPTIONS", "Family", "ResizeRule", "get_family", "list_families", "load_model", "register_family"]
 
 
 def __getattr__(name: str) -> Any:
@@ -54,33 +57,17 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_BASE_NAMES})
 
 
-def _check_target(target: Any, field: str, family: str) -> None:
-    if isinstance(target, str):
-        module, sep, attribute = target.partition(":")
-        if not (module and sep and attribute):
-            raise ValueError(f"family {family}: {field}={target!r} is not 'module:attribute'")
-    elif not callable(target):
-        raise TypeError(f"family {family}: {field} must be a callable or a 'module:attribute' string")
-
-
-def _resolve(target: Callable[..., Any] | str) -> Callable[..., Any]:
-    """``target`` itself, or the object a ``"module:attribute"`` string names (imported now)."""
-    if not isinstance(target, str):
-        return target
-    module, _, attribute = target.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in attribute.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 @dataclass(frozen=True)
 class Family:
-    """A registered model family.
+    """A model family: its one declaration.
 
-    ``options`` documents the family-specific config keys (name -> description); any other key
-    in a model's entry is an error. ``train``, when set, makes the workflow train the model
-    before embedding: ``train(entry, pairs, images, out_path, threads)``.
+    ``options`` declares the family-specific config keys (:class:`medret.plugins.Option`: schema,
+    default, description, and for a file the workflow tracks, ``path`` and where it is published);
+    any other key in a model's entry is an error, and config validation assembles the entry's schema
+    from them. ``resize`` is the geometry of the preprocessing's first resize
+    (:class:`~medret.models.geometry.ResizeRule`), or a sentence when it depends on the files (the
+    adapter then sets its ``resize_rule`` when it loads them). ``train``, when set, makes the workflow
+    train the model before embedding: ``train(entry, pairs, images, out_path, threads)``.
 
     ``build`` and ``train`` are callables or ``"module:attribute"`` strings; a string is imported
     only by :meth:`builder` / :meth:`trainer`, so the registry can be read (names, options,
@@ -89,28 +76,42 @@ class Family:
 
     name: str
     build: Callable[[Mapping[str, Any]], ModelAdapter] | str
-    options: dict[str, str]
     description: str
-    required: tuple[str, ...] = ()
+    options: Mapping[str, Option] = field(default_factory=dict)
+    resize: ResizeRule | str | None = None
     train: Callable[..., Any] | str | None = None
 
     def __post_init__(self) -> None:
-        _check_target(self.build, "build", self.name)
+        check_target(self.build, f"family {self.name}: build")
         if self.train is not None:
-            _check_target(self.train, "train", self.name)
+            check_target(self.train, f"family {self.name}: train")
+        bad = [k for k, o in self.options.items() if not isinstance(o, Option)]
+        if bad:
+            raise TypeError(f"family {self.name}: option {bad[0]!r} is not a medret.plugins.Option")
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """The options every entry of this family must give."""
+        return tuple(k for k, o in self.options.items() if o.required)
+
+    @property
+    def files(self) -> dict[str, Option]:
+        """The options that name files the family reads (tracked by the workflow, checked at start)."""
+        return {k: o for k, o in self.options.items() if o.path}
 
     def builder(self) -> Callable[[Mapping[str, Any]], ModelAdapter]:
         """The callable that builds this family's adapter from a config entry (imports its module)."""
-        return _resolve(self.build)
+        return resolve(self.build)
 
     def trainer(self) -> Callable[..., Any]:
         """The callable that trains this family (imports its module); an error if it is not trainable."""
         if self.train is None:
             raise MedretError(f"family {self.name} is not trainable")
-        return _resolve(self.train)
+        return resolve(self.train)
 
 
 _FAMILIES: dict[str, Family] = {}
+_PLUGINS_LOADED = False
 
 
 def register_family(family: Family) -> Family:
@@ -119,14 +120,24 @@ def register_family(family: Family) -> Family:
     return family
 
 
-def _load_builtin_families() -> None:
-    # The declarations only (registered once, on first import): no family module, no torch.
+def _load_families() -> None:
+    # The built-in declarations (no family module, no torch), then those of installed plug-ins.
+    global _PLUGINS_LOADED
     from medret.models import families as _families  # noqa: F401
+
+    if not _PLUGINS_LOADED:
+        _PLUGINS_LOADED = True
+        for family in entry_point_declarations("family", Family):
+            if family.name in _FAMILIES and _FAMILIES[family.name] is not family:
+                raise MedretError(
+                    f"family plug-in {family.name!r} has the name of a registered family; rename it in its package"
+                )
+            register_family(family)
 
 
 def list_families() -> dict[str, Family]:
-    """Every registered family by name."""
-    _load_builtin_families()
+    """Every registered family by name: the built-in ones and those of installed plug-ins."""
+    _load_families()
     return dict(sorted(_FAMILIES.items()))
 
 

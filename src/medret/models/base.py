@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from medret.errors import MedretError
 from medret.io import digest
 from medret.models import COMMON_OPTIONS
+from medret.models.geometry import ResizeRule
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -40,56 +40,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-@dataclass(frozen=True)
-class ResizeRule:
-    """The geometry of a family's first resampling of the cached image (see :meth:`ModelAdapter.upsampling`).
-
-    The original pipelines apply this step to the full-resolution file, where it shrinks the image; on a
-    cache that is too small it enlarges it instead. ``fit`` says what is brought to ``size`` (height, width):
-    ``shorter``: the content box, aspect kept, covers ``size`` (torchvision ``Resize(int)``, open_clip
-    ``shortest``); ``longer``: the box, aspect kept, fits inside ``size`` (open_clip ``longest``, the 320-px
-    canvas of CXR-RePaiR); ``squash``: each side of the box to ``size``; ``canvas``: the whole padded S x S
-    canvas to ``size``.
-    """
-
-    fit: Literal["shorter", "longer", "squash", "canvas"]
-    size: tuple[int, int]
-
-    def factors(self, boxes: np.ndarray, canvas: int) -> np.ndarray:
-        """Per content box (N, 4: top, left, height, width) in an S = ``canvas`` cache: the factor by which
-        its more enlarged side is resized (below 1 when both shrink)."""
-        h, w = boxes[:, 2].astype(np.float64), boxes[:, 3].astype(np.float64)
-        th, tw = self.size
-        if self.fit == "canvas":
-            return np.full(len(boxes), max(th, tw) / canvas)
-        if self.fit == "longer":
-            return np.minimum(th / h, tw / w)
-        return np.maximum(th / h, tw / w)  # shorter: both sides by this factor; squash: the more stretched side
-
-    def describe(self, box: Sequence[int], canvas: int) -> str:
-        """What happens to one box, for messages: ``its shorter side is resized to 512 px, the cache gives 426 px``."""
-        h, w = int(box[2]), int(box[3])
-        th, tw = self.size
-        if self.fit == "canvas":
-            target = f"{th} px" if th == tw else f"{th}x{tw} px"
-            return f"its padded square canvas is resized to {target}, the cache gives {canvas} px"
-        if th == tw and self.fit != "squash":
-            side = min(h, w) if self.fit == "shorter" else max(h, w)
-            return f"its {self.fit} side is resized to {th} px, the cache gives {side} px"
-        how = {"shorter": "to cover", "longer": "to fit in", "squash": "to"}[self.fit]
-        return f"it is resized {how} {th}x{tw} px (height x width), the cache gives {h}x{w} px"
-
-
 class ModelAdapter(ABC):
     """Base of every family's adapter: batching, device, autocast and normalisation live here."""
 
     #: Family name, set by each subclass.
     family: str = ""
-    #: Geometry of the preprocessing's first resampling, declared by each family (None: not declared, never
-    #: reported as enlarging).
+    #: Geometry of the preprocessing's first resampling: the family declaration's (medret.models.families), or
+    #: set when the files that define it are loaded (None: not declared, never reported as enlarging).
     resize_rule: ResizeRule | None = None
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
+        from medret.models import list_families
+
+        declared = list_families().get(self.family)
+        if self.resize_rule is None and declared is not None and isinstance(declared.resize, ResizeRule):
+            self.resize_rule = declared.resize  # the family's declaration; a file-dependent rule is set on load
         self.entry = {**COMMON_OPTIONS, **entry}
         self.batch_size = int(self.entry["batch_size"])
         self.device = resolve_device(str(self.entry["device"]))

@@ -82,7 +82,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medret.errors import MedretError
-from medret.models.base import ModelAdapter, ResizeRule
+from medret.models.base import ModelAdapter
 from medret.models.checkpoints import (
     BERT_BASE,
     describe_file,
@@ -519,7 +519,6 @@ class BioViLAdapter(ModelAdapter):
     """Adapter of the ``biovil`` family."""
 
     family = FAMILY
-    resize_rule = ResizeRule("shorter", (RESIZE, RESIZE))  # hi-ml Resize(512), both versions
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         super().__init__(entry)

@@ -665,13 +665,12 @@ class OpenClipAdapter(_ClipAdapter):
         self._setup(model, arch, lambda im, bx, _sizes: open_clip_preprocess(im, bx, pp), spec, file_sha256(path))
 
 
-class _CxrClipAdapter(_ClipAdapter):
+class _OpenAIViTB32Adapter(_ClipAdapter):
     """OpenAI ViT-B/32 fine-tunes with CXR-RePaiR's preprocessing (``cxr_repair``, ``chexzero``)."""
 
     arch = "ViT-B-32-quickgelu"
     title = ""
     download = ""
-    resize_rule = ResizeRule("longer", (CXR_CANVAS, CXR_CANVAS))  # their 320-px canvas from the longest side
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         super().__init__(entry)
@@ -693,7 +692,7 @@ class _CxrClipAdapter(_ClipAdapter):
         self._setup(model, self.arch, cxr_preprocess, spec, file_sha256(path))
 
 
-class CxrRepairAdapter(_CxrClipAdapter):
+class CxrRepairAdapter(_OpenAIViTB32Adapter):
     """Adapter of the ``cxr_repair`` family."""
 
     family = "cxr_repair"
@@ -701,7 +700,7 @@ class CxrRepairAdapter(_CxrClipAdapter):
     download = f"clip-imp-pretrained_128_6_after_4.pt from {CXR_REPAIR_URL} (github.com/rajpurkarlab/CXR-RePaiR)"
 
 
-class CheXzeroAdapter(_CxrClipAdapter):
+class CheXzeroAdapter(_OpenAIViTB32Adapter):
     """Adapter of the ``chexzero`` family."""
 
     family = "chexzero"

@@ -81,7 +81,7 @@ import torch
 from torch import nn
 
 from medret.errors import MedretError
-from medret.models.base import ModelAdapter, ResizeRule
+from medret.models.base import ModelAdapter
 from medret.models.checkpoints import (
     BERT_BASE,
     RefusedGlobal,
@@ -674,7 +674,6 @@ class CxrClipAdapter(ModelAdapter):
     """Adapter of the ``cxr_clip`` family."""
 
     family = FAMILY
-    resize_rule = ResizeRule("shorter", (INPUT_SIZE, INPUT_SIZE))  # Resize(224), see preprocess()
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         super().__init__(entry)

@@ -38,19 +38,16 @@ import medret
 from medret.corruptions import occlude
 from medret.errors import MedretError
 from medret.io import atomic_output, digest
+from medret.models import list_families
 from medret.models.base import ModelAdapter, ResizeRule, resolve_device
 from medret.models.checkpoints import error_line
 
 FORMAT = "medret.local/1"
+#: Training options and their defaults, as the family's declaration (medret.models.families) gives them.
 DEFAULT_TRAIN: dict[str, Any] = {
-    "epochs": 30,
-    "batch_size": 128,
-    "lr": 2e-3,
-    "seed": 0,
-    "occlusion_augmentation": 0.0,
-    "input_size": 96,
-    "embed_dim": 128,
-    "min_count": 2,
+    key: sub["default"]
+    for key, sub in list_families()["local"].options["train"].schema["properties"].items()
+    if "default" in sub
 }
 _WORD = re.compile(r"[a-z]+")
 
@@ -197,6 +194,11 @@ class LocalAdapter(ModelAdapter):
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         super().__init__(entry)
+        if "checkpoint" not in entry:  # a config may give `train` instead; the workflow then sets the checkpoint
+            raise MedretError(
+                "config key models.<name>.checkpoint is required by family local to load a model (the workflow sets "
+                "it for a model it trains)"
+            )
         ckpt = load_checkpoint(entry["checkpoint"])
         self.tokenizer = BagTokenizer(ckpt["vocab"])
         self.model = LocalCLIP(ckpt["config"], len(ckpt["vocab"]))

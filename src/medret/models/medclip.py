@@ -88,7 +88,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medret.errors import MedretError
-from medret.models.base import ModelAdapter, ResizeRule
+from medret.models import list_families
+from medret.models.base import ModelAdapter
 from medret.models.checkpoints import describe_file, error_line, file_sha256, key_problems, read_vocab, skip_random_init
 
 FAMILY = "medclip"
@@ -105,7 +106,7 @@ INPUT_SIZE = 224
 #: Bio_ClinicalBERT (BERT-base, cased BioBERT vocabulary) and MedCLIP's joint embedding.
 VOCAB_SIZE = 28996
 EMBED_DIM = 512
-DEFAULT_MAX_LENGTH = 77
+DEFAULT_MAX_LENGTH: int = list_families()["medclip"].options["max_length"].default  # 77, declared
 MAX_POSITIONS = 512
 #: Hidden states averaged by MedCLIPTextModel: layers 1, 2 and the last (index 0 is the embeddings).
 TEXT_LAYERS = (1, 2, -1)
@@ -598,7 +599,6 @@ class MedCLIPAdapter(ModelAdapter):
     """Adapter of the ``medclip`` family."""
 
     family = FAMILY
-    resize_rule = ResizeRule("canvas", (INPUT_SIZE, INPUT_SIZE))  # the padded square to 224, preprocess_images()
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         super().__init__(entry)
