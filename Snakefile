@@ -1,5 +1,5 @@
 # medret: robustness of contrastive image-report models for chest X-ray retrieval.
-# Table of contents: each included file is one stage, in data-flow order (README, "Workflow").
+# Table of contents: each included file is one stage, in data-flow order (docs/running.md, "Workflow").
 import os
 import sys
 

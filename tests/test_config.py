@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 
 import pytest
@@ -138,7 +137,7 @@ def test_adapter_refuses_other_adapters_options(demo, entry, key):
     with pytest.raises(MedretError) as err:
         validate_config(_with_dataset(demo, entry))
     message = str(err.value)
-    assert message.startswith(f"config key datasets.mine.{key}: not an option of adapter {entry['adapter']} (")
+    assert message.startswith(f"config key datasets.mine.{key}: not an option of dataset adapter {entry['adapter']} (")
     assert "\n" not in message
 
 
@@ -146,8 +145,8 @@ def test_adapter_option_error_lists_the_options(demo):
     with pytest.raises(MedretError) as err:
         validate_config(_with_dataset(demo, {**CSV, "study_list": "ids.txt"}))
     assert str(err.value) == (
-        "config key datasets.mine.study_list: not an option of adapter csv (options: csv; every adapter takes "
-        "bad_images, extra_reports, fast_decode, image_size, relevance, split, train_split, uncertain_labels, views); "
+        "config key datasets.mine.study_list: not an option of dataset adapter csv (allowed keys: adapter, split, "
+        "train_split, bad_images, image_size, fast_decode, views, extra_reports, relevance, uncertain_labels, csv); "
         "remove it"
     )
 
@@ -175,26 +174,27 @@ def test_adapters_take_their_own_options_and_only_their_defaults(demo):
     }
     assert set(out["mine"]) == common | {"csv"}, "the demo's n_train, n_test, render_size, seed are not filled in"
     assert set(out["mimic"]) == common | {"root", "reports", "section", "study_list"}
-    assert set(out["chexpert"]) == common | {"root", "reports", "labels"}
+    # Each adapter's declared defaults, and only its own: section impression, image_format png.
+    assert set(out["chexpert"]) == common | {"root", "reports", "labels", "section", "image_format"}
+    assert out["chexpert"]["section"] == "impression" and out["chexpert"]["image_format"] == "png"
     assert set(out["iu"]) == common | {"root", "section", "study_list"}
     assert out["demo"]["n_train"] == 2000 and out["demo"]["render_size"] == 128  # demo keeps its defaults
     assert out["mine"]["split"] == "valid" and out["mine"]["train_split"] == "train"
 
 
-def test_adapter_options_match_the_schema():
-    # Every key of a dataset entry in the schema is common or some adapter's, and the "(adapter X)" /
-    # "(adapters X, Y)" notes in its description name exactly the adapters that declare it.
+def test_adapter_declarations_complete_the_schema():
+    # config/schema.yaml holds the keys every adapter takes; each adapter declares its own, documented, and
+    # validation closes a dataset entry with the declaration of its adapter.
     properties = load_schema()["properties"]["datasets"]["additionalProperties"]["properties"]
-    adapters = {name: get_adapter(name) for name in list_adapters()}
+    assert set(properties) == {"adapter", *COMMON_OPTIONS}
+    adapters = list_adapters()
     assert {"csv", "demo", "mimic_cxr", "chexpert_plus", "iu_xray"} <= set(adapters)
-    declared = {key for a in adapters.values() for key in a.options}
-    assert set(properties) == {"adapter", *COMMON_OPTIONS, *declared}
-    for key, sub in properties.items():
-        documented = {
-            name
-            for group in re.findall(r"\(adapters? ([a-z_]+(?:, [a-z_]+)*)\)", sub["description"])
-            for name in group.split(", ")
-        }
-        owners = {name for name, a in adapters.items() if key in a.options}
-        assert documented == owners, key
-        assert not (owners and key in COMMON_OPTIONS), key
+    for name, adapter in adapters.items():
+        assert adapter is get_adapter(name) and adapter.description
+        for key, option in adapter.options.items():
+            assert key not in COMMON_OPTIONS and option.description and option.schema, (name, key)
+    with pytest.raises(MedretError, match=r"datasets\.c: 'split' is a required property"):
+        validate_config({"datasets": {"c": {"adapter": "chexpert_plus", "root": "/d", "reports": "r.csv"}}, **_REST})
+
+
+_REST = {"models": {"m": {"family": "local", "checkpoint": "x"}}, "corruptions": {"o": {"kind": "occlusion"}}}

@@ -214,8 +214,9 @@ def test_kill_9_mid_embedding_then_resume_recomputes_only_the_rest(finished, dem
 
 
 def _readme_blocks(title: str) -> list[list[str]]:
-    """The command lines of each fenced block in the README section ``### title``."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    """The command lines of each fenced block in the section ``### title`` of docs/running.md (linked from the
+    README as its recovery instructions)."""
+    text = (ROOT / "docs" / "running.md").read_text(encoding="utf-8")
     section = re.split(r"\n#{2,3} ", text.split(f"\n### {title}\n", 1)[1], maxsplit=1)[0]
     return [
         [ln.strip() for ln in block.splitlines() if ln.strip()] for block in re.findall(r"```\n(.*?)```", section, re.S)

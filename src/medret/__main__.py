@@ -1,4 +1,4 @@
-"""Command line: ``python -m medret {families,files,download}``."""
+"""Command line: ``python -m medret {families,adapters,files,download}``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medret", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("families", help="list the registered model families and their options")
+    sub.add_parser("adapters", help="list the registered dataset adapters and their options")
     sub.add_parser("files", help="list the public files that `download` can fetch")
     dl = sub.add_parser("download", help="download public checkpoint/tokenizer files (needs internet)")
     dl.add_argument("names", nargs="+", help="file names, see `files`")
@@ -29,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"    {key}: {option.text()}")
                 if family.resize is not None:
                     print(f"    (first resize: {family.resize})")
+        elif args.command == "adapters":
+            from medret.datasets import list_adapters
+
+            for name, adapter in list_adapters().items():
+                print(f"{name}: {adapter.description}")
+                for key, option in adapter.options.items():
+                    print(f"    {key}: {option.text()}")
         elif args.command == "files":
             from medret.download import PUBLIC_FILES, owners
 

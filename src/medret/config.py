@@ -77,6 +77,9 @@ def _message(error: jsonschema.ValidationError) -> str:
         key = extra[0]
         close = difflib.get_close_matches(key, allowed, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"
+        plugin = error.schema.get("x-medret-plugin")  # an entry closed by a plug-in's declaration
+        if plugin:
+            return f"config key {_key([*path, key])}: not an option of {plugin} ({hint}); remove it"
         return f"config key {_key([*path, key])}: unknown key ({hint})"
     if error.validator == "required":
         return f"config key {_key(path)}: {error.message}; add it (see config/schema.yaml)"
@@ -103,24 +106,35 @@ def _fill_defaults(value: Any, schema: Mapping[str, Any]) -> None:
 
 def composed_schema(base: Mapping[str, Any]) -> dict[str, Any]:
     """The config schema: ``base`` (config/schema.yaml, the keys common to every entry of a section) with
-    each model entry's schema assembled from its family's declared options (:mod:`medret.plugins`)."""
+    each model and dataset entry's schema assembled from its plug-in's declared options (:mod:`medret.plugins`):
+    the family of a model, the adapter of a dataset."""
+    from medret.datasets import list_adapters
     from medret.models import list_families
-    from medret.plugins import entry_schema
 
     schema = copy.deepcopy(dict(base))
-    families = list_families()
-    entry = schema["properties"]["models"]["additionalProperties"]
+    _close_entries(schema, "models", "family", {n: (f.options, ()) for n, f in list_families().items()})
+    adapters = {n: (a.options, a.requires) for n, a in list_adapters().items()}
+    _close_entries(schema, "datasets", "adapter", adapters)
+    return schema
+
+
+def _close_entries(
+    schema: dict[str, Any], section: str, key: str, plugins: Mapping[str, tuple[Mapping[str, Any], tuple[str, ...]]]
+) -> None:
+    """Replace the open entry schema of ``section`` by one closed schema per plug-in that ``key`` can name."""
+    from medret.plugins import entry_schema
+
+    entry = schema["properties"][section]["additionalProperties"]
     common = entry["properties"]
-    entry.pop("additionalProperties", None)  # each family's schema below closes the entry
-    common["family"] = {**common["family"], "enum": list(families)}
+    entry.pop("additionalProperties", None)  # each plug-in's schema below closes the entry
+    common[key] = {**common[key], "enum": list(plugins)}
     entry["allOf"] = [
         {
-            "if": {"properties": {"family": {"const": name}}, "required": ["family"]},
-            "then": entry_schema(common, family.options, ("family",)),
+            "if": {"properties": {key: {"const": name}}, "required": [key]},
+            "then": entry_schema(common, options, (key, *requires), title=f"{_PLUGIN_KEYS[key]} {name}"),
         }
-        for name, family in families.items()
+        for name, (options, requires) in plugins.items()
     ]
-    return schema
 
 
 def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -129,6 +143,7 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     ``schema`` is config/schema.yaml's (the default); the registered plug-ins' declarations complete it
     (:func:`composed_schema`).
     """
+    from medret.datasets import list_adapters
     from medret.models import list_families
     from medret.plugins import fill_defaults
 
@@ -138,18 +153,12 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
         raise MedretError(_message(error))
-    from medret.datasets import dataset_options
-
-    # Before the defaults are filled: only the user's keys count.
-    allowed = {name: dataset_options(entry, name) for name, entry in config["datasets"].items()}
     _fill_defaults(config, schema)
-    families = list_families()
+    families, adapters = list_families(), list_adapters()
     for entry in config["models"].values():
         fill_defaults(entry, families[entry["family"]].options)
-    for name, entry in config["datasets"].items():
-        # The schema's defaults are per key, not per adapter: a csv entry must not gain the demo's n_train.
-        for key in set(entry) - allowed[name]:
-            del entry[key]
+    for entry in config["datasets"].values():
+        fill_defaults(entry, adapters[entry["adapter"]].options)
     _check_references(config)
     # Named entries keep the user's order (plots and tables follow it); everything inside them is
     # sorted, because Snakemake compares a rule's params as strings: the order keys are written in,

@@ -2,7 +2,7 @@
 
 Nothing in the workflow or the tests downloads anything: this module only runs when a user asks,
 ``python -m medret download NAME [--dest DIR]``. The default destination, ``weights/``, is where the
-README's config snippets and ``config/examples`` look, and ``make clean`` never touches it. Each file
+docs' config snippets and ``config/examples`` look, and ``make clean`` never touches it. Each file
 is streamed to a temporary file beside its destination, checked against its published digest where
 one is known, and renamed into place, so an interrupted download never leaves a file that looks
 complete. Some checkpoints are only published behind interactive pages (Box, Google Drive); for

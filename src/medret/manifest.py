@@ -1,6 +1,6 @@
 """The manifest: the evaluated image-report pairs, and the relevance structure built from it.
 
-Rules (DESIGN §4, this project's protocol):
+Rules (docs/design.md §4, this project's protocol):
 
 * the evaluated split only (config ``split``, default ``test``);
 * reports that are empty after stripping whitespace are dropped (listed in ``skipped.csv``);

@@ -77,13 +77,14 @@ class Option:
 
 
 def entry_schema(
-    common: Mapping[str, Any], options: Mapping[str, Option], required: tuple[str, ...] = ()
+    common: Mapping[str, Any], options: Mapping[str, Option], required: tuple[str, ...] = (), title: str = ""
 ) -> dict[str, Any]:
     """The JSON schema of one config entry: the ``common`` properties every plug-in of its kind takes,
-    plus ``options``; any other key is an error."""
+    plus ``options``; any other key is an error. ``title`` names the plug-in in error messages."""
     properties = {**copy.deepcopy(dict(common)), **{k: o.json_schema() for k, o in options.items()}}
     needed = [*required, *(k for k, o in options.items() if o.required)]
-    return {"type": "object", "properties": properties, "additionalProperties": False, "required": needed}
+    out = {"type": "object", "properties": properties, "additionalProperties": False, "required": needed}
+    return {**out, "x-medret-plugin": title} if title else out
 
 
 def fill_defaults(entry: dict[str, Any], options: Mapping[str, Option]) -> None:

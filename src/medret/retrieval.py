@@ -1,6 +1,6 @@
 """Per-query ranks for image→text and text→image retrieval, scored in bounded-memory blocks.
 
-Definitions (DESIGN §4):
+Definitions (docs/design.md §4):
 
 * Candidates. Image→text (``i2t``): one query per pair (its image); the candidates are the unique
   report strings of the manifest (identical strings are one candidate), so each image has exactly

@@ -46,7 +46,7 @@ DEMO_DATASETS = [d for d, e in DATASETS.items() if e["adapter"] == "demo"]
 # What each stage reads of a dataset entry. Snakemake re-runs a job when its params change, so the
 # params of a job hold exactly what it reads, and an edit re-runs only the jobs that read the key.
 #: Read by the demo generator only; they reach the manifest through the generated CSV.
-DEMO_KEYS = ("n_train", "n_test", "render_size", "seed")
+DEMO_KEYS = tuple(get_adapter("demo").options)
 #: Read by the ranks and metrics only.
 RELEVANCE_KEYS = ("relevance", "uncertain_labels")
 #: Keys the manifest does not read: the image cache's size, the corpus's extra splits and the above.
@@ -137,7 +137,7 @@ def intermediate_outputs():
 def dataset_sources(wildcards):
     """The files a dataset is read from, as its adapter declares them."""
     entry = DATASETS[wildcards.dataset]
-    return get_adapter(entry["adapter"]).source_files(wildcards.dataset, entry)
+    return get_adapter(entry["adapter"]).sources(wildcards.dataset, entry)
 
 
 def model_inputs(wildcards):

@@ -1,20 +1,24 @@
 """Dataset adapters: each turns a dataset on disk into the standard pairs table.
 
-An adapter is one module that registers itself with :func:`register_adapter`. It declares the
-files the workflow must track (:meth:`DatasetAdapter.source_files`) and reads them into a
-DataFrame with :data:`PAIR_COLUMNS` (plus optional ``label_*`` columns). Everything after that
-(manifest, image cache, corruption specs) is the same for every dataset.
+An adapter is one module with one declaration (:class:`DatasetAdapter`), registered with
+:func:`register_adapter`: its config keys (:class:`medret.plugins.Option`: schema, default,
+description; config validation assembles a dataset entry's schema from them), the files the workflow
+must track (``source_files``) and how they are read into a DataFrame with :data:`PAIR_COLUMNS`
+(plus optional ``label_*`` columns). Everything after that (manifest, image cache, corruption
+specs) is the same for every dataset. An adapter in another package declares itself through the
+``medret.datasets`` entry point (:mod:`medret.plugins`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from medret.errors import MedretError
+from medret.plugins import Option, check_target, entry_point_declarations, resolve
 
 #: Dataset keys every adapter takes (besides ``adapter``); each adapter declares its own in ``options``.
 COMMON_OPTIONS = (
@@ -36,22 +40,36 @@ PAIR_COLUMNS = ("pair_id", "image_path", "report", "split", "patient_id", "study
 
 @dataclass(frozen=True)
 class DatasetAdapter:
-    """A registered dataset format.
+    """A dataset format: its one declaration.
 
     ``source_files(name, entry)`` lists the files the workflow tracks as inputs (relative to the
-    working directory); ``load(entry, sources)`` returns the standard pairs table. ``options`` names
-    the adapter's own config keys (documented in config/schema.yaml); any key of a dataset entry that
-    is neither one of them nor in :data:`COMMON_OPTIONS` is an error.
+    working directory); ``load(entry, sources)`` returns the standard pairs table; each is a callable or
+    a ``"module:attribute"`` string (imported when used). ``options`` declares the adapter's own config
+    keys; any key of a dataset entry that is neither one of them nor in :data:`COMMON_OPTIONS` is an
+    error. ``requires`` names common keys the adapter needs given (e.g. a dataset without a test split).
     """
 
     name: str
-    source_files: Callable[[str, Mapping[str, Any]], list[str]]
-    load: Callable[[Mapping[str, Any], list[str]], pd.DataFrame]
+    source_files: Callable[[str, Mapping[str, Any]], list[str]] | str
+    load: Callable[[Mapping[str, Any], list[str]], pd.DataFrame] | str
     description: str
-    options: tuple[str, ...] = ()
+    options: Mapping[str, Option] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_target(self.source_files, f"dataset adapter {self.name}: source_files")
+        check_target(self.load, f"dataset adapter {self.name}: load")
+        bad = [k for k, o in self.options.items() if not isinstance(o, Option)]
+        if bad:
+            raise TypeError(f"dataset adapter {self.name}: option {bad[0]!r} is not a medret.plugins.Option")
+
+    def sources(self, name: str, entry: Mapping[str, Any]) -> list[str]:
+        """The files dataset ``name`` is read from (its ``source_files``)."""
+        return resolve(self.source_files)(name, entry)
 
 
 _ADAPTERS: dict[str, DatasetAdapter] = {}
+_PLUGINS_LOADED = False
 
 
 def register_adapter(adapter: DatasetAdapter) -> DatasetAdapter:
@@ -62,7 +80,7 @@ def register_adapter(adapter: DatasetAdapter) -> DatasetAdapter:
 
 def get_adapter(name: str, *, key: str = "adapter") -> DatasetAdapter:
     """Return the adapter called ``name`` or raise a MedretError naming the config key."""
-    _load_builtin_adapters()
+    _load_adapters()
     try:
         return _ADAPTERS[name]
     except KeyError:
@@ -89,17 +107,17 @@ def dataset_options(entry: Mapping[str, Any], name: str = "<dataset>") -> set[st
     return allowed
 
 
-def list_adapters() -> dict[str, str]:
-    """Names and one-line descriptions of every registered adapter."""
-    _load_builtin_adapters()
-    return {name: a.description for name, a in sorted(_ADAPTERS.items())}
+def list_adapters() -> dict[str, DatasetAdapter]:
+    """Every registered adapter by name: the built-in ones and those of installed plug-ins."""
+    _load_adapters()
+    return dict(sorted(_ADAPTERS.items()))
 
 
 def load_pairs(name: str, entry: Mapping[str, Any], sources: list[str]) -> pd.DataFrame:
     """Read dataset ``name`` (config ``entry``) from ``sources`` into the standard pairs table."""
     adapter = get_adapter(entry["adapter"], key=f"datasets.{name}.adapter")
     try:
-        table = adapter.load(entry, sources)
+        table = resolve(adapter.load)(entry, sources)
     except MedretError as exc:
         # Adapters do not know the entry's name: their messages say datasets.<name>, filled in here.
         if "datasets.<name>" not in str(exc):
@@ -112,9 +130,20 @@ def load_pairs(name: str, entry: Mapping[str, Any], sources: list[str]) -> pd.Da
     return table[[*PAIR_COLUMNS, *labels]].reset_index(drop=True)
 
 
-def _load_builtin_adapters() -> None:
-    # Imported lazily so that `import medret.datasets` stays cheap and cycle-free.
+def _load_adapters() -> None:
+    # The built-in adapters, imported lazily so that `import medret.datasets` stays cheap and cycle-free,
+    # then those of installed plug-ins.
+    global _PLUGINS_LOADED
     from medret.datasets import chexpert_plus as _chexpert_plus  # noqa: F401
     from medret.datasets import csv as _csv  # noqa: F401
     from medret.datasets import iu_xray as _iu_xray  # noqa: F401
     from medret.datasets import mimic as _mimic  # noqa: F401
+
+    if not _PLUGINS_LOADED:
+        _PLUGINS_LOADED = True
+        for adapter in entry_point_declarations("adapter", DatasetAdapter):
+            if adapter.name in _ADAPTERS and _ADAPTERS[adapter.name] is not adapter:
+                raise MedretError(
+                    f"dataset adapter plug-in {adapter.name!r} has the name of a registered adapter; rename it"
+                )
+            register_adapter(adapter)

@@ -58,6 +58,7 @@ import pandas as pd
 from medret.datasets import DatasetAdapter, register_adapter
 from medret.datasets.common import (
     CHEXPERT_LABELS,
+    SECTION_OPTION,
     check_section,
     chosen_section,
     clean_text,
@@ -65,10 +66,12 @@ from medret.datasets.common import (
     label_column,
     read_csv_columns,
     read_study_ids,
+    study_list_option,
     study_list_source,
     unique_rows,
 )
 from medret.errors import MedretError
+from medret.plugins import Option
 
 WHAT = "CheXpert Plus report CSV (df_chexpert_plus_240401.csv)"
 COLUMNS = (
@@ -245,6 +248,35 @@ register_adapter(
         _chexpert_sources,
         load_chexpert_plus,
         "CheXpert Plus report CSV with its PNG (or CheXpert JPEG) images and CheXbert labels",
-        options=("root", "reports", "labels", "image_format", "section", "study_list"),
+        options={
+            "root": Option(
+                "image directory whose train/ and valid/ hold patientXXXXX/studyN/viewM_*.png: the unpacked PNG "
+                "archive (sometimes PNG/PNG), or CheXpert-v1.0 with image_format jpg",
+                {"type": "string"},
+                required=True,
+                path="directory",
+            ),
+            "reports": Option(
+                "the report CSV df_chexpert_plus_240401.csv (or .csv.gz)",
+                {"type": "string"},
+                required=True,
+                path="file",
+            ),
+            "labels": Option(
+                "optional: the unpacked chexbert_labels directory (impression_fixed.json, findings_fixed.json); its "
+                "14 CheXpert findings become label_* columns; without it, no label columns",
+                {"type": "string"},
+                path="directory",
+            ),
+            "image_format": Option(
+                "png: the CheXpert Plus PNG release (path_to_image with .png); jpg: the original CheXpert-v1.0 "
+                "JPEGs (path_to_image as written)",
+                {"type": "string", "enum": list(IMAGE_FORMATS)},
+                default="png",
+            ),
+            "section": SECTION_OPTION,
+            "study_list": study_list_option("patientXXXXX/studyN"),
+        },
+        requires=("split",),  # CheXpert Plus has only train and valid
     )
 )

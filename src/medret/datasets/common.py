@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from medret.errors import MedretError
+from medret.plugins import Option
 
 #: The 14 CheXpert findings, as the CheXpert labeller and CheXbert name them.
 CHEXPERT_LABELS = (
@@ -153,3 +154,20 @@ def study_list_source(entry: Mapping[str, Any], name: str) -> list[str]:
     if not study_list.is_file():
         raise MedretError(f"{study_list}: study list not found; check the config key datasets.{name}.study_list")
     return [str(study_list)]
+
+
+#: ``section``, as the adapters with findings and impression sections declare it.
+SECTION_OPTION = Option(
+    "report section used as the text: impression, findings, or longest (the longer of the two)",
+    {"type": "string", "enum": list(SECTIONS)},
+    default="impression",
+)
+
+
+def study_list_option(ids: str) -> Option:
+    """``study_list``: a file of study ids to keep (``ids`` describes the adapter's id format)."""
+    return Option(
+        f"optional file of study ids to keep: one a line, or a CSV with a study_id column; ids: {ids}",
+        {"type": "string"},
+        path="file",
+    )

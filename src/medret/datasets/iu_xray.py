@@ -40,6 +40,7 @@ import pandas as pd
 
 from medret.datasets import DatasetAdapter, register_adapter
 from medret.datasets.common import (
+    SECTION_OPTION,
     check_section,
     clean_text,
     find_table,
@@ -47,10 +48,12 @@ from medret.datasets.common import (
     pick_section,
     read_csv_columns,
     read_study_ids,
+    study_list_option,
     study_list_source,
     unique_rows,
 )
 from medret.errors import MedretError
+from medret.plugins import Option
 
 WHAT = "IU X-ray file (Kaggle chest-xrays-indiana-university)"
 REPORTS = "indiana_reports.csv"
@@ -129,6 +132,16 @@ register_adapter(
         _iu_sources,
         load_iu_xray,
         "IU X-ray / OpenI (Kaggle chest-xrays-indiana-university): reports, projections and PNG images",
-        options=("root", "section", "study_list"),
+        options={
+            "root": Option(
+                "the Kaggle chest-xrays-indiana-university directory: indiana_reports.csv, indiana_projections.csv "
+                "(or .csv.gz) and images/images_normalized/",
+                {"type": "string"},
+                required=True,
+                path="directory",
+            ),
+            "section": SECTION_OPTION,
+            "study_list": study_list_option("the uid, e.g. 3999"),
+        },
     )
 )

@@ -52,6 +52,7 @@ import pandas as pd
 from medret.datasets import DatasetAdapter, register_adapter
 from medret.datasets.common import (
     CHEXPERT_LABELS,
+    SECTION_OPTION,
     check_section,
     find_table,
     keep_studies,
@@ -59,9 +60,11 @@ from medret.datasets.common import (
     pick_section,
     read_csv_columns,
     read_study_ids,
+    study_list_option,
     study_list_source,
 )
 from medret.errors import MedretError
+from medret.plugins import Option
 
 METADATA = "mimic-cxr-2.0.0-metadata"
 SPLIT = "mimic-cxr-2.0.0-split"
@@ -263,6 +266,22 @@ register_adapter(
         _mimic_sources,
         load_mimic,
         "MIMIC-CXR-JPG 2.x images with MIMIC-CXR report sections",
-        options=("root", "reports", "section", "study_list"),
+        options={
+            "root": Option(
+                "MIMIC-CXR-JPG 2.x directory as downloaded: files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.jpg and "
+                "mimic-cxr-2.0.0-{metadata,split,chexpert}.csv or .csv.gz",
+                {"type": "string"},
+                required=True,
+                path="directory",
+            ),
+            "reports": Option(
+                "mimic-cxr-reports.zip, or its unpacked directory (files/pXX/pXXXXXXXX/sXXXXXXXX.txt)",
+                {"type": "string"},
+                required=True,
+                path="file or directory",
+            ),
+            "section": SECTION_OPTION,
+            "study_list": study_list_option("5xxxxxxx or s5xxxxxxx"),
+        },
     )
 )

@@ -1,6 +1,6 @@
 """Model adapters behind a registry of families.
 
-Every model is an adapter with one contract (DESIGN §5): ``encode_images`` takes uint8 images in
+Every model is an adapter with one contract (docs/design.md §5): ``encode_images`` takes uint8 images in
 cache space (the square canvases of the image cache, plus their content boxes) and
 ``encode_texts`` takes report strings; both return L2-normalised float32 embeddings. A family is
 one module that knows its checkpoint format, preprocessing and tokeniser, and one declaration

@@ -31,7 +31,7 @@ after resizing. On the CPU the pixels equal the processor's bit for bit, for eve
 PIL backend (``backend="pil"``: ``CLIPImageProcessorPil``, ``SiglipImageProcessorPil``) resamples with
 Pillow instead: measured against it, at most 1 grey level with bilinear or downscaling bicubic, up to 6
 with bicubic upscaling and 9 with Lanczos, and Pillow's nearest picks other pixels
-(docs/transformers-family.md). Lanczos is resized on the CPU (torchvision has no GPU kernel for it).
+(docs/models.md, family transformers). Lanczos is resized on the CPU (torchvision has no GPU kernel for it).
 
 Text: the directory's tokenizer, truncated to the text tower's positions (``min(model_max_length,
 max_position_embeddings)``; PubMedCLIP's tokenizer config has no ``model_max_length``). SigLIP pads every
