@@ -10,18 +10,19 @@ import pandas as pd
 import pytest
 import torch
 
+from medret.config import validate_config
 from medret.corruptions import (
     ACQUISITION,
     DEFAULT_LEVELS,
-    KINDS,
     RANDOM_KINDS,
     conditions,
     get_kind,
+    list_kinds,
     make_specs,
-    occlude,
     occlusion_specs,
     specs_digest,
 )
+from medret.corruptions.apply import occlude
 from medret.errors import MedretError
 
 IDS = [f"p{i:03d}" for i in range(20)]
@@ -385,10 +386,14 @@ def test_severity_levels_are_integers_zero_to_five():
 
 
 def test_occlusion_keys_on_other_kinds():
-    with pytest.raises(MedretError, match=r"^config key corruptions\.b\.fill: applies to kind occlusion only"):
-        make_specs(IDS, "b", {"kind": "blur", "fill": "white"})
-    # A schema that fills the occlusion defaults into every entry is fine.
-    assert len(make_specs(IDS, "b", {"kind": "blur", "fill": "black", "levels": [0, 1]})) == 2 * len(IDS)
+    # Each kind's entry is closed by its own declaration: occlusion's keys are not blur's.
+    config = {"datasets": {"d": {"adapter": "demo"}}, "models": {"m": {"family": "local", "checkpoint": "x"}}}
+    bad = {**config, "corruptions": {"b": {"kind": "blur", "fill": "white"}}}
+    with pytest.raises(MedretError, match=r"^config key corruptions\.b\.fill: not an option of corruption kind blur"):
+        validate_config(bad)
+    good = validate_config({**config, "corruptions": {"b": {"kind": "blur"}, "o": {"kind": "occlusion"}}})
+    assert "fill" not in good["corruptions"]["b"] and good["corruptions"]["o"]["fill"] == "black"
+    assert good["corruptions"]["b"]["levels"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
 
 
 @pytest.mark.parametrize("kind", ACQ_KINDS)
@@ -412,15 +417,15 @@ def test_acquisition_rows_are_pure_functions_of_their_key(kind):
     big = make_specs(IDS, "c", {"kind": kind, "levels": [0, 1, 3, 5], "repeats": 3})
     merged = small.merge(big, on=["pair_id", "level", "repeat"], suffixes=("_a", "_b"))
     assert len(merged) == len(small)
-    for col in KINDS[kind].param_columns:
+    for col in list_kinds()[kind].param_columns:
         np.testing.assert_array_equal(merged[f"{col}_a"], merged[f"{col}_b"])
     # Applying a row gives the same pixels twice, and alone or in a batch.
     images, boxes = _letterbox(5, value=-1)
     ids = IDS[:5]
     rows = _rows(small, ids, 3.0, 1 if kind in RANDOM_KINDS else 0)
-    once = KINDS[kind].apply(images, boxes, rows, {"kind": kind})
-    assert torch.equal(once, KINDS[kind].apply(images, boxes, rows, {"kind": kind}))
-    alone = KINDS[kind].apply(images[2:3], boxes[2:3], rows.iloc[2:3], {"kind": kind})
+    once = list_kinds()[kind].apply(images, boxes, rows, {"kind": kind})
+    assert torch.equal(once, list_kinds()[kind].apply(images, boxes, rows, {"kind": kind}))
+    alone = list_kinds()[kind].apply(images[2:3], boxes[2:3], rows.iloc[2:3], {"kind": kind})
     assert torch.equal(once[2:3], alone)
 
 
@@ -430,8 +435,8 @@ def test_noise_seeds_differ_by_pair_repeat_and_name():
     other = make_specs(IDS, "n2", {"kind": "poisson_noise", "levels": [2], "repeats": 2})
     assert not set(specs["noise_seed"]) & set(other["noise_seed"])
     images, boxes = _letterbox(2)
-    first = KINDS["poisson_noise"].apply(images, boxes, _rows(specs, IDS[:2], 2.0, 0), {})
-    second = KINDS["poisson_noise"].apply(images, boxes, _rows(specs, IDS[:2], 2.0, 1), {})
+    first = list_kinds()["poisson_noise"].apply(images, boxes, _rows(specs, IDS[:2], 2.0, 0), {})
+    second = list_kinds()["poisson_noise"].apply(images, boxes, _rows(specs, IDS[:2], 2.0, 1), {})
     assert not torch.equal(first, second)
 
 
@@ -507,16 +512,16 @@ LUMA = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 
 def test_jpeg_quality_from_the_quantisation_table_and_psnr_falls(monkeypatch):
     from scipy.ndimage import gaussian_filter
 
-    import medret.corruptions
+    import medret.corruptions.apply
 
     written: list[bytes] = []
-    real = medret.corruptions.encode_jpeg
+    real = medret.corruptions.apply.encode_jpeg
 
     def spy(crop, quality):  # records the file the corruption writes
         written.append(real(crop, quality))
         return written[-1]
 
-    monkeypatch.setattr(medret.corruptions, "encode_jpeg", spy)
+    monkeypatch.setattr(medret.corruptions.apply, "encode_jpeg", spy)
     rng = np.random.default_rng(0)
     box = gaussian_filter(rng.uniform(0, 255, (64, 64)), 2) * 3 - 250  # smooth texture over the whole range
     images = torch.from_numpy(np.clip(box, 0, 255).round().astype(np.uint8))[None]
@@ -575,11 +580,11 @@ def test_rotation_turns_a_line_by_the_stored_angle(severity):
     vertical[:, 6:58, 47:49] = 255
     specs = make_specs(ids, "rot", {"kind": "rotation", "levels": [severity]})
     rows = _rows(specs, ids, float(severity))
-    out = KINDS["rotation"].apply(images, _full_boxes(12, 64, 96), rows, {"kind": "rotation"})
+    out = list_kinds()["rotation"].apply(images, _full_boxes(12, 64, 96), rows, {"kind": "rotation"})
     angles = rows["angle_deg"].to_numpy()
     assert set(np.abs(angles)) == {ACQUISITION["rotation"][1][severity - 1]}
     assert (angles > 0).any() and (angles < 0).any(), "the sign is drawn per row"
-    turned = KINDS["rotation"].apply(vertical, _full_boxes(12, 64, 96), rows, {"kind": "rotation"})
+    turned = list_kinds()["rotation"].apply(vertical, _full_boxes(12, 64, 96), rows, {"kind": "rotation"})
     for i in range(12):
         assert abs(_line_angle(out[i]) - angles[i]) < 0.3
         assert abs(_line_angle(turned[i]) % 180 - (90 + angles[i])) < 0.3

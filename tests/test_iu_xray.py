@@ -106,14 +106,14 @@ def _entry(root: Path, **extra) -> dict:
 
 
 def _load(entry: dict) -> pd.DataFrame:
-    return load_pairs("iu", entry, get_adapter("iu_xray").source_files("iu", entry))
+    return load_pairs("iu", entry, get_adapter("iu_xray").sources("iu", entry))
 
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_pairs_table_row_by_row(tmp_path, gz):
     root = _build(tmp_path, gz=gz)
     entry = _entry(root)
-    sources = get_adapter("iu_xray").source_files("iu", entry)
+    sources = get_adapter("iu_xray").sources("iu", entry)
     assert sources == [
         str(root / ("indiana_reports.csv" + (".gz" if gz else ""))),
         str(root / "indiana_projections.csv"),
@@ -163,7 +163,7 @@ def test_study_list(tmp_path, content):
     root = _build(tmp_path)
     (tmp_path / "uids.txt").write_text(content, encoding="utf-8")
     entry = _entry(root, study_list=str(tmp_path / "uids.txt"))
-    sources = get_adapter("iu_xray").source_files("iu", entry)
+    sources = get_adapter("iu_xray").sources("iu", entry)
     assert sources[-1] == str(tmp_path / "uids.txt")
     table = load_pairs("iu", entry, sources)
     assert table["pair_id"].tolist() == ["1_IM-0001-3001.dcm.png", "1_IM-0001-4001.dcm.png", "4_IM-2050-2001.dcm.png"]
@@ -200,7 +200,7 @@ def test_missing_files_and_wrong_root(tmp_path):
 def test_bad_inputs_at_load(tmp_path):
     root = _build(tmp_path)
     entry = _entry(root)
-    sources = get_adapter("iu_xray").source_files("iu", entry)
+    sources = get_adapter("iu_xray").sources("iu", entry)
     reports = pd.read_csv(sources[0], dtype=str, keep_default_na=False)
     projections = pd.read_csv(sources[1], dtype=str, keep_default_na=False)
 
@@ -240,7 +240,7 @@ def test_bad_inputs_at_load(tmp_path):
 def test_plain_csv_preferred_over_gz(tmp_path):
     root = _build(tmp_path, gz=True)
     (root / "indiana_reports.csv").write_text("uid,findings,impression\n1,,Plain file.\n", encoding="utf-8")
-    sources = get_adapter("iu_xray").source_files("iu", _entry(root))
+    sources = get_adapter("iu_xray").sources("iu", _entry(root))
     assert sources[0] == str(root / "indiana_reports.csv")
     table = load_pairs("iu", _entry(root), sources).set_index("pair_id")
     assert table.loc["1_IM-0001-4001.dcm.png", "report"] == "Plain file."

@@ -233,7 +233,7 @@ def _entry(tmp_path: Path, **extra) -> dict:
 
 def _load(entry: dict) -> pd.DataFrame:
     adapter = get_adapter("mimic_cxr")
-    return load_pairs("mimic", entry, adapter.source_files("mimic", entry))
+    return load_pairs("mimic", entry, adapter.sources("mimic", entry))
 
 
 @pytest.mark.parametrize("study", sorted(EXPECTED))
@@ -264,7 +264,7 @@ def test_section_rules_details():
 def test_pairs_table_row_by_row(tmp_path):
     root = _build(tmp_path)
     entry = _entry(tmp_path)
-    sources = get_adapter("mimic_cxr").source_files("mimic", entry)
+    sources = get_adapter("mimic_cxr").sources("mimic", entry)
     assert sources == [
         str(root / "mimic-cxr-2.0.0-metadata.csv.gz"),
         str(root / "mimic-cxr-2.0.0-split.csv.gz"),
@@ -322,7 +322,7 @@ def test_reports_directory_and_plain_csv_match_zip_and_gz(tmp_path):
         _entry(tmp_path / "b", reports=str(tmp_path / "b" / "reports")),
         _entry(tmp_path / "b", reports=str(tmp_path / "b" / "reports" / "files")),
     ):
-        sources = get_adapter("mimic_cxr").source_files("mimic", entry)
+        sources = get_adapter("mimic_cxr").sources("mimic", entry)
         assert sources[:3] == [str(root / f"mimic-cxr-2.0.0-{s}.csv") for s in ("metadata", "split", "chexpert")]
         plain = load_pairs("mimic", entry, sources)
         pd.testing.assert_frame_equal(plain.drop(columns="image_path"), zipped.drop(columns="image_path"))
@@ -331,7 +331,7 @@ def test_reports_directory_and_plain_csv_match_zip_and_gz(tmp_path):
 def test_plain_csv_preferred_over_gz(tmp_path):
     root = _build(tmp_path)
     (root / "mimic-cxr-2.0.0-split.csv").write_text("dicom_id,study_id,subject_id,split\n", encoding="utf-8")
-    sources = get_adapter("mimic_cxr").source_files("mimic", _entry(tmp_path))
+    sources = get_adapter("mimic_cxr").sources("mimic", _entry(tmp_path))
     assert sources[1] == str(root / "mimic-cxr-2.0.0-split.csv")
     assert sources[0] == str(root / "mimic-cxr-2.0.0-metadata.csv.gz")
 
@@ -357,7 +357,7 @@ def test_study_list(tmp_path, content):
     _build(tmp_path)
     (tmp_path / "studies.txt").write_text(content, encoding="utf-8")
     entry = _entry(tmp_path, study_list=str(tmp_path / "studies.txt"))
-    sources = get_adapter("mimic_cxr").source_files("mimic", entry)
+    sources = get_adapter("mimic_cxr").sources("mimic", entry)
     assert sources[-1] == str(tmp_path / "studies.txt")
     table = load_pairs("mimic", entry, sources)
     assert sorted(table["study_id"].unique()) == ["50000001", "50000006"]
@@ -398,7 +398,7 @@ def test_missing_files(tmp_path):
 def test_bad_inputs_at_load(tmp_path):
     root = _build(tmp_path)
     entry = _entry(tmp_path)
-    sources = get_adapter("mimic_cxr").source_files("mimic", entry)
+    sources = get_adapter("mimic_cxr").sources("mimic", entry)
     # A file deleted between planning and loading.
     with pytest.raises(MedretError) as exc:
         load_pairs("mimic", entry, [str(root / "gone.csv"), *sources[1:]])

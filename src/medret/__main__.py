@@ -1,4 +1,4 @@
-"""Command line: ``python -m medret {families,adapters,files,download}``."""
+"""Command line: ``python -m medret {families,adapters,corruptions,files,download}``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("families", help="list the registered model families and their options")
     sub.add_parser("adapters", help="list the registered dataset adapters and their options")
+    sub.add_parser("corruptions", help="list the registered corruption kinds and their options")
     sub.add_parser("files", help="list the public files that `download` can fetch")
     dl = sub.add_parser("download", help="download public checkpoint/tokenizer files (needs internet)")
     dl.add_argument("names", nargs="+", help="file names, see `files`")
@@ -36,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
             for name, adapter in list_adapters().items():
                 print(f"{name}: {adapter.description}")
                 for key, option in adapter.options.items():
+                    print(f"    {key}: {option.text()}")
+        elif args.command == "corruptions":
+            from medret.corruptions import list_kinds
+
+            for name, kind in list_kinds().items():
+                print(f"{name}: {kind.description}")
+                for key, option in {**kind.options, "levels": kind.levels_option}.items():
                     print(f"    {key}: {option.text()}")
         elif args.command == "files":
             from medret.download import PUBLIC_FILES, owners

@@ -106,8 +106,9 @@ def _fill_defaults(value: Any, schema: Mapping[str, Any]) -> None:
 
 def composed_schema(base: Mapping[str, Any]) -> dict[str, Any]:
     """The config schema: ``base`` (config/schema.yaml, the keys common to every entry of a section) with
-    each model and dataset entry's schema assembled from its plug-in's declared options (:mod:`medret.plugins`):
-    the family of a model, the adapter of a dataset."""
+    each model, dataset and corruption entry's schema assembled from its plug-in's declared options
+    (:mod:`medret.plugins`): the family of a model, the adapter of a dataset, the kind of a corruption."""
+    from medret.corruptions import list_kinds
     from medret.datasets import list_adapters
     from medret.models import list_families
 
@@ -115,6 +116,8 @@ def composed_schema(base: Mapping[str, Any]) -> dict[str, Any]:
     _close_entries(schema, "models", "family", {n: (f.options, ()) for n, f in list_families().items()})
     adapters = {n: (a.options, a.requires) for n, a in list_adapters().items()}
     _close_entries(schema, "datasets", "adapter", adapters)
+    kinds = {n: ({**k.options, "levels": k.levels_option}, ()) for n, k in list_kinds().items()}
+    _close_entries(schema, "corruptions", "kind", kinds)
     return schema
 
 
@@ -143,6 +146,7 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     ``schema`` is config/schema.yaml's (the default); the registered plug-ins' declarations complete it
     (:func:`composed_schema`).
     """
+    from medret.corruptions import list_kinds
     from medret.datasets import list_adapters
     from medret.models import list_families
     from medret.plugins import fill_defaults
@@ -154,11 +158,14 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     if error is not None:
         raise MedretError(_message(error))
     _fill_defaults(config, schema)
-    families, adapters = list_families(), list_adapters()
+    families, adapters, kinds = list_families(), list_adapters(), list_kinds()
     for entry in config["models"].values():
         fill_defaults(entry, families[entry["family"]].options)
     for entry in config["datasets"].values():
         fill_defaults(entry, adapters[entry["adapter"]].options)
+    for entry in config["corruptions"].values():
+        kind = kinds[entry["kind"]]
+        fill_defaults(entry, {**kind.options, "levels": kind.levels_option})
     _check_references(config)
     # Named entries keep the user's order (plots and tables follow it); everything inside them is
     # sorted, because Snakemake compares a rule's params as strings: the order keys are written in,

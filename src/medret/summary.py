@@ -15,7 +15,6 @@ from typing import Any
 
 import pandas as pd
 
-from medret.corruptions import OCCLUSION_DEFAULTS
 from medret.io import atomic_output
 
 DIRECTION_NAMES = {"i2t": "image → report", "t2i": "report → image"}
@@ -76,8 +75,7 @@ def summary_markdown(
         entry = corruptions.get(corruption, {})
         kind = str(entry.get("kind", "occlusion"))
         sub = metrics[metrics["corruption"] == corruption]
-        hidden = {"levels"} | (set() if kind == "occlusion" else set(OCCLUSION_DEFAULTS))  # schema-filled, unused
-        options = ", ".join(f"{k}: {v}" for k, v in entry.items() if k not in hidden)
+        options = ", ".join(f"{k}: {v}" for k, v in entry.items() if k != "levels")
         out += ["", f"## {corruption}", "", f"`{options}`" if options else ""]
         for relevance in sorted(sub["relevance"].unique()):
             for direction in ("i2t", "t2i"):

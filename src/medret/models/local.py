@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import medret
-from medret.corruptions import occlude
+from medret.corruptions.apply import occlude
 from medret.errors import MedretError
 from medret.io import atomic_output, digest
 from medret.models import list_families

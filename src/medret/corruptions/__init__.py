@@ -1,4 +1,5 @@
-"""Deterministic corruption specs, and their application to cache-space image tensors.
+"""Corruption kinds: their declarations, their deterministic spec tables, and (in :mod:`medret.corruptions.apply`)
+their application to cache-space image tensors.
 
 A corruption is described by a *spec table*, one row per (pair, level, repeat), that a user can
 open and inspect; the embedding stage applies the rows to the cached uint8 images on the device,
@@ -77,23 +78,19 @@ model resizes the cache depends on the cache size, so compare models on the same
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import io
 import math
 import numbers
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from medret.errors import MedretError
 from medret.io import digest
+from medret.plugins import Option, check_target, entry_point_declarations, resolve
 
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SEVERITY_LEVELS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
@@ -252,7 +249,8 @@ def grid_specs(
     return pd.DataFrame(rows, columns=["pair_id", "level", "repeat", "grid_size", "cells"])
 
 
-def _occlusion_table(
+def occlusion_table(
+    kind: CorruptionKind,
     pair_ids: Sequence[str],
     *,
     corruption: str,
@@ -261,7 +259,7 @@ def _occlusion_table(
     seed: int,
     options: Mapping[str, Any],
 ) -> pd.DataFrame:
-    """Spec table of an occlusion entry; a noise fill adds each row's ``noise_seed``."""
+    """The ``occlusion`` kind's spec table; a noise fill adds each row's ``noise_seed``."""
     placement = options["placement"]
     # A centred layout is the same at every repeat.
     common = {"corruption": corruption, "levels": levels, "repeats": 1 if placement == "centre" else repeats}
@@ -281,8 +279,8 @@ def _occlusion_table(
 # Acquisition specs
 
 
-def acquisition_specs(
-    kind: str,
+def severity_specs(
+    kind: CorruptionKind,
     pair_ids: Sequence[str],
     *,
     corruption: str,
@@ -291,310 +289,189 @@ def acquisition_specs(
     seed: int,
     options: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """Spec table of an acquisition corruption: the severity's parameter per row (NaN at severity 0).
+    """Spec table of a severity kind (the acquisition corruptions; a plug-in's severity kind may use it too):
+    the kind's parameter at each severity 1..5 per row in its first ``param_columns`` column (NaN at 0).
 
-    Noise kinds add ``noise_seed``; rotation draws the angle's sign per row. Deterministic kinds
-    get one repeat per level.
+    A ``seeded`` kind adds ``noise_seed``, and a ``random_sign`` kind draws the parameter's sign per row;
+    both get ``repeats`` draws per level, every other kind one.
     """
-    column, values = ACQUISITION[kind]
-    conds = conditions(levels, repeats, deterministic=(0.0,)) if kind in RANDOM_KINDS else conditions(levels, 1)
+    column = kind.param_columns[0]
+    random = kind.seeded or kind.random_sign
+    conds = conditions(levels, repeats, deterministic=(0.0,)) if random else conditions(levels, 1)
     rows = []
     for level, repeat in conds:
-        value = float(values[int(level) - 1]) if level else math.nan
+        value = float(kind.parameters[int(level) - 1]) if level else math.nan
         for pid in pair_ids:
             param = value
-            if kind == "rotation" and level:
+            if kind.random_sign and level:
                 param = value if placement_rng(seed, pid, corruption, level, repeat).integers(2) else -value
             row = [pid, level, repeat, param]
-            if kind in NOISE_KINDS:
+            if kind.seeded:
                 row.append(row_seed(seed, pid, corruption, level, repeat))
             rows.append(row)
-    columns = ["pair_id", "level", "repeat", column, *(["noise_seed"] if kind in NOISE_KINDS else [])]
+    columns = ["pair_id", "level", "repeat", column, *(["noise_seed"] if kind.seeded else [])]
     return pd.DataFrame(rows, columns=columns)
 
 
 # --------------------------------------------------------------------------------------------
-# Applying specs to images
-
-
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Round half up and clip to 0..255."""
-    return torch.floor(x + 0.5).clamp_(0, 255).to(torch.uint8)
-
-
-def _normal(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """Standard normal field drawn on the CPU from ``seed``: the same numbers whatever the device."""
-    return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float32)
-
-
-def _boxes(boxes: torch.Tensor) -> list[tuple[int, int, int, int]]:
-    """The content boxes as Python ints: one device-to-host copy per batch, not one per row."""
-    return [(int(t), int(left), int(h), int(w)) for t, left, h, w in boxes.cpu().tolist()]
-
-
-def _require(rows: pd.DataFrame, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in rows.columns]
-    if missing:
-        raise MedretError(
-            f"corruption specs lack column(s) {', '.join(missing)}: they were made with other options; "
-            "delete the corruptions/<name>.parquet file and re-run the workflow"
-        )
-
-
-def _rect_mask(images: torch.Tensor, boxes: torch.Tensor, rects: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) mask of one normalised rectangle per image, pixel edges rounded half-up."""
-    # Edges in float64 on the CPU (a few numbers; MPS has no float64), compared as integers on the device.
-    boxes = boxes.to("cpu", torch.float64)
-    rects = rects.to("cpu", torch.float64)
-    y0 = boxes[:, 0] + torch.floor(rects[:, 0] * boxes[:, 2] + 0.5)
-    x0 = boxes[:, 1] + torch.floor(rects[:, 1] * boxes[:, 3] + 0.5)
-    y1 = y0 + torch.floor(rects[:, 2] * boxes[:, 2] + 0.5)
-    x1 = x0 + torch.floor(rects[:, 3] * boxes[:, 3] + 0.5)
-    y0, x0, y1, x1 = (edge.to(images.device, torch.int64) for edge in (y0, x0, y1, x1))
-    rows = torch.arange(images.shape[1], device=images.device)
-    cols = torch.arange(images.shape[2], device=images.device)
-    inside_y = (rows[None, :] >= y0[:, None]) & (rows[None, :] < y1[:, None])
-    inside_x = (cols[None, :] >= x0[:, None]) & (cols[None, :] < x1[:, None])
-    return inside_y[:, :, None] & inside_x[:, None, :]
-
-
-def occlude(images: torch.Tensor, boxes: torch.Tensor, rects: torch.Tensor, fill: int = 0) -> torch.Tensor:
-    """Fill one rectangle per image; runs on whatever device the tensors are on.
-
-    ``images``: (B, H, W) uint8; ``boxes``: (B, 4) content boxes (top, left, height, width) in
-    pixels; ``rects``: (B, 4) normalised (top, left, height, width) relative to the content box.
-    Pixel edges are rounded half-up, so the covered area is within one pixel row/column of exact.
-    """
-    return images.masked_fill(_rect_mask(images, boxes, rects), fill)
-
-
-def _patch_mask(images: torch.Tensor, boxes: torch.Tensor, rows: pd.DataFrame) -> torch.Tensor:
-    tops = np.stack([np.asarray(t, dtype=np.float64) for t in rows["tops"]])
-    lefts = np.stack([np.asarray(x, dtype=np.float64) for x in rows["lefts"]])
-    sizes = rows[["height", "width"]].to_numpy(np.float64)
-    mask = torch.zeros(images.shape, dtype=torch.bool, device=images.device)
-    for k in range(tops.shape[1]):  # one patch at a time keeps memory at one (B, H, W) mask
-        rects = torch.as_tensor(np.column_stack([tops[:, k], lefts[:, k], sizes]))
-        mask |= _rect_mask(images, boxes, rects)
-    return mask
-
-
-def _grid_mask(images: torch.Tensor, boxes: torch.Tensor, rows: pd.DataFrame) -> torch.Tensor:
-    """Pixel (y, x) of a box lies in cell (floor(dy·P/h), floor(dx·P/w)): the cells partition the box."""
-    mask = torch.zeros(images.shape, dtype=torch.bool, device=images.device)
-    sizes = rows["grid_size"].to_numpy(np.int64)
-    for i, (top, left, height, width) in enumerate(_boxes(boxes)):
-        p = int(sizes[i])
-        chosen = torch.zeros(p * p, dtype=torch.bool)
-        chosen[torch.tensor(np.asarray(rows["cells"].iloc[i], dtype=np.int64))] = True
-        cell_y = torch.arange(height) * p // height
-        cell_x = torch.arange(width) * p // width
-        block = chosen.view(p, p)[cell_y][:, cell_x]
-        mask[i, top : top + height, left : left + width] = block.to(images.device)
-    return mask
-
-
-def _box_stats(images: torch.Tensor, boxes: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Mean and (population) standard deviation of each image over its content box."""
-    means, stds = [], []
-    for i, (top, left, height, width) in enumerate(_boxes(boxes)):
-        crop = images[i, top : top + height, left : left + width].float()
-        means.append(float(crop.mean()))
-        stds.append(float(crop.std(correction=0)))
-    return means, stds
-
-
-def _fill(images: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor, fill: str, rows: pd.DataFrame) -> torch.Tensor:
-    """Replace the masked pixels by the fill: a constant, the box mean, or the row's noise field."""
-    if fill in FILLS:
-        return images.masked_fill(mask, FILLS[fill])
-    means, stds = _box_stats(images, boxes)
-    if fill == "mean":
-        values = _to_uint8(torch.tensor(means, device=images.device))
-        return torch.where(mask, values[:, None, None], images)
-    _require(rows, ["noise_seed"])
-    field = torch.zeros_like(images)
-    seeds = rows["noise_seed"].to_numpy(np.int64)
-    for i, (top, left, height, width) in enumerate(_boxes(boxes)):
-        seed = seeds[i]
-        noise = _normal(int(seed), (height, width)).to(images.device)
-        field[i, top : top + height, left : left + width] = _to_uint8(means[i] + stds[i] * noise)
-    return torch.where(mask, field, images)
-
-
-def _apply_occlusion(
-    images: torch.Tensor, boxes: torch.Tensor, rows: pd.DataFrame, options: Mapping[str, Any]
-) -> torch.Tensor:
-    opts = occlusion_options(options, "<name>")
-    if opts["mode"] == "patches":
-        _require(rows, ["tops", "lefts", "height", "width"])
-        mask = _patch_mask(images, boxes, rows)
-    elif opts["mode"] == "grid":
-        _require(rows, ["grid_size", "cells"])
-        mask = _grid_mask(images, boxes, rows)
-    else:
-        _require(rows, ["top", "left", "height", "width"])
-        rects = torch.as_tensor(rows[["top", "left", "height", "width"]].to_numpy(np.float64, copy=True))
-        mask = _rect_mask(images, boxes, rects)
-    return _fill(images, boxes, mask, opts["fill"], rows)
-
-
-# Acquisition operations: (content-box crop uint8 (h, w), parameter, noise seed) -> uint8 (h, w).
-
-
-def _gaussian_noise(crop: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
-    return _to_uint8(crop.float() + sigma * _normal(seed, tuple(crop.shape)).to(crop.device))
-
-
-def _poisson_noise(crop: torch.Tensor, photons: float, seed: int) -> torch.Tensor:
-    # Counts depend on the pixels, so they are drawn on the CPU: the same on every device.
-    rate = crop.cpu().float() * (photons / 255.0)
-    counts = torch.poisson(rate, generator=torch.Generator().manual_seed(int(seed)))
-    return _to_uint8(counts * (255.0 / photons)).to(crop.device)
-
-
-def _blur(crop: torch.Tensor, sigma_frac: float, seed: int) -> torch.Tensor:
-    sigma = sigma_frac * max(crop.shape)
-    radius = math.ceil(4 * sigma)
-    if radius == 0:
-        return crop.clone()
-    x = torch.arange(-radius, radius + 1, device=crop.device, dtype=torch.float32)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    img = F.pad(crop.float()[None, None], (radius, radius, 0, 0), mode="replicate")
-    img = F.conv2d(img, kernel.view(1, 1, 1, -1))
-    img = F.pad(img, (0, 0, radius, radius), mode="replicate")
-    img = F.conv2d(img, kernel.view(1, 1, -1, 1))
-    return _to_uint8(img[0, 0])
-
-
-def _contrast(crop: torch.Tensor, factor: float, seed: int) -> torch.Tensor:
-    x = crop.float()
-    mean = x.mean()
-    return _to_uint8(mean + factor * (x - mean))
-
-
-def _brightness(crop: torch.Tensor, shift: float, seed: int) -> torch.Tensor:
-    return _to_uint8(crop.float() + shift)
-
-
-def _gamma(crop: torch.Tensor, gamma: float, seed: int) -> torch.Tensor:
-    return _to_uint8(255.0 * (crop.float() / 255.0) ** gamma)
-
-
-def encode_jpeg(crop: np.ndarray, quality: int) -> bytes:
-    """The baseline greyscale JPEG file of a uint8 (h, w) array at ``quality`` (libjpeg's IJG scaling)."""
-    buffer = io.BytesIO()
-    Image.fromarray(crop).save(buffer, format="JPEG", quality=int(quality))
-    return buffer.getvalue()
-
-
-def _jpeg(crop: torch.Tensor, quality: float, seed: int) -> torch.Tensor:
-    # Pillow's libjpeg on the CPU (torchvision's JPEG codec is deprecated since 0.29).
-    data = encode_jpeg(np.ascontiguousarray(crop.cpu().numpy()), int(quality))
-    with Image.open(io.BytesIO(data)) as decoded:
-        return torch.from_numpy(np.array(decoded.convert("L"))).to(crop.device)
-
-
-def _downsample(crop: torch.Tensor, target_side: float, seed: int) -> torch.Tensor:
-    height, width = crop.shape
-    longer = max(height, width)
-    if longer <= target_side:
-        return crop.clone()
-    scale = target_side / longer
-    small_size = (max(1, math.floor(height * scale + 0.5)), max(1, math.floor(width * scale + 0.5)))
-    small = F.interpolate(crop.float()[None, None], size=small_size, mode="area")
-    return _to_uint8(F.interpolate(small, size=(height, width), mode="nearest-exact")[0, 0])
-
-
-def _rotate(crop: torch.Tensor, angle_deg: float, seed: int) -> torch.Tensor:
-    height, width = crop.shape
-    c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
-    # Output -> input map of a counter-clockwise (as displayed, rows pointing down) rotation in
-    # pixel units, written in affine_grid's per-axis normalised coordinates (so it stays a
-    # rotation on non-square boxes).
-    theta = torch.tensor(
-        [[[c, -s * height / width, 0.0], [s * width / height, c, 0.0]]], dtype=torch.float32, device=crop.device
-    )
-    grid = F.affine_grid(theta, [1, 1, height, width], align_corners=False)
-    out = F.grid_sample(crop.float()[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return _to_uint8(out[0, 0])
-
-
-_OPERATIONS: dict[str, Callable[[torch.Tensor, float, int], torch.Tensor]] = {
-    "gaussian_noise": _gaussian_noise,
-    "poisson_noise": _poisson_noise,
-    "blur": _blur,
-    "contrast": _contrast,
-    "brightness": _brightness,
-    "gamma": _gamma,
-    "jpeg": _jpeg,
-    "downsample": _downsample,
-    "rotation": _rotate,
-}
-
-
-def _apply_acquisition(
-    kind: str, images: torch.Tensor, boxes: torch.Tensor, rows: pd.DataFrame, options: Mapping[str, Any]
-) -> torch.Tensor:
-    """Apply each row's severity to its image's content box; severity-0 rows are left untouched."""
-    column = ACQUISITION[kind][0]
-    _require(rows, [column, *(["noise_seed"] if kind in NOISE_KINDS else [])])
-    levels = rows["level"].to_numpy(np.float64)
-    params = rows[column].to_numpy(np.float64)
-    seeds = rows["noise_seed"].to_numpy(np.int64) if kind in NOISE_KINDS else np.zeros(len(rows), np.int64)
-    operation = _OPERATIONS[kind]
-    out = images.clone()
-    box_list = _boxes(boxes)
-    for i in np.flatnonzero(levels != 0):
-        top, left, height, width = box_list[i]
-        crop = images[i, top : top + height, left : left + width]
-        out[i, top : top + height, left : left + width] = operation(crop, float(params[i]), int(seeds[i]))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Registry and config entries
+# Declarations and registry
 
 
 @dataclass(frozen=True)
 class CorruptionKind:
-    """A registered corruption: how to make its spec table and how to apply spec rows to images.
+    """A corruption kind: its one declaration.
 
-    ``make_specs(pair_ids, *, corruption, levels, repeats, seed, options)``; ``apply(images, boxes,
-    rows, entry)``. ``severity``: levels are the integers 0..5 rather than fractions in [0, 1].
+    ``specs(kind, pair_ids, *, corruption, levels, repeats, seed, options)`` makes the spec table;
+    ``transform(kind, images, boxes, rows, entry)`` applies spec rows to (B, S, S) uint8 images (torch)
+    and returns them; each is a callable or a ``"module:attribute"`` string, imported when used, so the
+    declaration itself needs no torch. ``param_columns`` are the spec columns the transform reads.
+    ``severity``: levels are the integers 0..5 (0 the clean image), with ``parameters`` the values at
+    severities 1..5 (:func:`severity_specs`); otherwise fractions in [0, 1]. ``seeded`` rows carry a
+    ``noise_seed``, ``random_sign`` ones a parameter of random sign. ``options`` are the kind's own config
+    keys (:class:`medret.plugins.Option`).
     """
 
     name: str
-    make_specs: Callable[..., pd.DataFrame]
-    apply: Callable[[torch.Tensor, torch.Tensor, pd.DataFrame, Mapping[str, Any]], torch.Tensor]
+    specs: Callable[..., pd.DataFrame] | str
+    transform: Callable[..., Any] | str
     param_columns: tuple[str, ...]
     severity: bool = False
-    default_levels: tuple[float, ...] = DEFAULT_LEVELS
+    parameters: tuple[float, ...] = ()
+    seeded: bool = False
+    random_sign: bool = False
+    description: str = ""
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_target(self.specs, f"corruption kind {self.name}: specs")
+        check_target(self.transform, f"corruption kind {self.name}: transform")
+        if self.severity and len(self.parameters) != 5:
+            raise ValueError(f"corruption kind {self.name}: a severity kind declares 5 parameters (severities 1..5)")
+
+    @property
+    def default_levels(self) -> tuple[float, ...]:
+        return SEVERITY_LEVELS if self.severity else DEFAULT_LEVELS
+
+    @property
+    def levels_option(self) -> Option:
+        """``levels`` as this kind takes it: integer severities 0..5, or fractions of the image in [0, 1]."""
+        if self.severity:
+            items, text = {"type": "integer", "minimum": 0, "maximum": 5}, "severities 0 (clean) to 5"
+        else:
+            items, text = {"type": "number", "minimum": 0, "maximum": 1}, "fractions of the image area covered"
+        schema = {"type": "array", "minItems": 1, "items": items}
+        return Option(f"corruption levels: {text}", schema, default=list(self.default_levels))
+
+    def make_specs(self, pair_ids: Sequence[str], **kwargs: Any) -> pd.DataFrame:
+        """The spec table (``specs``; imports its module)."""
+        return resolve(self.specs)(self, pair_ids, **kwargs)
+
+    def apply(self, images: Any, boxes: Any, rows: pd.DataFrame, entry: Mapping[str, Any]) -> Any:
+        """The images with the rows applied (``transform``; imports its module, which imports torch)."""
+        return resolve(self.transform)(self, images, boxes, rows, entry)
 
 
-KINDS: dict[str, CorruptionKind] = {
-    "occlusion": CorruptionKind("occlusion", _occlusion_table, _apply_occlusion, ("top", "left", "height", "width")),
-    **{
-        kind: CorruptionKind(
-            kind,
-            functools.partial(acquisition_specs, kind),
-            functools.partial(_apply_acquisition, kind),
-            (column, *(("noise_seed",) if kind in NOISE_KINDS else ())),
-            severity=True,
-            default_levels=SEVERITY_LEVELS,
-        )
-        for kind, (column, _) in ACQUISITION.items()
-    },
+_OCCLUSION_OPTIONS = {
+    "mode": Option(
+        "square: one square patch covering `level` of the image (the study's). patches: n_patches non-overlapping "
+        "squares of area level / n_patches each, each inside its own randomly chosen cell of a g x g layout "
+        "(g = ceil(sqrt(n_patches))). grid: round(level x grid_size^2) of the grid_size x grid_size cells masked",
+        {"type": "string", "enum": list(OCCLUSION_CHOICES["mode"])},
+        default=OCCLUSION_DEFAULTS["mode"],
+    ),
+    "placement": Option(
+        "random: uniformly at random, fully inside the image. centre: the square centred, the patches centred in "
+        "the cells nearest the centre, the grid cells nearest the centre; centred layouts get one repeat per level",
+        {"type": "string", "enum": list(OCCLUSION_CHOICES["placement"])},
+        default=OCCLUSION_DEFAULTS["placement"],
+    ),
+    "n_patches": Option(
+        "(mode patches) number of patches; levels above n_patches / ceil(sqrt(n_patches))^2 cannot be placed "
+        "without overlap and are refused (the bound is 1 for 1, 4, 9, ... patches)",
+        {"type": "integer", "minimum": 1},
+        default=OCCLUSION_DEFAULTS["n_patches"],
+    ),
+    "grid_size": Option(
+        "(mode grid) cells per side of the masking grid",
+        {"type": "integer", "minimum": 1},
+        default=OCCLUSION_DEFAULTS["grid_size"],
+    ),
+    "fill": Option(
+        "what covers the masked pixels, in the original image's space: black 0, white 255, mean (the image's own "
+        "mean) or noise (Gaussian noise with the image's mean and standard deviation, seeded per pair, level and "
+        "repeat)",
+        {"type": "string", "enum": list(OCCLUSION_CHOICES["fill"])},
+        default=OCCLUSION_DEFAULTS["fill"],
+    ),
 }
+#: What each acquisition kind does (the parameters are :data:`ACQUISITION`'s; the module doc defines them).
+_ACQUISITION_TEXT = {
+    "gaussian_noise": "Gaussian noise of the given sd in grey levels",
+    "poisson_noise": "quantum (Poisson) noise at the given photons per pixel at white",
+    "blur": "Gaussian blur, sd a fraction of the image's longer side",
+    "contrast": "deviations from the image's mean multiplied by the factor",
+    "brightness": "grey levels added",
+    "gamma": "gamma curve with the given exponent",
+    "jpeg": "JPEG compression at the given quality",
+    "downsample": "pixelation to the given pixels along the image's longer side",
+    "rotation": "rotation by the given degrees about the image centre, sign random per image",
+}
+
+_KINDS: dict[str, CorruptionKind] = {}
+_PLUGINS_LOADED = False
+
+
+def register_kind(kind: CorruptionKind) -> CorruptionKind:
+    """Add a corruption kind to the registry (a kind with the same name is replaced)."""
+    _KINDS[kind.name] = kind
+    return kind
+
+
+register_kind(
+    CorruptionKind(
+        "occlusion",
+        occlusion_table,
+        "medret.corruptions.apply:apply_occlusion",
+        ("top", "left", "height", "width"),
+        description="part of the image masked: one square (the study's), patches or grid cells",
+        options=_OCCLUSION_OPTIONS,
+    )
+)
+for _name, (_column, _values) in ACQUISITION.items():
+    register_kind(
+        CorruptionKind(
+            _name,
+            severity_specs,
+            "medret.corruptions.apply:apply_acquisition",
+            (_column, *(("noise_seed",) if _name in NOISE_KINDS else ())),
+            severity=True,
+            parameters=_values,
+            seeded=_name in NOISE_KINDS,
+            random_sign=_name == "rotation",
+            description=f"{_ACQUISITION_TEXT[_name]} ({_column}: {', '.join(f'{v:g}' for v in _values)} at 1..5)",
+        )
+    )
+
+
+def list_kinds() -> dict[str, CorruptionKind]:
+    """Every registered corruption kind by name: the built-in ones and those of installed plug-ins."""
+    global _PLUGINS_LOADED
+    if not _PLUGINS_LOADED:
+        _PLUGINS_LOADED = True
+        for kind in entry_point_declarations("corruption", CorruptionKind):
+            if kind.name in _KINDS and _KINDS[kind.name] is not kind:
+                raise MedretError(f"corruption kind plug-in {kind.name!r} has the name of a registered kind; rename it")
+            register_kind(kind)
+    return dict(_KINDS)
 
 
 def get_kind(entry: Mapping[str, Any], name: str) -> CorruptionKind:
     """The corruption kind of config entry ``corruptions.<name>``."""
+    kinds = list_kinds()
     kind = entry.get("kind")
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise MedretError(f"config key corruptions.{name}.kind: unknown kind {kind!r}; use one of: {', '.join(KINDS)}")
-    return KINDS[kind]
+    if not isinstance(kind, str) or kind not in kinds:
+        raise MedretError(f"config key corruptions.{name}.kind: unknown kind {kind!r}; use one of: {', '.join(kinds)}")
+    return kinds[kind]
 
 
 def occlusion_options(entry: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -642,14 +519,7 @@ def _check_levels(levels: Any, name: str, kind: CorruptionKind, options: Mapping
 def make_specs(pair_ids: Sequence[str], name: str, entry: Mapping[str, Any]) -> pd.DataFrame:
     """Spec table for config entry ``corruptions.<name>`` over ``pair_ids``."""
     kind = get_kind(entry, name)
-    if kind.severity:
-        # Occlusion keys mean nothing here; a schema may fill their defaults, anything else is a mistake.
-        for key, default in OCCLUSION_DEFAULTS.items():
-            if key in entry and entry[key] != default:
-                raise MedretError(f"config key corruptions.{name}.{key}: applies to kind occlusion only; remove it")
-        options: dict[str, Any] = {}
-    else:
-        options = occlusion_options(entry, name)
+    options = occlusion_options(entry, name) if kind.name == "occlusion" else dict(entry)
     levels = _check_levels(entry.get("levels", kind.default_levels), name, kind, options)
     return kind.make_specs(
         pair_ids,

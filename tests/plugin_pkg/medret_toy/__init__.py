@@ -1,0 +1,1 @@
+"""A toy medret plug-in (see declarations.py)."""
