@@ -94,7 +94,7 @@ def measure(label: str, model: Any, study: Study, work: Path, repeats: int) -> d
     from medret.corruptions import get_kind
     from medret.embeddings import EmbeddingFile, embed_images
     from medret.imaging import ImageCache
-    from medret.manifest import read_table
+    from medret.io import read_table
 
     specs, _ = read_table(study.specs)
     cache_path = work / "eval.h5"

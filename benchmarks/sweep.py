@@ -92,7 +92,7 @@ def naive_sweep(study: Study) -> dict[str, np.ndarray]:
     import torch
     import torch.nn.functional as F
 
-    from medret.manifest import read_table
+    from medret.io import read_table
     from medret.models import load_model
 
     pairs, _ = read_table(study.manifest)

@@ -332,7 +332,7 @@ def test_occlusion_modes_leave_the_padding_alone(mode, extra, fill):
 
 
 def test_occlusion_tables_round_trip_through_parquet(tmp_path):
-    from medret.manifest import read_table, write_table
+    from medret.io import read_table, write_table
 
     images, boxes = _letterbox(5, value=-1)
     ids = [f"q{i:03d}" for i in range(5)]

@@ -15,16 +15,15 @@ from medret.datasets import load_pairs
 from medret.datasets.csv import read_pairs_csv
 from medret.errors import MedretError
 from medret.imaging import ImageCache, build_image_cache, decode_to_canvas, image_problem
+from medret.io import read_table, write_table
 from medret.manifest import (
     Corpus,
     Manifest,
     build_corpus,
     is_frontal,
     manifest_digest,
-    read_table,
     screen_images,
     select_pairs,
-    write_table,
 )
 from medret.progress import progress
 

@@ -18,8 +18,7 @@ from medret.corruptions import get_kind
 from medret.embeddings import BlockReader, EmbeddingFile, embed_images, upsampling_warning
 from medret.errors import MedretError
 from medret.imaging import ImageCache, decode_to_canvas
-from medret.io import seal_h5, set_attrs, write_strings
-from medret.manifest import read_table
+from medret.io import read_table, seal_h5, set_attrs, write_strings
 from medret.models import ModelAdapter, ResizeRule, list_families, load_model
 from medret.models.local import train
 

@@ -1,4 +1,4 @@
-"""Tests for the synthetic chest-radiograph phantom dataset (medret.datasets.phantoms)."""
+"""Tests for the synthetic chest-radiograph phantom dataset (medret.phantoms)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medret.datasets import phantoms
-from medret.datasets.phantoms import FINDINGS, Findings, generate
+from medret import phantoms
 from medret.errors import MedretError
+from medret.phantoms import FINDINGS, Findings, generate
 
 EXPECTED_COLUMNS = [
     "id",

@@ -43,8 +43,7 @@ from medret.config import validate_config
 from medret.embeddings import EmbeddingFile, embed_images, embed_texts
 from medret.errors import MedretError
 from medret.imaging import ImageCache, build_image_cache
-from medret.io import atomic_output, check_output_dir, seal_h5, set_attrs
-from medret.manifest import read_table, write_table
+from medret.io import atomic_output, check_output_dir, read_table, seal_h5, set_attrs, write_table
 
 pytestmark = pytest.mark.workflow
 

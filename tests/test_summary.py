@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from test_metrics import block, table
 
-from medret.manifest import write_table
+from medret.io import write_table
 from medret.metrics import evaluate, popularity_baseline
 from medret.summary import summary_markdown, write_summary
 

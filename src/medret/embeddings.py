@@ -37,7 +37,17 @@ import medret
 from medret.corruptions import get_kind
 from medret.errors import MedretError
 from medret.imaging import ImageCache
-from medret.io import H5_WRITE, atomic_output, get_attrs, read_strings, seal_h5, set_attrs, verify_h5, write_strings
+from medret.io import (
+    H5_WRITE,
+    atomic_output,
+    get_attrs,
+    read_strings,
+    seal_h5,
+    set_attrs,
+    stale_artifact,
+    verify_h5,
+    write_strings,
+)
 from medret.models.base import ModelAdapter
 from medret.progress import progress
 
@@ -278,7 +288,7 @@ def read_notes(path: str | Path) -> list[str]:
             verify_h5(f, path, "embedding cache")
             notes = json.loads(get_attrs(f).get("notes", "[]"))
     except (OSError, ValueError) as exc:
-        raise MedretError(f"{path}: unreadable embedding cache ({exc}); delete it and re-run the workflow") from exc
+        raise stale_artifact(path, f"unreadable embedding cache ({exc})") from exc
     return [str(n) for n in notes]
 
 
@@ -301,11 +311,9 @@ class EmbeddingFile:
                 arrays.update({k: np.asarray(read_strings(f, k), dtype=object) for k in strings})
                 attrs = get_attrs(f)
         except (OSError, KeyError, ValueError) as exc:  # ValueError: undecodable strings
-            raise MedretError(
-                f"{path}: unreadable or truncated embedding cache ({exc}); delete it and re-run the workflow"
-            ) from exc
+            raise stale_artifact(path, f"unreadable or truncated embedding cache ({exc})") from exc
         if "embeddings" not in arrays:
-            raise MedretError(f"{path}: no 'embeddings' dataset; delete it and re-run the workflow")
+            raise stale_artifact(path, "no 'embeddings' dataset")
         return cls(path, arrays, attrs)
 
 
@@ -315,9 +323,9 @@ def check_provenance(files: list[EmbeddingFile], expected: Mapping[str, Any]) ->
         for key, want in expected.items():
             got = f.attrs.get(key)
             if got != want:
-                raise MedretError(
-                    f"{f.path}: provenance mismatch on {key} ({got!r} != expected {want!r}); "
-                    "it was made from other inputs: delete it and re-run the workflow"
+                raise stale_artifact(
+                    f.path,
+                    f"provenance mismatch on {key} ({got!r} != expected {want!r}); it was made from other inputs",
                 )
     hashes = {f.attrs.get("model_spec_hash") for f in files}
     if len(hashes) > 1:

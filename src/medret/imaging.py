@@ -30,7 +30,17 @@ from PIL import Image, UnidentifiedImageError
 
 import medret
 from medret.errors import MedretError
-from medret.io import H5_WRITE, atomic_output, get_attrs, read_strings, seal_h5, set_attrs, verify_h5, write_strings
+from medret.io import (
+    H5_WRITE,
+    atomic_output,
+    get_attrs,
+    read_strings,
+    seal_h5,
+    set_attrs,
+    stale_artifact,
+    verify_h5,
+    write_strings,
+)
 from medret.progress import progress
 
 
@@ -255,14 +265,10 @@ class ImageCache:
                 self._file.close()
             if isinstance(exc, MedretError):
                 raise
-            raise MedretError(
-                f"{self.path}: unreadable or incomplete image cache ({exc}); delete it and re-run the workflow"
-            ) from exc
+            raise stale_artifact(self.path, f"unreadable or incomplete image cache ({exc})") from exc
         if manifest_digest is not None and self.attrs.get("manifest_digest") != manifest_digest:
-            raise MedretError(
-                f"{self.path}: built from a different manifest (digest {self.attrs.get('manifest_digest')} "
-                f"!= {manifest_digest}); delete it and re-run the workflow"
-            )
+            built = self.attrs.get("manifest_digest")
+            raise stale_artifact(self.path, f"built from a different manifest (digest {built} != {manifest_digest})")
 
     @property
     def size(self) -> int:
@@ -276,9 +282,7 @@ class ImageCache:
         try:
             return self.images[start:stop]
         except OSError as exc:  # a damaged chunk: HDF5's decompression or checksum filter fails
-            raise MedretError(
-                f"{self.path}: cannot read images {start}-{stop} ({exc}); delete it and re-run the workflow"
-            ) from exc
+            raise stale_artifact(self.path, f"cannot read images {start}-{stop} ({exc})") from exc
 
     def close(self) -> None:
         if self._file is not None:

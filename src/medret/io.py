@@ -1,4 +1,5 @@
-"""Atomic file writing, digests and provenance: the I/O edges shared by every stage."""
+"""The I/O edges shared by every stage: atomic writes, digests and provenance, parquet tables and HDF5
+artifacts under checksums, and the one error a damaged or stale artifact gets (:func:`stale_artifact`)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import socket
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medret.errors import MedretError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _SUFFIX = ".partial"
 
@@ -235,15 +239,9 @@ def verify_h5(f: Any, path: str | Path, what: str) -> None:
     if isinstance(stored, bytes):
         stored = stored.decode(errors="replace")
     if stored is None:
-        raise MedretError(
-            f"{path}: {what} without a checksum (written by another program or a medret before 0.2); "
-            "delete it and re-run the workflow"
-        )
+        raise stale_artifact(path, f"{what} without a checksum (written by another program or a medret before 0.2)")
     if _h5_checksum(f) != stored:
-        raise MedretError(
-            f"{path}: damaged {what} (its contents no longer match the checksum written with it); "
-            "delete it and re-run the workflow"
-        )
+        raise stale_artifact(path, f"damaged {what} (its contents no longer match the checksum written with it)")
 
 
 def _h5_checksum(f: Any) -> str:
@@ -280,3 +278,85 @@ def _h5_checksum(f: Any) -> str:
             arr = np.asarray(value)
             add("attr", key, arr.dtype.str, arr.shape, arr.tobytes() if arr.dtype.kind != "O" else repr(value))
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Parquet tables (manifest, corpus, corruption specs, rank tables)
+
+
+def write_table(table: pd.DataFrame, path: str | Path, **metadata: str) -> None:
+    """Write a parquet table atomically with string key/value metadata (provenance) and a checksum.
+
+    Parquet's page checksums cover the data pages only; ``medret.checksum`` (:func:`table_checksum`)
+    covers what a reader gets back: every value, the column names and types, and the metadata.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    medret_meta = {k: str(v) for k, v in metadata.items()}
+    meta = dict(arrow.schema.metadata or {})
+    meta.update({f"medret.{k}".encode(): v.encode() for k, v in medret_meta.items()})
+    arrow = arrow.replace_schema_metadata(meta)
+    meta[b"medret.checksum"] = table_checksum(arrow.to_pandas(), medret_meta).encode()
+    with atomic_output(path) as tmp:
+        # Page checksums: read_table then detects a damaged page instead of returning wrong values.
+        pq.write_table(arrow.replace_schema_metadata(meta), tmp, write_page_checksum=True)
+
+
+def table_checksum(table: pd.DataFrame, metadata: dict[str, str]) -> str:
+    """SHA-256 of a table as read back: column names, dtypes, every value (pandas' row hashes) and ``metadata``."""
+    import pandas as pd
+
+    h = hashlib.sha256()
+    layout = {"columns": [str(c) for c in table.columns], "dtypes": [str(t) for t in table.dtypes]}
+    h.update(canonical_json([layout, sorted(metadata.items())]).encode())
+    for column in table.columns:
+        values = table[column]
+        try:
+            hashed = pd.util.hash_pandas_object(values, index=False)
+        except TypeError:  # unhashable cells (lists, dicts): their text
+            hashed = pd.util.hash_pandas_object(values.astype(str), index=False)
+        h.update(hashed.to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Read a parquet table written by :func:`write_table`; return it with its medret metadata.
+
+    A truncated or damaged file is an error naming it: page checksums are verified (a flipped byte in
+    the data is caught rather than read as a wrong value), and so is the table's own checksum, which
+    also covers the footer (types, metadata) that page checksums leave out.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise MedretError(f"{path}: file not found; re-run the workflow to regenerate it")
+    try:
+        arrow = pq.read_table(path, page_checksum_verification=True)
+        meta = {
+            k.decode()[len("medret.") :]: v.decode()
+            for k, v in (arrow.schema.metadata or {}).items()
+            if k.startswith(b"medret.")
+        }
+        table = arrow.to_pandas()
+    # Damage surfaces as many exception types: bad magic, thrift, snappy or page checksum errors from
+    # Arrow, undecodable metadata, and KeyError/TypeError from pandas reading a damaged pandas schema.
+    except Exception as exc:
+        message = str(exc).replace("\n", " ")
+        raise stale_artifact(path, f"unreadable parquet file ({message})") from exc
+    stored = meta.pop("checksum", None)
+    if stored is None:
+        raise stale_artifact(
+            path, "parquet table without a checksum (written by another program or a medret before 0.2)"
+        )
+    if table_checksum(table, meta) != stored:
+        raise stale_artifact(path, "damaged parquet table (its contents no longer match the checksum written with it)")
+    return table, meta
+
+
+def stale_artifact(path: str | Path, problem: str) -> MedretError:
+    """The error of an artifact that is damaged, incomplete or made from other inputs: ``problem`` and the fix, which
+    always works (every artifact is a target of the workflow's default rule, so a plain re-run rebuilds it)."""
+    return MedretError(f"{path}: {problem}; delete it and re-run the workflow")

@@ -41,7 +41,6 @@ image is broken is evaluated on its AP image.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,11 +48,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from medret.errors import MedretError
-from medret.io import atomic_output, canonical_json, digest
+from medret.io import digest, read_table, stale_artifact
 
 _VIEW_ORDER = {"PA": 0, "AP": 1, "FRONTAL": 2}  # FRONTAL: a frontal view of unknown kind
 RELEVANCE_MODES = ("exact", "labels")
@@ -191,75 +188,6 @@ def manifest_digest(table: pd.DataFrame) -> str:
     return digest(table.drop(columns="image_path").astype(str).to_dict(orient="list"))
 
 
-def write_table(table: pd.DataFrame, path: str | Path, **metadata: str) -> None:
-    """Write a parquet table atomically with string key/value metadata (provenance) and a checksum.
-
-    Parquet's page checksums cover the data pages only; ``medret.checksum`` (:func:`table_checksum`)
-    covers what a reader gets back: every value, the column names and types, and the metadata.
-    """
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
-    medret_meta = {k: str(v) for k, v in metadata.items()}
-    meta = dict(arrow.schema.metadata or {})
-    meta.update({f"medret.{k}".encode(): v.encode() for k, v in medret_meta.items()})
-    arrow = arrow.replace_schema_metadata(meta)
-    meta[b"medret.checksum"] = table_checksum(arrow.to_pandas(), medret_meta).encode()
-    with atomic_output(path) as tmp:
-        # Page checksums: read_table then detects a damaged page instead of returning wrong values.
-        pq.write_table(arrow.replace_schema_metadata(meta), tmp, write_page_checksum=True)
-
-
-def table_checksum(table: pd.DataFrame, metadata: dict[str, str]) -> str:
-    """SHA-256 of a table as read back: column names, dtypes, every value (pandas' row hashes) and ``metadata``."""
-    h = hashlib.sha256()
-    layout = {"columns": [str(c) for c in table.columns], "dtypes": [str(t) for t in table.dtypes]}
-    h.update(canonical_json([layout, sorted(metadata.items())]).encode())
-    for column in table.columns:
-        values = table[column]
-        try:
-            hashed = pd.util.hash_pandas_object(values, index=False)
-        except TypeError:  # unhashable cells (lists, dicts): their text
-            hashed = pd.util.hash_pandas_object(values.astype(str), index=False)
-        h.update(hashed.to_numpy().tobytes())
-    return h.hexdigest()
-
-
-def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Read a parquet table written by :func:`write_table`; return it with its medret metadata.
-
-    A truncated or damaged file is an error naming it: page checksums are verified (a flipped byte in
-    the data is caught rather than read as a wrong value), and so is the table's own checksum, which
-    also covers the footer (types, metadata) that page checksums leave out.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MedretError(f"{path}: file not found; re-run the workflow to regenerate it")
-    try:
-        arrow = pq.read_table(path, page_checksum_verification=True)
-        meta = {
-            k.decode()[len("medret.") :]: v.decode()
-            for k, v in (arrow.schema.metadata or {}).items()
-            if k.startswith(b"medret.")
-        }
-        table = arrow.to_pandas()
-    # Damage surfaces as many exception types: bad magic, thrift, snappy or page checksum errors from
-    # Arrow, undecodable metadata, and KeyError/TypeError from pandas reading a damaged pandas schema.
-    except Exception as exc:
-        message = str(exc).replace("\n", " ")
-        raise MedretError(f"{path}: unreadable parquet file ({message}); delete it and re-run the workflow") from exc
-    stored = meta.pop("checksum", None)
-    if stored is None:
-        raise MedretError(
-            f"{path}: parquet table without a checksum (written by another program or a medret before 0.2); "
-            "delete it and re-run the workflow"
-        )
-    if table_checksum(table, meta) != stored:
-        raise MedretError(
-            f"{path}: damaged parquet table (its contents no longer match the checksum written with it); "
-            "delete it and re-run the workflow"
-        )
-    return table, meta
-
-
 def build_corpus(pairs: pd.DataFrame, manifest: pd.DataFrame, extra_splits: Sequence[str]) -> pd.DataFrame:
     """The report corpus (module doc): one row per (text_id, report, label vector), with its pair ``count``.
 
@@ -293,7 +221,7 @@ class Corpus:
         """Read the corpus written with ``manifest``; refuse one written for another manifest."""
         table, meta = read_table(path)
         if meta.get("manifest_digest") != manifest.digest or "digest" not in meta:
-            raise MedretError(f"{path}: made for another manifest; delete it and re-run the workflow")
+            raise stale_artifact(path, "made for another manifest")
         return cls(table, meta["digest"])
 
     @property

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from medret.errors import MedretError
-from medret.io import atomic_output, digest
+from medret.io import atomic_output, digest, stale_artifact
 from medret.jobs import job_device
 
 
@@ -31,7 +31,7 @@ def generate_demo(*, out_csv: str | Path, entry: Mapping[str, Any], workers: int
     ``entry``: the demo dataset's ``n_train``, ``n_test``, ``render_size`` and ``seed`` (other keys
     are not read).
     """
-    from medret.datasets import phantoms
+    from medret import phantoms
 
     phantoms.generate(
         Path(out_csv).parent,
@@ -60,7 +60,8 @@ def build_manifest(
     manifest, and every image cache and embedding made from it, untouched.
     """
     from medret.datasets import load_pairs
-    from medret.manifest import manifest_digest, screen_images, select_pairs, write_table
+    from medret.io import write_table
+    from medret.manifest import manifest_digest, screen_images, select_pairs
 
     pairs = load_pairs(name, entry, list(sources))
     key = f"datasets.{name}.bad_images"
@@ -138,7 +139,8 @@ def build_report_corpus(
     their reports are taken from it; their images are never read).
     """
     from medret.datasets import load_pairs
-    from medret.manifest import build_corpus, read_table, write_table
+    from medret.io import read_table, write_table
+    from medret.manifest import build_corpus
 
     manifest, meta = read_table(manifest_path)
     extra = list(entry["extra_reports"])
@@ -169,7 +171,7 @@ def build_image_cache(
     """Decode the images of a manifest or training table once into the HDF5 image cache (``workers`` threads;
     ``fast``: reduced JPEG decoding, see :func:`medret.imaging.decode_to_canvas`)."""
     from medret import imaging
-    from medret.manifest import read_table
+    from medret.io import read_table
 
     table, meta = read_table(table_path)
     imaging.build_image_cache(
@@ -188,7 +190,8 @@ def build_corruption_specs(
 ) -> None:
     """Write the spec table of one corruption over the manifest's pairs."""
     from medret.corruptions import make_specs, specs_digest
-    from medret.manifest import Manifest, write_table
+    from medret.io import write_table
+    from medret.manifest import Manifest
 
     manifest = Manifest.read(manifest_path)
     specs = make_specs(manifest.pair_ids, name, entry)
@@ -217,7 +220,7 @@ def train_model(
     (outside a workflow job): on the entry's ``device``.
     """
     from medret.imaging import ImageCache
-    from medret.manifest import read_table
+    from medret.io import read_table
     from medret.models import get_family
 
     family = get_family(entry, name)
@@ -290,13 +293,14 @@ def embed_images(
     """
     from medret import embeddings
     from medret.imaging import ImageCache
-    from medret.manifest import Manifest, read_table
+    from medret.io import read_table
+    from medret.manifest import Manifest
     from medret.models import load_model
 
     manifest = Manifest.read(manifest_path)
     specs, meta = read_table(specs_path)
     if meta.get("manifest_digest") != manifest.digest:
-        raise MedretError(f"{specs_path}: made for another manifest; delete it and re-run the workflow")
+        raise stale_artifact(specs_path, "made for another manifest")
     model = load_model(_model_entry(entry, files, gpus), name)
     with ImageCache(cache_path, manifest_digest=manifest.digest) as cache:
         note = embeddings.upsampling_warning(
@@ -337,7 +341,8 @@ def compute_ranks(
     CUDA only when the job holds a GPU (``gpus`` > 0) and CUDA is present.
     """
     from medret.embeddings import EmbeddingFile, check_provenance
-    from medret.manifest import Corpus, Manifest, read_table, write_table
+    from medret.io import read_table, write_table
+    from medret.manifest import Corpus, Manifest
     from medret.retrieval import rank_table, scoring_device
 
     manifest = Manifest.read(manifest_path)
@@ -347,9 +352,9 @@ def compute_ranks(
     check_provenance([text, images], {"manifest_digest": manifest.digest})
     check_provenance([images], {"corruption_spec_digest": spec_meta["digest"]})
     if list(images.arrays["ids"]) != manifest.pair_ids:
-        raise MedretError(f"{image_path}: ids do not match {manifest_path}; delete it and re-run the workflow")
+        raise stale_artifact(image_path, f"ids do not match {manifest_path}")
     if list(text.arrays["texts"]) != corpus.texts:
-        raise MedretError(f"{text_path}: texts do not match {corpus_path}; delete it and re-run the workflow")
+        raise stale_artifact(text_path, f"texts do not match {corpus_path}")
     sets = _relevance_sets(manifest, corpus, dataset, relevance)
     start = time.perf_counter()
     ranks = rank_table(
@@ -399,7 +404,8 @@ def compute_metrics(
     dataset's relevance settings, as for the ranks).
     """
     from medret import metrics
-    from medret.manifest import Corpus, Manifest, read_table
+    from medret.io import read_table
+    from medret.manifest import Corpus, Manifest
 
     manifest = Manifest.read(manifest_path)
     corpus = Corpus.read(corpus_path, manifest)
@@ -407,7 +413,7 @@ def compute_metrics(
     for path in rank_paths:
         ranks, meta = read_table(path)
         if meta.get("manifest_digest") != manifest.digest:
-            raise MedretError(f"{path}: ranks of another manifest; delete it and re-run the workflow")
+            raise stale_artifact(path, "ranks of another manifest")
         frames.append(ranks.assign(model=meta["model"], corruption=meta["corruption"]))
     sets = _relevance_sets(manifest, corpus, dataset, relevance)
     popularity = metrics.popularity_baseline(corpus.frequency, sets)
@@ -458,7 +464,8 @@ def plot_examples(
     from medret import plots
     from medret.corruptions import get_kind
     from medret.imaging import ImageCache
-    from medret.manifest import Manifest, read_table
+    from medret.io import read_table
+    from medret.manifest import Manifest
 
     manifest = Manifest.read(manifest_path)
     specs, _ = read_table(specs_path)

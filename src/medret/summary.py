@@ -151,7 +151,7 @@ def collect_warnings(manifest_path: str | Path, embedding_paths: Sequence[str | 
     """The warnings a dataset's results carry, in order and without repeats: the manifest's (pairs left out
     and why) and the image embeddings' (a cache too small for a model). Files that do not exist are passed over."""
     from medret.embeddings import read_notes
-    from medret.manifest import read_table
+    from medret.io import read_table
 
     found: list[str] = []
     if Path(manifest_path).is_file():

@@ -79,7 +79,7 @@ def _csv_sources(name: str, entry: Mapping[str, Any]) -> list[str]:
 
 
 def _demo_sources(name: str, entry: Mapping[str, Any]) -> list[str]:
-    # Written by the workflow's `demo_data` rule (medret.datasets.phantoms.generate).
+    # Written by the workflow's `demo_data` rule (medret.phantoms.generate).
     return [f"resources/{name}/pairs.csv"]
 
 
