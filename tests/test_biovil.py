@@ -39,6 +39,8 @@ import medret.models.biovil as bv
 from medret.embeddings import needed_image_size
 from medret.errors import MedretError
 from medret.models import list_families, load_model
+from medret.models.bert import SPECIAL_TOKENS
+from medret.models.resample import resized_size
 
 EMB_ATOL = 1e-5  # unit vectors; only float32 summation order may differ
 ENCODER = {"biovil": "resnet50", "biovil_t": "resnet50_multi_image"}
@@ -111,7 +113,7 @@ def himl_tokenize(vocab: Path, prompts: list[str]):
 def build_vocab() -> list[str]:
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?-()")
     pieces = ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"] + ["##ion", "##al", "##ed"]
-    return [*bv.SPECIAL_TOKENS, *sorted(set(WORDS)), *chars, *pieces]
+    return [*SPECIAL_TOKENS, *sorted(set(WORDS)), *chars, *pieces]
 
 
 def randomise(module: torch.nn.Module, seed: int, std: float | None = None) -> None:
@@ -265,9 +267,9 @@ def test_biovil_t_single_image_path_uses_missing_previous_embedding(adapters: di
 
 def test_token_ids_match_himl(published: dict, adapters: dict) -> None:
     want = himl_tokenize(published["vocab"], REPORTS)
-    ids, mask = adapters["biovil"].tokenize(REPORTS)
+    ids, mask, _ = adapters["biovil"].tokenize(REPORTS)
     assert torch.equal(ids, want.input_ids) and torch.equal(mask, want.attention_mask)
-    unk = bv.SPECIAL_TOKENS.index("[UNK]")
+    unk = SPECIAL_TOKENS.index("[UNK]")
     assert (ids[0] != unk).all()  # the vocabulary was really used (the vocab_file= trap maps all to [UNK])
 
 
@@ -287,8 +289,8 @@ def test_long_report_truncated_where_himl_refuses(published: dict, adapters: dic
     long = " ".join(["pleural effusion"] * 400)
     ref_tok = CXRBertTokenizer(vocab=str(published["vocab"]))
     assert len(ref_tok(long)["input_ids"]) > 512
-    ids, _ = adapters["biovil"].tokenize([long, "no effusion"])
-    assert ids.shape == (2, 512) and ids[0, -1] == bv.SPECIAL_TOKENS.index("[SEP]")
+    ids = adapters["biovil"].tokenize([long, "no effusion"]).ids
+    assert ids.shape == (2, 512) and ids[0, -1] == SPECIAL_TOKENS.index("[SEP]")
     assert adapters["biovil"].encode_texts([long]).shape == (1, 128)
 
 
@@ -305,7 +307,7 @@ def test_upsampling_is_the_shorter_side_to_512(adapters: dict, version: str) -> 
     model = adapters[version]
     boxes = np.array([[0, 43, 512, 426], [43, 0, 426, 512], [0, 0, 512, 512]])
     np.testing.assert_allclose(model.enlargement(boxes, 512), [512 / 426, 512 / 426, 1.0])
-    assert bv.resized_size(512, 426, bv.RESIZE) == (615, 512)  # the real resize: 426 -> 512 is the largest factor
+    assert resized_size(512, 426, bv.RESIZE) == (615, 512)  # the real resize: 426 -> 512 is the largest factor
     # From the boxes alone: at S' = 616 the 426 side becomes int(426 * 616 / 512) = int(512.53) = 512; at 615,
     # int(511.70) = 511. From MIMIC's source size, as the cache computes it: int(2544 * 616 / 3056) = 512 as well.
     assert needed_image_size(model, boxes, 512) == 616

@@ -34,6 +34,7 @@ from PIL import Image
 from torchvision.transforms import Compose, InterpolationMode, Normalize, Resize
 
 import medret.models.clip_family as cf
+import medret.models.openclip as oc
 from medret.embeddings import needed_image_size
 from medret.errors import MedretError
 from medret.imaging import decode_to_canvas
@@ -334,7 +335,7 @@ def test_open_clip_preprocessing_matches_pil(cfg, tmp_path):
     pil = image_transform_v2(PreprocessCfg(**full), is_train=False)
     paths = write_images(tmp_path, [(347, 419), (640, 480), (90, 60), (1000, 800), (256, 256)])
     canvases, boxes, _sizes = cache_batch(paths, 256)
-    ours = cf.open_clip_preprocess(canvases, boxes, full)
+    ours = oc.open_clip_preprocess(canvases, boxes, full)
     ref = torch.stack([pil(content_pil(c, b)) for c, b in zip(canvases, boxes, strict=True)])
     assert ours.shape == ref.shape
     # In grey levels (per channel std), so that one rounding step is 1.0.
@@ -474,20 +475,20 @@ def test_torchscript_archive_is_read_without_running_it(tiny, tiny_arch, tmp_pat
     canvases, boxes, _sizes = cache_batch(write_images(tmp_path, [(347, 419), (90, 60)]), 64)
     with monkeypatch.context() as mp:
         mp.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load must not be called"))
-        state, torchscript = cf.read_state_dict(path, missing_hint="")
+        state, torchscript = oc.read_state_dict(path, missing_hint="")
         model = load_model({"family": "open_clip", "model": tiny_arch, "checkpoint": str(path)})
         img, txt = model.encode_images(canvases, boxes), model.encode_texts(REPORTS)
         with pytest.raises(
             MedretError, match=r"the weights in ViT-B-32\.pt \(OpenAI's: .*\) were trained with QuickGELU"
         ):
             load_model({"family": "open_clip", "model": "medret-tiny", "checkpoint": str(path)})
-    assert torchscript and cf.is_torchscript_archive(path)
+    assert torchscript and oc.is_torchscript_archive(path)
     # The reference reader runs the archive (our own file here): same keys, values and dtypes.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         jit_state = torch.jit.load(str(path), map_location="cpu").state_dict()
         ref = open_clip.load_openai_model(str(path), precision="fp32", device="cpu").eval()
-    assert set(jit_state) - set(state) == set(cf.NON_WEIGHT_KEYS)
+    assert set(jit_state) - set(state) == set(oc.NON_WEIGHT_KEYS)
     for key, value in state.items():
         assert value.dtype == jit_state[key].dtype and torch.equal(value, jit_state[key]), key
     fp16 = [k for k, v in state.items() if v.dtype == torch.float16]
@@ -574,7 +575,7 @@ def test_bad_files_are_refused(tiny, tmp_path, monkeypatch):
     local["state_dict"] = LocalCLIP(local["config"], 1).state_dict()
     torch.save(local, tmp_path / "checkpoint.pt")
     with pytest.raises(
-        MedretError, match=r"checkpoint\.pt: not a CLIP checkpoint; .*medret local-family .*family: local"
+        MedretError, match=r"checkpoint\.pt: not a CLIP checkpoint; .*medret local-family .*family local"
     ):
         load("cxr_repair", tmp_path / "checkpoint.pt")
     torch.save({"model": {}, "optimizer": {}, "config": {}, "epoch": 1}, tmp_path / "r50_mcc.tar")
@@ -616,12 +617,12 @@ def test_pretrained_tags_resolve_only_from_the_local_cache(tmp_path, monkeypatch
 
 def test_file_converted_as_the_hint_says_still_needs_quickgelu(tiny, tiny_arch, tmp_path, monkeypatch):
     make_openai_torchscript(tiny.state, tmp_path / "IN.pt")
-    code = re.search(r'python -c "(.+?)"', cf._CONVERT_HINT).group(1)
+    code = re.search(r'python -c "(.+?)"', oc._CONVERT_HINT).group(1)
     monkeypatch.chdir(tmp_path)
     with warnings.catch_warnings():  # the hint runs torch.jit.load on the user's trusted file (our own here)
         warnings.simplefilter("ignore", FutureWarning)
         exec(code, {})
-    state, openai = cf.read_state_dict(tmp_path / "OUT.pt", missing_hint="")
+    state, openai = oc.read_state_dict(tmp_path / "OUT.pt", missing_hint="")
     assert openai and set(state) == set(tiny.state)  # the int entries mark the file, and are not weights
     gelu_json = tmp_path / "medret-tiny-gelu.json"
     gelu_json.write_text(json.dumps({**TINY_CFG, "quick_gelu": False}))
@@ -714,7 +715,7 @@ def test_upsampling_of_open_clip_geometries(tiny, tiny_arch):
         ),
     ]
     for cfg, (h, w), factor, text in cases:
-        rule = cf.open_clip_resize_rule(cfg)
+        rule = oc.open_clip_resize_rule(cfg)
         box = np.array([[0, 0, h, w]])
         assert max(1.0, rule.factors(box, 300)[0]) == pytest.approx(factor, abs=1e-12)
         if text is not None:

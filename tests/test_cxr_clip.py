@@ -38,6 +38,8 @@ from medret.embeddings import needed_image_size
 from medret.errors import MedretError
 from medret.imaging import decode_to_canvas
 from medret.models import get_family, load_model
+from medret.models.bert import WordPiece
+from medret.models.resample import resized_size
 
 BIO = "emilyalsentzer/Bio_ClinicalBERT"
 SWIN_T = "microsoft/swin-tiny-patch4-window7-224"
@@ -641,7 +643,7 @@ def test_preprocessing_matches_the_pil_pipeline(tmp_path):
     images, boxes, crops = canvases(tmp_path, [(1024, 307)], 1024)  # width/height 0.3
     ours, ref = cxr.preprocess(images, boxes, (0, 0, 0), (1, 1, 1)), pil_pixels(crops, (0, 0, 0), (1, 1, 1))
     assert (ours - ref).abs().max().item() * 255 <= 1 + 1e-3
-    assert cxr.resized_size(300, 240) == (280, 224) and cxr.resized_size(240, 320) == (224, 298)
+    assert resized_size(300, 240, 224) == (280, 224) and resized_size(240, 320, 224) == (224, 298)
 
 
 # --------------------------------------------------------------------------------------------
@@ -651,7 +653,7 @@ def test_preprocessing_matches_the_pil_pipeline(tmp_path):
 @pytest.mark.parametrize("max_length", [256, 12])
 def test_token_ids_match_reference_bert_tokenizer(tiny_text, max_length):
     vocab = tiny_text / "vocab.txt"
-    ours = cxr.ReportTokenizer(vocab, max_length)(REPORTS)
+    ours = WordPiece(vocab, max_length=max_length, padding="longest")(REPORTS)
     ref = reference_tokens(vocab, REPORTS, max_length)
     assert torch.equal(ours[0], ref["input_ids"])
     assert torch.equal(ours[1], ref["attention_mask"])
@@ -794,7 +796,7 @@ def test_upsampling_is_the_shorter_side_to_224(tiny, tiny_text):
     model = load_model({"family": "cxr_clip", "checkpoint": str(tiny("swin").path), "text_model": str(tiny_text)})
     boxes = np.array([[0, 20, 200, 160], [0, 0, 200, 200]])
     np.testing.assert_allclose(model.enlargement(boxes, 200), [224 / 160, 224 / 200])
-    assert cxr.resized_size(200, 160) == (280, 224)  # the real resize: 160 -> 224 is the largest factor
+    assert resized_size(200, 160, 224) == (280, 224)  # the real resize: 160 -> 224 is the largest factor
     # At S' = 280 the 160 side becomes 160 * 280 / 200 = 224 exactly; at 279, round(223.2) = 223.
     assert needed_image_size(model, boxes, 200) == 280
     assert model.upsampling(np.array([[0, 0, 224, 224], [0, 37, 300, 226]]), 300) == 1.0
@@ -816,8 +818,8 @@ def test_wrong_family_files_are_named(tmp_path, tiny_text):
     with pytest.raises(MedretError, match=r"ViT-B-32\.pt: a TorchScript archive .*not a CXR-CLIP file"):
         load_model({"family": "cxr_clip", "checkpoint": str(tmp_path / "ViT-B-32.pt"), "text_model": str(tiny_text)})
     for name, looks in (
-        ("best_64_5e-05_original_22000_0.864.pt", "OpenAI-CLIP-layout state dict"),
-        ("checkpoint.pt", "medret local-model checkpoint"),
+        ("best_64_5e-05_original_22000_0.864.pt", "OpenAI-layout CLIP"),
+        ("checkpoint.pt", "medret local-family checkpoint"),
     ):
         with pytest.raises(MedretError, match=rf"not a CXR-CLIP checkpoint .*looks like an? {looks}"):
             load_model({"family": "cxr_clip", "checkpoint": str(tmp_path / name), "text_model": str(tiny_text)})

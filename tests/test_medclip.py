@@ -45,6 +45,7 @@ from medret.embeddings import needed_image_size  # noqa: E402
 from medret.errors import MedretError  # noqa: E402
 from medret.imaging import decode_to_canvas  # noqa: E402
 from medret.models import list_families, load_model  # noqa: E402
+from medret.models.bert import read_vocab  # noqa: E402
 
 # medclip/constants.py
 IMG_MEAN = 0.5862785803043838
@@ -629,7 +630,7 @@ def test_preprocess_without_intermediate_rounding_would_be_wrong(tmp_path):
 
 def test_token_ids_equal_bio_clinicalbert_tokenizer_on_awkward_reports(vocab_dir, adapters):
     vocab = vocab_dir / "vocab.txt"
-    ids, mask = mc.MedCLIPTokenizer(vocab_dir)(REPORTS)
+    ids, mask, _ = mc.medclip_tokenizer(vocab_dir)(REPORTS)
     ref = reference_tokenizer(vocab)(REPORTS, truncation=True, padding="max_length", max_length=77, return_tensors="pt")
     assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"])
     assert torch.equal(adapters["vit"].tokenize(REPORTS)[0], ids)
@@ -640,11 +641,13 @@ def test_token_ids_equal_bio_clinicalbert_tokenizer_on_awkward_reports(vocab_dir
 
 
 def test_tokenizer_lowercases_and_knows_the_vocabulary(vocab_dir):
-    tok = mc.MedCLIPTokenizer(vocab_dir)
-    index = mc.read_vocab(vocab_dir / "vocab.txt")
-    ids, mask = tok(["No pleural effusion. The heart size is normal.", "PNEUMOTHORAX", "Caf\u00e9"])
+    tok = mc.medclip_tokenizer(vocab_dir)
+    index = read_vocab(vocab_dir / "vocab.txt")
+    ids, mask, _ = tok(["No pleural effusion. The heart size is normal.", "PNEUMOTHORAX", "Caf\u00e9"])
     n = int(mask[0].sum())
-    assert tok.unk_id not in ids[0, :n].tolist()  # every known word found (the vocab_file= trap gives all [UNK])
+    assert (
+        tok.vocab["[UNK]"] not in ids[0, :n].tolist()
+    )  # every known word found (the vocab_file= trap gives all [UNK])
     expected = ["no", "pleural", "effusion", ".", "the", "heart", "size", "is", "normal", "."]
     assert ids[0, 1 : n - 1].tolist() == [index[w] for w in expected]
     assert ids[1, 1].item() == index["pneumothorax"] != index["Pneumothorax"]  # lower-cased
@@ -653,7 +656,7 @@ def test_tokenizer_lowercases_and_knows_the_vocabulary(vocab_dir):
 
 
 def test_max_length_option(checkpoints, vocab_dir):
-    ids, mask = mc.MedCLIPTokenizer(vocab_dir, max_length=8)([REPORTS[-1], "no"])
+    ids, mask, _ = mc.medclip_tokenizer(vocab_dir, max_length=8)([REPORTS[-1], "no"])
     assert ids.shape == (2, 8) and ids[0, -1] == 102 and mask[1].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
     for bad in (1, 513, "77", True):
         with pytest.raises(MedretError, match="max_length"):
@@ -715,7 +718,7 @@ def test_truncated_file(checkpoints, vocab_dir, tmp_path):
                 "token_embedding.weight": torch.zeros(10, 8),
                 "transformer.resblocks.0.ln_1.weight": torch.zeros(8),
             },
-            "does not load strictly.*looks like an OpenAI/open_clip CLIP state dict",
+            "does not load strictly.*looks like an OpenAI-layout CLIP state dict",
         ),
         ({"format": "medret.local/1", "vocab": ["a"]}, "not a MedCLIP checkpoint.*medret local-family"),
         ({"model": {}, "optimizer": {}, "config": {}}, "not a MedCLIP checkpoint.*CXR-CLIP"),

@@ -307,3 +307,30 @@ def test_family_and_adapter_messages_name_the_entry(tmp_path):
     with pytest.raises(MedretError) as err:
         load_pairs("cxp", entry, [str(report), str(tmp_path / "no-labels" / "impression_fixed.json")])
     assert "datasets.cxp." in str(err.value) and "<name>" not in str(err.value), str(err.value)
+
+
+def test_family_modules_do_not_import_each_other_or_private_names():
+    """The house rule of docs/development.md: what families share lives in shared modules of ``models/``."""
+    import ast
+
+    import medret
+
+    root = Path(medret.__file__).parent
+    families = {"local", "clip_family", "medclip", "cxr_clip", "biomedclip", "biovil", "hf_transformers"}
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [a.name for a in node.names]
+                targets = [node.module] + [f"{node.module}.{n}" for n in names]
+            elif isinstance(node, ast.Import):
+                names, targets = [], [a.name for a in node.names]
+            else:
+                continue
+            imported = {t.split(".")[2] for t in targets if t.startswith("medret.models.") and t.count(".") >= 2}
+            if module.split(".")[-1] in families and imported & (families - {module.split(".")[-1]}):
+                problems.append(f"{module} imports family module(s) {sorted(imported & families)}")
+            if isinstance(node, ast.ImportFrom) and node.module.startswith("medret") and node.module != module:
+                problems += [f"{module} imports private {node.module}.{n}" for n in names if n.startswith("_")]
+    assert not problems, problems

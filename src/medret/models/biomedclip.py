@@ -18,14 +18,14 @@ Nothing reaches the network. open_clip's HF text tower builds its BERT with
 ``AutoConfig.from_pretrained(text_cfg.hf_model_name)``; here ``hf_model_name`` is pointed at a temporary
 directory holding only that BERT ``config.json`` (and ``hf_model_pretrained`` / ``timm_model_pretrained``
 are forced off), so open_clip builds exactly its own module tree with random weights, then the
-checkpoint is loaded strictly with the open_clip family's helpers.
+checkpoint is loaded strictly with :mod:`medret.models.openclip`'s helpers.
 
 Tokeniser: what open_clip's ``HFTokenizer`` does for this model: open_clip's ``whitespace`` cleaning (ftfy,
 HTML unescaping twice, whitespace collapsed), then BERT uncased WordPiece with ``[CLS] ... [SEP]``,
 truncated and padded to the config's ``context_length`` (256) with ``[PAD]`` = 0; the text tower's attention
 mask is ``ids != pad_token_id``. Images: open_clip's eval transform from the config's ``preprocess_cfg``
 (size from the image tower, shortest-side bicubic resize, centre crop, OpenAI mean/std, grey -> RGB),
-applied on tensors to each canvas's content box by the open_clip family's ``open_clip_preprocess``: the
+applied on tensors to each canvas's content box by ``medret.models.openclip.open_clip_preprocess``: the
 same geometry, pixels within a grey level or two of PIL's (not bit-identical; see that function).
 ``identity()`` holds the content of ``open_clip_config.json`` (``model_cfg`` and the merged
 ``preprocess_cfg``), of the BERT config and of the vocabulary, so editing a file changes the spec hash.
@@ -34,10 +34,9 @@ same geometry, pixels within a grey level or two of PIL's (not bit-identical; se
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,12 +45,13 @@ import torch
 
 from medret.errors import MedretError
 from medret.models.base import ModelAdapter
-from medret.models.checkpoints import BERT_BASE, error_line, file_sha256
-from medret.models.clip_family import (
-    _quiet_open_clip,
+from medret.models.bert import BERT_BASE, WordPiece
+from medret.models.checkpoints import error_line, file_sha256
+from medret.models.openclip import (
     load_strict,
     open_clip_preprocess,
     open_clip_resize_rule,
+    quiet_open_clip,
     read_state_dict,
 )
 
@@ -171,7 +171,7 @@ def build_biomedclip(model_cfg: Mapping[str, Any], bert: Any, source: Path) -> t
         bert.to_json_file(str(Path(tmp) / "config.json"))
         cfg["text_cfg"] = {**cfg["text_cfg"], "hf_model_name": tmp, "hf_model_pretrained": False}
         try:
-            with _quiet_open_clip():
+            with quiet_open_clip():
                 model = CustomTextCLIP(**cfg)
         except Exception as exc:  # unknown timm name, bad pooler/proj type, unknown keys, ...
             raise MedretError(
@@ -180,57 +180,30 @@ def build_biomedclip(model_cfg: Mapping[str, Any], bert: Any, source: Path) -> t
     return model.eval()
 
 
-class BiomedBertTokenizer:
-    """open_clip's ``HFTokenizer`` for BiomedCLIP, on the local BiomedBERT vocabulary."""
-
-    def __init__(self, directory: Path, context_length: int, bert: Any) -> None:
-        from open_clip.tokenizer import get_clean_fn
-        from transformers import BertTokenizer
-
-        self.vocab_path = directory / VOCAB_FILE
-        tok_cfg_path = directory / "tokenizer_config.json"
-        tok_cfg = _read_json(tok_cfg_path) if tok_cfg_path.is_file() else {}
-        if not isinstance(tok_cfg, dict):
-            raise MedretError(f"{tok_cfg_path}: not a tokenizer config object")
-        self.options = {
-            "do_lower_case": bool(tok_cfg.get("do_lower_case", True)),
-            "strip_accents": tok_cfg.get("strip_accents"),
-            "tokenize_chinese_chars": bool(tok_cfg.get("tokenize_chinese_chars", True)),
-        }
-        try:
-            text = self.vocab_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise MedretError(f"{self.vocab_path}: cannot read ({error_line(exc)})") from None
-        specials = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-        lines = text.split("\n")
-        present = {line.rstrip("\r") for line in lines}
-        if not all(s in present for s in specials):
-            raise MedretError(
-                f"{self.vocab_path}: not a BERT vocabulary (needs {', '.join(specials)}); get BiomedBERT's "
-                f"{VOCAB_FILE} from {PUBLISHED[VOCAB_FILE]}"
-            )
-        # transformers 5 ignores vocab_file= (every word would become [UNK]); vocab= takes the path.
-        self.tokenizer = BertTokenizer(vocab=str(self.vocab_path), **self.options)
-        size = len(self.tokenizer)
-        if size > bert.vocab_size or self.tokenizer.pad_token_id != bert.pad_token_id:
-            raise MedretError(
-                f"{self.vocab_path}: {size} tokens with [PAD] = {self.tokenizer.pad_token_id} do not fit the text "
-                f"tower (vocab {bert.vocab_size}, pad {bert.pad_token_id}); use BiomedBERT's {VOCAB_FILE} "
-                f"({PUBLISHED[VOCAB_FILE]})"
-            )
-        self.context_length = int(context_length)
-        self.clean = get_clean_fn("whitespace")  # HFTokenizer's default: ftfy, HTML unescape, whitespace
-        self.vocab_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
-        """Token ids (B, context_length) int64, as ``HFTokenizer.__call__`` returns them."""
-        return self.tokenizer(
-            [self.clean(str(t)) for t in texts],
-            return_tensors="pt",
-            max_length=self.context_length,
-            padding="max_length",
-            truncation=True,
-        ).input_ids
+def biomedbert_tokenizer(directory: Path, context_length: int, bert: Any) -> WordPiece:
+    """open_clip's ``HFTokenizer`` for BiomedCLIP on the local BiomedBERT vocabulary (the caller cleans the text):
+    the options of ``tokenizer_config.json``, truncated and padded to ``context_length``."""
+    tok_cfg_path = directory / "tokenizer_config.json"
+    tok_cfg = _read_json(tok_cfg_path) if tok_cfg_path.is_file() else {}
+    if not isinstance(tok_cfg, dict):
+        raise MedretError(f"{tok_cfg_path}: not a tokenizer config object")
+    vocab_path = directory / VOCAB_FILE
+    tokenizer = WordPiece(
+        vocab_path,
+        max_length=int(context_length),
+        padding="max_length",
+        lowercase=bool(tok_cfg.get("do_lower_case", True)),
+        strip_accents=tok_cfg.get("strip_accents"),
+        chinese_chars=bool(tok_cfg.get("tokenize_chinese_chars", True)),
+        hint=f"get BiomedBERT's {VOCAB_FILE} from {PUBLISHED[VOCAB_FILE]}",
+    )
+    if tokenizer.vocab_size > bert.vocab_size or tokenizer.pad_id != bert.pad_token_id:
+        raise MedretError(
+            f"{vocab_path}: {tokenizer.vocab_size} tokens with [PAD] = {tokenizer.pad_id} do not fit the text "
+            f"tower (vocab {bert.vocab_size}, pad {bert.pad_token_id}); use BiomedBERT's {VOCAB_FILE} "
+            f"({PUBLISHED[VOCAB_FILE]})"
+        )
+    return tokenizer
 
 
 class BiomedClipAdapter(ModelAdapter):
@@ -239,13 +212,15 @@ class BiomedClipAdapter(ModelAdapter):
     family = "biomedclip"
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
+        from open_clip.tokenizer import get_clean_fn
         from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
         super().__init__(entry)
         directory = checkpoint_dir(entry["checkpoint"])
         model_cfg, pp_cfg = read_open_clip_config(directory / CONFIG_FILE)
         bert = bert_config(directory)
-        self.tokenizer = BiomedBertTokenizer(directory, model_cfg["text_cfg"]["context_length"], bert)
+        self.tokenizer = biomedbert_tokenizer(directory, model_cfg["text_cfg"]["context_length"], bert)
+        self.clean = get_clean_fn("whitespace")  # HFTokenizer's default: ftfy, HTML unescape, whitespace
         weights = directory / WEIGHTS_FILE
         state, _ = read_state_dict(weights, missing_hint=_published_hint())
         model = build_biomedclip(model_cfg, bert, directory / CONFIG_FILE)
@@ -265,7 +240,7 @@ class BiomedClipAdapter(ModelAdapter):
             "model_cfg": model_cfg,
             "bert": {k: v for k, v in bert.to_diff_dict().items() if k != "transformers_version"},
             "tokenizer": {"vocab": self.tokenizer.vocab_sha256, **self.tokenizer.options},
-            "context_length": self.tokenizer.context_length,
+            "context_length": self.tokenizer.max_length,
             "preprocess": {"crop": "content box", **self.preprocess_cfg},
         }
 
@@ -278,7 +253,7 @@ class BiomedClipAdapter(ModelAdapter):
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids (B, context_length) as open_clip's tokenizer for BiomedCLIP makes them."""
-        return self.tokenizer(texts)
+        return self.tokenizer([self.clean(str(t)) for t in texts]).ids
 
     def _encode_images(self, images: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(open_clip_preprocess(images, boxes, self.preprocess_cfg))

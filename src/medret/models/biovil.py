@@ -83,17 +83,16 @@ from torch import nn
 
 from medret.errors import MedretError
 from medret.models.base import ModelAdapter
+from medret.models.bert import BERT_BASE, TokenBatch, WordPiece
 from medret.models.checkpoints import (
-    BERT_BASE,
+    describe_checkpoint,
     describe_file,
     error_line,
     file_sha256,
     key_problems,
-    read_vocab,
     skip_random_init,
 )
-from medret.models.cxr_clip import pil_resize_crop, resized_size
-from medret.models.medclip import describe_checkpoint
+from medret.models.resample import resize_center_crop
 
 FAMILY = "biovil"
 HF = "https://huggingface.co"
@@ -128,7 +127,6 @@ TIED = {
     "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
     "cls.predictions.decoder.bias": "cls.predictions.bias",
 }
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 # Small helpers kept local (not imported from other families' private names).
@@ -440,66 +438,30 @@ def preprocess(images: torch.Tensor, boxes: torch.Tensor, crop: int, resize: int
     Crop to the box, ``Resize(resize)`` (Pillow's 8-bit bilinear, exact), ``CenterCrop(crop)`` (torchvision,
     half-even rounding of the offsets), /255, grey repeated to 3 channels. Only the cropped pixels are computed.
     """
-    canvas = images.shape[-1]
-    out = torch.empty(len(images), 1, crop, crop, device=images.device)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, box in enumerate(boxes.tolist()):
-        groups.setdefault(tuple(int(v) for v in box), []).append(i)
-    for (top, left, height, width), idx in groups.items():
-        if height < 1 or width < 1 or top < 0 or left < 0 or top + height > canvas or left + width > canvas:
-            raise ValueError(f"content box {(top, left, height, width)} outside the {canvas}-pixel canvas")
-        new_h, new_w = resized_size(height, width, resize)
-        if new_h < crop or new_w < crop:  # cannot happen with resize >= crop; torchvision would pad
-            raise ValueError(f"resized content {new_h}x{new_w} smaller than the {crop}-pixel crop")
-        ct, cl = round((new_h - crop) / 2.0), round((new_w - crop) / 2.0)  # torchvision center_crop
-        rows, cols = slice(ct, ct + crop), slice(cl, cl + crop)
-        chunk = max(1, (1 << 22) // (height * crop))  # bounds the (n, h, crop) int32 temporaries
-        for start in range(0, len(idx), chunk):
-            part = idx[start : start + chunk]
-            piece = images[part, top : top + height, left : left + width]
-            out[part, 0] = pil_resize_crop(piece, new_h, new_w, rows, cols).float().div_(255.0)
+    out = resize_center_crop(images, boxes, resize=resize, crop=crop)
     return out.expand(-1, 3, -1, -1)
 
 
-class CXRBertTokenizer:
-    """CXR-BERT WordPiece as hi-ml's ``TextInput`` applies it (see the module docstring)."""
-
-    def __init__(self, directory: str | Path, version: str, vocab_size: int, max_length: int) -> None:
-        directory = Path(directory)
-        vocab_path = directory / "vocab.txt"
-        if not vocab_path.is_file():
-            raise MedretError(f"{vocab_path}: not found; config key models.<name>.text_model; {_text_hint(version)}")
-        vocab = read_vocab(vocab_path)
-        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
-        if missing or len(vocab) != vocab_size:
-            raise MedretError(
-                f"{vocab_path}: {len(vocab)} tokens{' without ' + ', '.join(missing) if missing else ''}, but "
-                f"config.json has vocab_size {vocab_size}; config key models.<name>.text_model must hold one model's "
-                f"vocab.txt and config.json ({_text_hint(version)})"
-            )
-        lower = True
-        tok_cfg = directory / "tokenizer_config.json"
-        if tok_cfg.is_file():
-            lower = bool(_read_json(tok_cfg, version).get("do_lower_case", True))
-        # transformers 5 ignores vocab_file= (every word would become [UNK]); pass the vocabulary itself.
-        self.tokenizer = _require_transformers().BertTokenizer(vocab=vocab, do_lower_case=lower)
-        if len(self.tokenizer) != len(vocab):
-            raise MedretError(f"{vocab_path}: tokenizer holds {len(self.tokenizer)} tokens, not {len(vocab)}")
-        self.vocab_path = vocab_path
-        self.do_lower_case = lower
-        self.max_length = max_length
-
-    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``input_ids`` and ``attention_mask`` (B, longest) int64."""
-        enc = self.tokenizer(
-            [str(t).rstrip("!?.") for t in texts],
-            add_special_tokens=True,
-            padding="longest",
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
+def cxr_bert_tokenizer(directory: str | Path, version: str, vocab_size: int, max_length: int) -> WordPiece:
+    """CXR-BERT WordPiece as hi-ml's ``TextInput`` applies it (see the module docstring; the caller strips the
+    trailing punctuation)."""
+    directory = Path(directory)
+    vocab_path = directory / "vocab.txt"
+    if not vocab_path.is_file():
+        raise MedretError(f"{vocab_path}: not found; config key models.<name>.text_model; {_text_hint(version)}")
+    lower = True
+    tok_cfg = directory / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        lower = bool(_read_json(tok_cfg, version).get("do_lower_case", True))
+    tokenizer = WordPiece(
+        vocab_path, max_length=max_length, padding="longest", lowercase=lower, hint=_text_hint(version)
+    )
+    if len(tokenizer.vocab) != vocab_size or tokenizer.vocab_size != vocab_size:
+        raise MedretError(
+            f"{vocab_path}: {len(tokenizer.vocab)} tokens, but config.json has vocab_size {vocab_size}; config key "
+            f"models.<name>.text_model must hold one model's vocab.txt and config.json ({_text_hint(version)})"
         )
-        return enc["input_ids"], enc["attention_mask"]
+    return tokenizer
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,7 +492,7 @@ class BioViLAdapter(ModelAdapter):
                 f"{text_dir}: not a directory; config key models.<name>.text_model; {_text_hint(self.version)}"
             )
         config, _ = text_config(text_dir, self.version)  # cheap checks first
-        self.tokenizer = CXRBertTokenizer(
+        self.tokenizer = cxr_bert_tokenizer(
             text_dir, self.version, config.vocab_size, min(config.max_position_embeddings, 512)
         )
         image_path = Path(entry["checkpoint"])
@@ -541,7 +503,7 @@ class BioViLAdapter(ModelAdapter):
             "weights": file_sha256(image_path),
             "text_weights": file_sha256(text_weights),
             "text_config": file_sha256(text_dir / "config.json"),
-            "vocab": file_sha256(self.tokenizer.vocab_path),
+            "vocab": self.tokenizer.vocab_sha256,
         }
 
     @property
@@ -552,16 +514,16 @@ class BioViLAdapter(ModelAdapter):
         return {
             **self._hashes,
             "tokenizer": {
-                "do_lower_case": self.tokenizer.do_lower_case,
+                "do_lower_case": self.tokenizer.options["do_lower_case"],
                 "strip": "!?.",
                 "max_length": self.tokenizer.max_length,
             },
             "preprocess": {"canvas": "content box", "resize": [RESIZE, "pil-bilinear"], "crop": self.crop},
         }
 
-    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and attention masks as fed to the text tower."""
-        return self.tokenizer(texts)
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        """Token ids and attention masks as fed to the text tower (hi-ml strips trailing ``!?.`` first)."""
+        return self.tokenizer([str(t).rstrip("!?.") for t in texts])
 
     def preprocess(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """The image tower's input for uint8 canvases and their content boxes."""
@@ -571,5 +533,5 @@ class BioViLAdapter(ModelAdapter):
         return self.image_model(preprocess(images, boxes, self.crop))
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
-        ids, mask = self.tokenizer(texts)
+        ids, mask, _ = self.tokenize(texts)
         return self.text_model(ids.to(self.device), mask.to(self.device))

@@ -1,4 +1,4 @@
-"""Helpers every family's loader shares: file identity, readable loader errors, strict key checks, vocabularies."""
+"""Helpers every family's loader shares: file identity, readable loader errors, strict key checks, safe unpickling."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import _compat_pickle
 import contextlib
 import gzip
 import hashlib
+import math
 import pickle
 import tarfile
 import types
@@ -16,22 +17,6 @@ from typing import Any
 
 import torch
 from torch import _weights_only_unpickler
-
-from medret.errors import MedretError
-
-#: The BERT-base architecture (BertConfig names) of Bio_ClinicalBERT, BiomedBERT and CXR-BERT, which
-#: differ only in ``vocab_size``.
-BERT_BASE: dict[str, Any] = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "hidden_act": "gelu",
-    "max_position_embeddings": 512,
-    "type_vocab_size": 2,
-    "layer_norm_eps": 1e-12,
-    "pad_token_id": 0,
-}
 
 #: Lines of torch's loader messages that carry the reason, most specific first.
 _REASON_MARKERS = ("GLOBAL", "Unsupported", "Unpickler error", "Trying to", "Can only")
@@ -98,17 +83,6 @@ def skip_random_init() -> Iterator[None]:
         no_init_weights = contextlib.nullcontext
     with no_init_weights():
         yield
-
-
-def read_vocab(path: Path) -> dict[str, int]:
-    """Token -> id from a BERT ``vocab.txt``: one token a line, id = line number (transformers' ``load_vocab``)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MedretError(f"config key models.<name>.text_model: cannot read {path} ({exc})") from None
-    if lines and lines[-1] == "":
-        lines.pop()
-    return {token.rstrip("\r"): i for i, token in enumerate(lines)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,3 +202,74 @@ def _tar_names(path: Path) -> str:
     except (tarfile.TarError, OSError):
         return "unreadable members"
     return f"{len(names)} members (first: {', '.join(names[:3])})"
+
+
+def describe_checkpoint(obj: Any) -> str:
+    """Which model family a loaded checkpoint object (or a dict of its keys) seems to belong to.
+
+    One describer for every family's "wrong file" message, so that a file handed to the wrong family is named
+    the same way whichever loader reads it. Shapes are used when the values are tensors, keys otherwise.
+    """
+    if not isinstance(obj, Mapping):
+        return f"a {type(obj).__name__}, not a state dict"
+    if str(obj.get("format", "")).startswith("medret.local"):
+        return "a medret local-family checkpoint (family local)"
+    if isinstance(obj.get("state_dict"), Mapping) and "model" not in obj:
+        return "a PyTorch-Lightning style checkpoint with a state_dict entry (e.g. GLoRIA or MGCA)"
+    if {"model", "optimizer", "config"} <= set(obj):
+        inner = obj["model"]
+        tower = describe_checkpoint(inner) if isinstance(inner, Mapping) and inner else "a model entry"
+        return f"a training checkpoint with model/optimizer/config entries (the CXR-CLIP .tar layout) holding {tower}"
+    keys = [k for k in obj if isinstance(k, str)]
+
+    def has(*prefixes: str) -> bool:
+        return any(k.startswith(prefixes) for k in keys)
+
+    if has("classifier.") and has("image_encoder."):
+        return "a CXR-CLIP fine-tuned classifier (finetune.py), not the contrastive model"
+    if has("image_encoder.resnet.", "image_encoder.image_encoder."):
+        arch = "Swin-T (swint_*)" if has("image_encoder.image_encoder.") else "ResNet-50 (r50_*)"
+        return f"a CXR-CLIP {arch} state dict (family cxr_clip)"
+    if has("vision_model.model.", "text_model.model."):
+        if has("vision_model.model.encoder.layers."):
+            return "a MedCLIP Swin-T checkpoint (variant vit)"
+        if has("vision_model.model.layer1."):
+            return "a MedCLIP ResNet-50 checkpoint (variant resnet)"
+        return "a MedCLIP-like checkpoint with an unknown image tower"
+    if has("visual.trunk."):
+        return "an open_clip model with a timm image tower, e.g. BiomedCLIP (family biomedclip)"
+    if "token_embedding.weight" in obj and has("visual."):
+        return _describe_openai_clip(obj, keys)
+    if has("text.transformer."):
+        return "an open_clip CustomTextCLIP with a Hugging Face text tower"
+    if has("vision_model.", "text_model.") and ("visual_projection.weight" in obj or "logit_scale" in obj):
+        return "a Hugging Face transformers dual encoder (family transformers, with its whole model directory)"
+    if has("encoder.encoder.") and has("projector."):
+        return "a BioViL image model (family biovil)"
+    if has("image.features.") and has("text.bag."):
+        return "a medret local-family state dict (family local)"
+    if has("embeddings.word_embeddings.", "bert."):
+        return "a bare BERT model (a text tower's own weights, not a dual encoder)"
+    if has("embeddings.patch_embeddings.") and has("encoder.layers."):
+        return "a bare Swin model (an image tower's own weights, not a dual encoder)"
+    if has("conv1.") and has("layer1."):
+        return "a bare torchvision ResNet (an image tower's own weights, not a dual encoder)"
+    return f"no layout medret knows (first keys: {', '.join(keys[:3]) or 'none'})"
+
+
+def _describe_openai_clip(obj: Mapping[str, Any], keys: list[str]) -> str:
+    """The OpenAI CLIP layout (CLIP, CXR-RePaiR, CheXzero), with the ViT's geometry when shapes are known."""
+    conv, pos = obj.get("visual.conv1.weight"), obj.get("visual.positional_embedding")
+    if isinstance(conv, torch.Tensor) and isinstance(pos, torch.Tensor):
+        patch, width = conv.shape[-1], conv.shape[0]
+        side = patch * math.isqrt(max(pos.shape[0] - 1, 0))
+        layers = len({k.split(".")[3] for k in keys if k.startswith("visual.transformer.resblocks.")})
+        proj = obj.get("visual.proj")
+        embed = proj.shape[-1] if isinstance(proj, torch.Tensor) else "?"
+        what = f"an OpenAI-layout CLIP ViT (width {width}, {layers} layers, patch {patch}, {side} px, embed {embed})"
+        if (width, layers, patch, side, embed) == (768, 12, 32, 224, 512):
+            what += ", i.e. ViT-B/32 as in OpenAI CLIP, CXR-RePaiR and CheXzero (open_clip ViT-B-32-quickgelu)"
+        return what
+    if any(k.startswith("visual.layer1.") for k in keys):
+        return "an OpenAI-layout CLIP with a ResNet image tower (open_clip RN50-quickgelu family)"
+    return "an OpenAI-layout CLIP state dict (e.g. CLIP, CheXzero, CXR-RePaiR; family open_clip)"

@@ -60,17 +60,14 @@ it differs from Pillow 9.4.0, and so from this, by one grey level on some pixels
 
 Tokeniser: Bio_ClinicalBERT has no ``tokenizer_config.json``, so the original ``AutoTokenizer`` built a lower-casing
 ``BertTokenizerFast`` (the vocabulary is cased, the checkpoints were trained on lower-cased text). It is rebuilt here
-with the ``tokenizers`` library from ``vocab.txt`` (BERT normaliser with lower-casing and accent stripping, BERT
-pre-tokeniser, WordPiece with ``##`` and 100-character words, ``[CLS] ... [SEP]``, special tokens matched verbatim),
-with ``padding="longest"`` and truncation to ``max_length``.
+from ``vocab.txt`` by :class:`medret.models.bert.WordPiece` (lower-casing and accent stripping), with
+``padding="longest"`` and truncation to ``max_length``.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 import json
-import math
 import re
 import typing
 from collections.abc import Mapping, Sequence
@@ -82,19 +79,20 @@ from torch import nn
 
 from medret.errors import MedretError
 from medret.models.base import ModelAdapter
+from medret.models.bert import BERT_BASE, WordPiece
 from medret.models.checkpoints import (
-    BERT_BASE,
     RefusedGlobal,
+    describe_checkpoint,
     describe_file,
     error_line,
     file_sha256,
-    read_vocab,
     restricted_load,
     skip_random_init,
 )
+from medret.models.resample import resize_center_crop
 
 if TYPE_CHECKING:
-    from tokenizers import Tokenizer
+    pass
 
 FAMILY = "cxr_clip"
 PUBLISHED = (
@@ -154,7 +152,6 @@ SWIN_RENAMES: dict[str, str] = {
     "output.dense": "mlp.fc2",
 }
 _SWIN_BLOCK = re.compile(r"^(encoder\.layers\.\d+\.blocks\.\d+\.)(.+?)((?:\.(?:weight|bias))?)$")
-_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,33 +208,6 @@ SAFE_GLOBALS = (
 )
 
 
-def describe(obj: Any) -> str:
-    """What a loaded file looks like (for "wrong family" messages)."""
-    if isinstance(obj, Mapping):
-        if obj.get("format") == "medret.local/1":
-            return "a medret local-model checkpoint (family local)"
-        if "state_dict" in obj and "hyper_parameters" in obj:
-            return "a PyTorch-Lightning checkpoint (e.g. GLoRIA or MGCA), not a CXR-CLIP file"
-        inner = obj.get("state_dict", obj.get("model", obj))
-        keys = [str(k) for k in inner] if isinstance(inner, Mapping) else []
-        if any(k.startswith("classifier.") for k in keys) and any(k.startswith("image_encoder.") for k in keys):
-            return "a CXR-CLIP fine-tuned classifier (finetune.py), not the contrastive model"
-        if any(k.startswith(p) for k in keys for p in ("image_encoder.resnet.", "image_encoder.image_encoder.")):
-            swin = any(k.startswith("image_encoder.image_encoder.") for k in keys)
-            arch = "Swin-T (swint_*)" if swin else "ResNet-50 (r50_*)"
-            return f"a CXR-CLIP {arch} state dict"
-        if any(k.startswith("visual.trunk.") for k in keys):
-            return "an open_clip state dict with a timm image tower, e.g. BiomedCLIP (family open_clip)"
-        if any(k in ("token_embedding.weight", "visual.conv1.weight", "visual.proj") for k in keys):
-            return "an OpenAI-CLIP-layout state dict, e.g. CheXzero / CXR-RePaiR / ViT-B-32 (open_clip family)"
-        if any(k.startswith("vision_model.") for k in keys) and any(k.startswith("text_model.") for k in keys):
-            return "a MedCLIP state dict"
-        if keys:
-            return f"a dict whose first keys are {keys[:4]}"
-        return "an empty dict"
-    return f"a {type(obj).__name__}"
-
-
 def checkpoint_not_found(path: Path) -> MedretError:
     """The error for a missing ``.tar``: which file, where it is published, which config key."""
     return MedretError(
@@ -286,7 +256,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not isinstance(obj, Mapping) or not isinstance(obj.get("model"), Mapping) or "config" not in obj:
         raise MedretError(
             f"{path}: not a CXR-CLIP checkpoint (expected a dict with model and config); the file looks like "
-            f"{describe(obj)}; use the family that wrote it"
+            f"{describe_checkpoint(obj)}; use the family that wrote it"
         )
     state = obj["model"]
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
@@ -526,111 +496,7 @@ def convert_state_dict(
 
 
 # --------------------------------------------------------------------------------------------
-# Tokeniser and preprocessing
-
-
-class ReportTokenizer:
-    """The lower-casing Bio_ClinicalBERT WordPiece tokeniser of transformers 4.26's ``BertTokenizerFast``."""
-
-    def __init__(self, vocab_path: Path, max_length: int) -> None:
-        from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-        from tokenizers.models import WordPiece
-
-        vocab = read_vocab(vocab_path)
-        missing = [t for t in _SPECIAL_TOKENS[:4] if t not in vocab]
-        if missing:
-            raise MedretError(f"{vocab_path}: no {', '.join(missing)} token; not a BERT vocabulary")
-        tok = Tokenizer(
-            WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100)
-        )
-        tok.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
-        )
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.add_special_tokens([t for t in _SPECIAL_TOKENS if t in vocab])
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS]:0 $A:0 [SEP]:0",
-            pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-        )
-        tok.enable_truncation(max_length=max_length)
-        tok.enable_padding(pad_id=vocab["[PAD]"], pad_token="[PAD]", pad_type_id=0)
-        self.tokenizer: Tokenizer = tok
-        self.vocab_size = max(vocab.values()) + 1  # ids are line numbers
-        self.max_length = max_length
-
-    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``input_ids``, ``attention_mask``, ``token_type_ids`` (B, longest) as the original collate made them."""
-        enc = self.tokenizer.encode_batch(list(texts))
-        ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
-        mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
-        types = torch.tensor([e.type_ids for e in enc], dtype=torch.long)
-        return ids, mask, types
-
-
-def resized_size(height: int, width: int, size: int = INPUT_SIZE) -> tuple[int, int]:
-    """torchvision ``Resize(size)``: the shorter side becomes ``size``, the longer ``int(size * long / short)``."""
-    if width <= height:
-        return int(size * height / width), size
-    return size, int(size * width / height)
-
-
-@functools.lru_cache(maxsize=64)
-def pil_bilinear_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pillow's 8-bit bilinear filter along one axis (``Resample.c``: precompute_coeffs, normalize_coeffs_8bpc).
-
-    Returns, per output pixel, the input indices (out_size, ksize) and the fixed-point coefficients (int32, scaled
-    by 2**22; 0 for unused taps). The float64 steps follow the C code operation by operation.
-    """
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = 1.0 * filterscale  # bilinear support 1
-    ksize = math.ceil(support) * 2 + 1
-    center = (torch.arange(out_size, dtype=torch.float64) + 0.5) * scale
-    xmin = torch.trunc(center - support + 0.5).clamp(min=0).long()  # C (int) truncates, then max(0, .)
-    count = torch.trunc(center + support + 0.5).long().clamp(max=in_size) - xmin
-    weights = torch.zeros(out_size, ksize, dtype=torch.float64)
-    total = torch.zeros(out_size, dtype=torch.float64)
-    for x in range(ksize):  # sequential sum, as in C
-        arg = (((x + xmin).double() - center) + 0.5) * (1.0 / filterscale)
-        w = torch.where((x < count) & (arg.abs() < 1.0), 1.0 - arg.abs(), 0.0)
-        weights[:, x] = w
-        total = total + w
-    weights = torch.where(total[:, None] != 0.0, weights / torch.where(total == 0.0, 1.0, total)[:, None], weights)
-    coeffs = torch.floor(0.5 + weights * float(1 << 22)).to(torch.int32)
-    index = (xmin[:, None] + torch.arange(ksize)[None]).clamp(max=in_size - 1)
-    return index, coeffs
-
-
-def _resample(x: torch.Tensor, index: torch.Tensor, coeffs: torch.Tensor, dim: int) -> torch.Tensor:
-    """One 8-bit Pillow pass along ``dim`` (-1 or -2) of int32 grey levels (integer arithmetic, as in C)."""
-    index, coeffs = index.to(x.device), coeffs.to(x.device)
-    shape = (-1,) if dim == -1 else (-1, 1)
-    acc = torch.index_select(x, dim, index[:, 0]) * coeffs[:, 0].view(shape)
-    for t in range(1, index.shape[1]):  # one tap at a time keeps the temporaries small
-        acc.add_(torch.index_select(x, dim, index[:, t]) * coeffs[:, t].view(shape))  # < 255 * 2**22 < 2**31
-    return ((acc + (1 << 21)) >> 22).clamp_(0, 255)  # clip8: + one half, >> PRECISION_BITS
-
-
-def pil_resize_crop(x: torch.Tensor, new_h: int, new_w: int, rows: slice, cols: slice) -> torch.Tensor:
-    """``Image.resize((new_w, new_h), BILINEAR)`` of uint8 images (n, h, w), then ``[rows, cols]``, as int32.
-
-    Pillow's two-pass order (horizontal, then vertical, each rounded to 8 bits); only the pixels inside the crop
-    are computed. Exact integer arithmetic, so the result is the same on every device.
-    """
-    h, w = x.shape[-2:]
-    y = x.to(torch.int32)
-    if new_w != w:
-        index, coeffs = pil_bilinear_taps(w, new_w)
-        y = _resample(y, index[cols], coeffs[cols], dim=-1)
-    else:
-        y = y[..., cols]
-    if new_h != h:
-        index, coeffs = pil_bilinear_taps(h, new_h)
-        y = _resample(y, index[rows], coeffs[rows], dim=-2)
-    else:
-        y = y[..., rows, :]
-    return y
+# Preprocessing
 
 
 def preprocess(
@@ -645,22 +511,7 @@ def preprocess(
     Crop to the box, Resize(size) (Pillow's bilinear, reimplemented exactly), CenterCrop(size), ToTensor (/255),
     Normalize; grey broadcast to RGB. Runs on the images' device; images sharing a box are batched.
     """
-    canvas = images.shape[-1]
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, box in enumerate(boxes.tolist()):
-        groups.setdefault(tuple(int(v) for v in box), []).append(i)
-    out = torch.empty(len(images), 1, size, size, device=images.device)
-    for (top, left, height, width), idx in groups.items():
-        if height < 1 or width < 1 or top < 0 or left < 0 or top + height > canvas or left + width > canvas:
-            raise ValueError(f"content box {(top, left, height, width)} outside the {canvas}-pixel canvas")
-        new_h, new_w = resized_size(height, width, size)
-        ct, cl = round((new_h - size) / 2.0), round((new_w - size) / 2.0)  # torchvision CenterCrop (half-even)
-        rows, cols = slice(ct, ct + size), slice(cl, cl + size)
-        chunk = max(1, (1 << 22) // (height * size))  # bounds the (n, h, size) int32 temporaries
-        for start in range(0, len(idx), chunk):
-            part = idx[start : start + chunk]
-            crop = images[part, top : top + height, left : left + width]
-            out[part, 0] = pil_resize_crop(crop, new_h, new_w, rows, cols).float().div_(255.0)
+    out = resize_center_crop(images, boxes, resize=size, crop=size)
     m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
     return (out - m) / s
@@ -698,7 +549,7 @@ class CxrClipAdapter(ModelAdapter):
             raise MedretError(
                 f"config key models.<name>.max_length: {max_length!r} must be an integer in [2, {max_positions}]"
             )
-        self.tokenizer = ReportTokenizer(self.vocab_path, max_length)
+        self.tokenizer = WordPiece(self.vocab_path, max_length=max_length, padding="longest", hint=TEXT_MODEL_HINT)
         rows = int(arch["text"].get("vocab_size", 0))
         if self.tokenizer.vocab_size != rows:
             raise MedretError(
@@ -707,7 +558,9 @@ class CxrClipAdapter(ModelAdapter):
             )
         with skip_random_init():
             self.model = CxrClip(arch)
-        converted, self.dropped_keys = convert_state_dict(state, self.model, self.checkpoint, describe(state))
+        converted, self.dropped_keys = convert_state_dict(
+            state, self.model, self.checkpoint, describe_checkpoint(state)
+        )
         self.model.load_state_dict(converted, strict=True)
         self.model.eval().to(self.device)
         if arch["image_kind"] == "resnet":

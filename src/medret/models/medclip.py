@@ -81,7 +81,7 @@ import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +90,15 @@ from torch import nn
 from medret.errors import MedretError
 from medret.models import list_families
 from medret.models.base import ModelAdapter
-from medret.models.checkpoints import describe_file, error_line, file_sha256, key_problems, read_vocab, skip_random_init
+from medret.models.bert import TokenBatch, WordPiece
+from medret.models.checkpoints import (
+    describe_checkpoint,
+    describe_file,
+    error_line,
+    file_sha256,
+    key_problems,
+    skip_random_init,
+)
 
 FAMILY = "medclip"
 VARIANTS = {"vit": "Swin-T", "resnet": "ResNet-50"}
@@ -110,7 +118,7 @@ DEFAULT_MAX_LENGTH: int = list_families()["medclip"].options["max_length"].defau
 MAX_POSITIONS = 512
 #: Hidden states averaged by MedCLIPTextModel: layers 1, 2 and the last (index 0 is the embeddings).
 TEXT_LAYERS = (1, 2, -1)
-PADDING = "max_length"
+PADDING: Literal["max_length"] = "max_length"
 
 SWIN_PREFIX = "vision_model.model.encoder.layers."
 POSITION_IDS = "text_model.model.embeddings.position_ids"
@@ -252,49 +260,6 @@ def medclip_variant(keys: Sequence[str]) -> str | None:
     if any(k.startswith("vision_model.model.layer1.") for k in keys):
         return "resnet"
     return None
-
-
-def describe_checkpoint(obj: Any) -> str:
-    """Best guess of which model family a loaded checkpoint object belongs to (for error messages)."""
-    if not isinstance(obj, Mapping):
-        return f"a {type(obj).__name__}, not a state dict"
-    if str(obj.get("format", "")).startswith("medret.local"):
-        return "a medret local-family checkpoint (family local)"
-    if {"model", "optimizer", "config"} <= set(obj):
-        return "a training checkpoint with model/optimizer/config entries (the CXR-CLIP .tar layout)"
-    if isinstance(obj.get("state_dict"), Mapping):
-        return "a PyTorch-Lightning style checkpoint with a state_dict entry (e.g. GLoRIA or MGCA)"
-    keys = [k for k in obj if isinstance(k, str)]
-
-    def has(prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in keys)
-
-    if has("vision_model.model.") or has("text_model.model."):
-        variant = medclip_variant(keys)
-        if variant:
-            return f"a MedCLIP {VARIANTS[variant]} checkpoint (variant {variant})"
-        return "a MedCLIP-like checkpoint with an unknown image tower"
-    if has("visual.trunk."):
-        return "an open_clip model with a timm image tower (e.g. BiomedCLIP)"
-    if has("visual.") and ("token_embedding.weight" in obj or has("transformer.")):
-        return "an OpenAI/open_clip CLIP state dict (e.g. CLIP, CheXzero, CXR-RePaiR)"
-    if has("text.transformer."):
-        return "an open_clip CustomTextCLIP with a Hugging Face text tower"
-    if has("vision_model.") and "visual_projection.weight" in obj:
-        return "a Hugging Face transformers CLIPModel"
-    if has("image_encoder.") and has("text_encoder."):
-        return "a CXR-CLIP model state dict"
-    if has("encoder.encoder.") and has("projector."):
-        return "a BioViL image model"
-    if has("image.features.") and has("text.bag."):
-        return "a medret local-family state dict (family local)"
-    if has("embeddings.word_embeddings.") or has("bert."):
-        return "a bare BERT model (e.g. Bio_ClinicalBERT's own weights, not a MedCLIP checkpoint)"
-    if has("embeddings.patch_embeddings.") and has("encoder.layers."):
-        return "a bare Swin model (not a MedCLIP checkpoint)"
-    if has("conv1.") and has("layer1."):
-        return "a bare torchvision ResNet (not a MedCLIP checkpoint)"
-    return f"no layout medret knows (first keys: {', '.join(keys[:3]) or 'none'})"
 
 
 def _missing_hint(variant: str) -> str:
@@ -536,41 +501,21 @@ def _check_bert_config(directory: Path) -> None:
         )
 
 
-class MedCLIPTokenizer:
+def medclip_tokenizer(text_model: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> WordPiece:
     """Bio_ClinicalBERT WordPiece as MedCLIP used it: lowercased, truncated and padded to ``max_length``."""
-
-    def __init__(self, text_model: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> None:
-        vocab_path = _vocab_file(text_model)
-        if Path(text_model).is_dir():
-            _check_bert_config(Path(text_model))
-        vocab = read_vocab(vocab_path)
-        specials = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
-        if len(vocab) != VOCAB_SIZE or not specials <= set(vocab) or vocab["[PAD]"] != 0:
-            raise MedretError(
-                f"config key models.<name>.text_model: {vocab_path} has {len(vocab)} entries (special tokens "
-                f"{'present' if specials <= set(vocab) else 'missing'}), but MedCLIP's text tower needs "
-                f"Bio_ClinicalBERT's vocabulary of {VOCAB_SIZE} with [PAD] = 0; get vocab.txt from "
-                f"{BIO_CLINICALBERT_URL}"
-            )
-        transformers = _require_transformers()
-        # transformers 5 ignores vocab_file= (every word would become [UNK]); pass the vocabulary itself.
-        self.tokenizer = transformers.BertTokenizer(vocab=vocab, do_lower_case=True)
-        if len(self.tokenizer) != len(vocab):
-            raise MedretError(f"{vocab_path}: tokenizer holds {len(self.tokenizer)} tokens, not {len(vocab)}")
-        self.max_length = int(max_length)
-        self.vocab_path = vocab_path
-        self.unk_id = vocab["[UNK]"]
-
-    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and attention mask, both (B, max_length) int64."""
-        enc = self.tokenizer(
-            [str(t) for t in texts],
-            padding=PADDING,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
+    vocab_path = _vocab_file(text_model)
+    if Path(text_model).is_dir():
+        _check_bert_config(Path(text_model))
+    hint = f"MedCLIP's text tower needs Bio_ClinicalBERT's vocab.txt from {BIO_CLINICALBERT_URL}"
+    tokenizer = WordPiece(vocab_path, max_length=int(max_length), padding=PADDING, hint=hint)
+    vocab = tokenizer.vocab
+    if len(vocab) != VOCAB_SIZE or tokenizer.vocab_size != VOCAB_SIZE or tokenizer.pad_id != 0:
+        raise MedretError(
+            f"config key models.<name>.text_model: {vocab_path} has {len(vocab)} entries with [PAD] = "
+            f"{tokenizer.pad_id}, but MedCLIP's text tower needs Bio_ClinicalBERT's vocabulary of {VOCAB_SIZE} with "
+            f"[PAD] = 0; get vocab.txt from {BIO_CLINICALBERT_URL}"
         )
-        return enc["input_ids"], enc["attention_mask"]
+    return tokenizer
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,11 +549,11 @@ class MedCLIPAdapter(ModelAdapter):
         super().__init__(entry)
         self.variant = _variant(entry["variant"])
         self.max_length = _max_length(entry.get("max_length", DEFAULT_MAX_LENGTH))
-        self.tokenizer = MedCLIPTokenizer(entry["text_model"], self.max_length)  # cheap checks first
+        self.tokenizer = medclip_tokenizer(entry["text_model"], self.max_length)  # cheap checks first
         path = Path(entry["checkpoint"])
         self.model = load_medclip(path, self.variant).to(self.device)
         self._weights = file_sha256(path)
-        self._vocab = file_sha256(self.tokenizer.vocab_path)
+        self._vocab = self.tokenizer.vocab_sha256
 
     @property
     def embed_dim(self) -> int:
@@ -629,7 +574,7 @@ class MedCLIPAdapter(ModelAdapter):
             },
         }
 
-    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
         """Token ids and attention masks (B, max_length) as fed to the text tower."""
         return self.tokenizer(texts)
 
@@ -640,5 +585,5 @@ class MedCLIPAdapter(ModelAdapter):
         return self.model.vision_model(torch.cat([preprocess_images(sq[None]) for sq in squares]))
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
-        ids, mask = self.tokenizer(texts)
+        ids, mask, _ = self.tokenizer(texts)
         return self.model.text_model(ids.to(self.device), mask.to(self.device))
