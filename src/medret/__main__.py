@@ -1,4 +1,4 @@
-"""Command line: ``python -m medret {families,adapters,corruptions,files,download}``."""
+"""Command line: ``python -m medret {families,adapters,corruptions,docs,files,download}``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m medret", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("families", help="list the registered model families and their options")
-    sub.add_parser("adapters", help="list the registered dataset adapters and their options")
-    sub.add_parser("corruptions", help="list the registered corruption kinds and their options")
+    for what, help_text in (
+        ("families", "list the registered model families and their options"),
+        ("adapters", "list the registered dataset adapters and their options"),
+        ("corruptions", "list the registered corruption kinds and their options"),
+    ):
+        listing = sub.add_parser(what, help=help_text)
+        listing.add_argument("--markdown", action="store_true", help="the built-in ones as the docs' Markdown table")
+    docs = sub.add_parser("docs", help="write the declarations' option tables into docs/ (in a source checkout)")
+    docs.add_argument("--check", action="store_true", help="write nothing; exit 1 if a table is stale")
+    docs.add_argument("--root", default=".", help="the repository root (default: the working directory)")
     sub.add_parser("files", help="list the public files that `download` can fetch")
     dl = sub.add_parser("download", help="download public checkpoint/tokenizer files (needs internet)")
     dl.add_argument("names", nargs="+", help="file names, see `files`")
@@ -22,29 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     dl.add_argument("--mirror", default=None, help="replace scheme and host of every URL (a mirror)")
     args = parser.parse_args(argv)
     try:
-        if args.command == "families":
-            from medret.models import list_families
+        if args.command in ("families", "adapters", "corruptions"):
+            from medret import listing
 
-            for name, family in list_families().items():
-                print(f"{name}: {family.description}")
-                for key, option in family.options.items():
-                    print(f"    {key}: {option.text()}")
-                if family.resize is not None:
-                    print(f"    (first resize: {family.resize})")
-        elif args.command == "adapters":
-            from medret.datasets import list_adapters
+            print(listing.markdown(args.command) if args.markdown else listing.text(args.command))
+        elif args.command == "docs":
+            from medret.listing import update_docs
 
-            for name, adapter in list_adapters().items():
-                print(f"{name}: {adapter.description}")
-                for key, option in adapter.options.items():
-                    print(f"    {key}: {option.text()}")
-        elif args.command == "corruptions":
-            from medret.corruptions import list_kinds
-
-            for name, kind in list_kinds().items():
-                print(f"{name}: {kind.description}")
-                for key, option in {**kind.options, "levels": kind.levels_option}.items():
-                    print(f"    {key}: {option.text()}")
+            stale = update_docs(args.root, check=args.check)
+            for rel in stale:
+                print(f"{rel}: {'stale; run python -m medret docs' if args.check else 'updated'}")
+            if args.check and stale:
+                return 1
         elif args.command == "files":
             from medret.download import PUBLIC_FILES, owners
 
