@@ -52,7 +52,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
 
     Shared by the workflow, reliability and cluster tests; tests that change it work on a copy.
     """
-    from test_workflow import MINI, snakemake
+    from helpers.workflow import MINI, snakemake
 
     workdir = tmp_path_factory.mktemp("demo")
     snakemake(workdir, MINI)

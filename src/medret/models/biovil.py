@@ -3,7 +3,7 @@
 Microsoft's code is ``health_multimodal`` (github.com/microsoft/hi-ml, pip ``hi-ml-multimodal`` 0.2.2, MIT). This
 module does not import it (it pulls in pydicom, SimpleITK and scikit-image, and its helpers download weights); it
 rebuilds the same module trees from torchvision/transformers classes with no pretrained weights (nothing is ever
-downloaded) and loads the published files into them strictly. ``tests/test_biovil.py`` checks the embeddings
+downloaded) and loads the published files into them strictly. ``tests/models/test_biovil.py`` checks the embeddings
 against hi-ml-multimodal's own ``ImageModel`` / ``CXRBertModel`` on the same weights.
 
 Options (``models.<name>``):

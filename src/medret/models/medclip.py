@@ -48,7 +48,7 @@ the resize is left to do. It is PIL's 8-bit bicubic resampler rebuilt from torch
 bicubic: the same kernel (a = -0.5, support widened when shrinking), and two separable passes,
 each rounded and clipped to 0-255 as PIL stores them (see :func:`preprocess_images`). At cache
 size 224 nothing is resampled. Difference from PIL: one grey level at a few pixels per image
-(PIL computes in fixed point; see tests/test_medclip.py). MedCLIP's square has side
+(PIL computes in fixed point; see tests/models/test_medclip.py). MedCLIP's square has side
 ``max(224, w, h)``, so it pads an image smaller than 224 px instead of enlarging it: the cache keeps
 such a source at its own size and :func:`square_canvases` builds that square from it. A shrunk
 source's square is the cache canvas. A cache ``image_size`` of at least 224 avoids enlarging a

@@ -1,7 +1,11 @@
-"""Config validation: the shipped configs pass, typos and bad references are one-line errors."""
+"""Config validation: the shipped configs pass, typos and bad references are one-line errors.
+
+Also the test suite's own configuration: no test module imports another (shared code lives in tests/helpers/).
+"""
 
 from __future__ import annotations
 
+import ast
 import copy
 from pathlib import Path
 
@@ -12,7 +16,7 @@ from medret.config import load_schema, validate_config
 from medret.datasets import COMMON_OPTIONS, get_adapter, list_adapters
 from medret.errors import MedretError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = [
     ROOT / "config" / "config.yaml",
     *sorted((ROOT / "config" / "examples").glob("*.yaml")),
@@ -198,3 +202,26 @@ def test_adapter_declarations_complete_the_schema():
 
 
 _REST = {"models": {"m": {"family": "local", "checkpoint": "x"}}, "corruptions": {"o": {"kind": "occlusion"}}}
+
+
+def test_no_test_module_imports_another():
+    """What several test modules share lives in tests/helpers/ (``import helpers``): a test module importing
+    another runs the other's module-level code and breaks when either one moves."""
+    tests = ROOT / "tests"
+    modules = sorted(tests.rglob("test_*.py"))
+    assert len(modules) > 20 and all(m.parent != tests for m in modules), "test modules live in sub-folders"
+    found = []
+    for path in [*modules, tests / "conftest.py", *sorted((tests / "helpers").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):  # from test_x import ...; from models import test_x
+                names = [node.module or "", *(alias.name for alias in node.names)]
+            else:
+                continue
+            found += [
+                f"{path.relative_to(ROOT)}:{node.lineno} imports {name}"
+                for name in names
+                if any(part.startswith("test_") for part in name.split("."))
+            ]
+    assert not found, "move what is shared into tests/helpers/:\n" + "\n".join(found)

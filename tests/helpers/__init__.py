@@ -1,4 +1,8 @@
-"""Assertions shared by the adapter tests (imported as ``helpers``; pytest puts tests/ on the path)."""
+"""Assertions shared by the adapter tests; the modules of this package hold what several test modules share.
+
+Imported as ``helpers`` (pyproject's pytest ``pythonpath`` puts tests/ on the path). A test module imports from
+here, never from another test module (tests/workflow/test_config.py checks it).
+"""
 
 from __future__ import annotations
 

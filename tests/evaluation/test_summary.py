@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_metrics import block, table
+from helpers.ranks import block, table
 
 from medret.io import write_table
 from medret.metrics import evaluate, popularity_baseline
 from medret.summary import summary_markdown, write_summary
 
 EVALUATION = {"bootstrap": 200, "ci": 0.95}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tables():

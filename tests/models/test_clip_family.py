@@ -29,6 +29,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.clip import ARCH, openai_fp16
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 from PIL import Image
 from torchvision.transforms import Compose, InterpolationMode, Normalize, Resize
@@ -40,7 +41,6 @@ from medret.errors import MedretError
 from medret.imaging import decode_to_canvas
 from medret.models import ResizeRule, list_families, load_model
 
-ARCH = "ViT-B-32-quickgelu"
 TINY = "medret-tiny-quickgelu"
 TINY_CFG = {
     "embed_dim": 32,
@@ -151,14 +151,6 @@ def cache_batch(paths: list[Path], size: int) -> tuple[torch.Tensor, torch.Tenso
 def content_pil(canvas: torch.Tensor, box: torch.Tensor) -> Image.Image:
     top, left, h, w = box.tolist()
     return Image.fromarray(canvas[top : top + h, left : left + w].numpy())
-
-
-def openai_fp16(model: torch.nn.Module) -> OrderedDict[str, torch.Tensor]:
-    """State dict with OpenAI's ``convert_weights`` fp16 subset, as saved after ``clip.load`` on a GPU."""
-    open_clip.model.convert_weights_to_lp(model, dtype=torch.float16)
-    state = OrderedDict((k, v.clone()) for k, v in model.state_dict().items())
-    model.float()
-    return state
 
 
 @pytest.fixture(scope="module")

@@ -2,138 +2,20 @@
 
 from __future__ import annotations
 
-import gzip
 import math
-import re
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from helpers import assert_study_list_errors, one_line
-from PIL import Image
+from helpers.mimic import IMAGES, LABELS, SEP, STUDIES, build_tree
 
 from medret.datasets import get_adapter, load_pairs
 from medret.datasets.common import CHEXPERT_LABELS, label_column
 from medret.datasets.mimic import choose_section, report_sections
 from medret.errors import MedretError
 from medret.manifest import select_pairs
-
-SEP = " " + "_" * 78
-
-R_PLAIN = """                                 FINAL REPORT
- EXAMINATION:  CHEST (PA AND LAT)
-
- INDICATION:  ___F with cough  // eval for pneumonia
-
- TECHNIQUE:  Chest PA and lateral
-
- COMPARISON:  None.
-
- FINDINGS:
-
- There is no focal consolidation, pleural effusion or pneumothorax.  The
- cardiomediastinal silhouette is normal.
-
- IMPRESSION:
-
- No acute cardiopulmonary process.
-"""
-
-R_WET_READ = f""" WET READ: ___ ___ ___ 3:52 PM
-  Possible left lower lobe pneumonia.
- IMPRESSION:  Preliminary, not the final impression.
-{SEP}
-                                 FINAL REPORT
- INDICATION:  Fever.
-
- FINDINGS:  Left lower lobe opacity.
-
- IMPRESSION:  Left lower lobe pneumonia.
-"""
-
-R_ADDENDUM = f"""                                 FINAL ADDENDUM
- ADDENDUM:  Findings discussed with Dr. ___ at 4:10 PM.
- IMPRESSION:  Addendum text, excluded.
-{SEP}
-                                 FINAL REPORT
- FINDINGS:  Small right pleural effusion.
-
- IMPRESSION:  Small right
- effusion.
-
- ADDENDUM:  Later note,
- IMPRESSION:  also excluded.
-"""
-
-R_NO_IMPRESSION = """                                 FINAL REPORT
- EXAMINATION:  CHEST (PORTABLE AP)
- FINDINGS:  Endotracheal tube terminates 4 cm above the carina.
- Lungs are clear.
- NOTIFICATION:  The findings were discussed with Dr. ___.
-"""
-
-R_NO_HEADERS = """ Comparison to prior study.
-
- Heart size is normal.  Lungs are
- clear.
-
- No acute
-   process.
-
-"""
-
-R_CASE = """                                 FINAL REPORT
- HISTORY:  Dyspnea.
- FINDINGS:  Mild pulmonary edema.  Impression: not a header.
- impression: a lower-case line, not a header either
- CONCLUSION:  Mild Edema,
- NG tube in place.
-"""
-
-
-def _as_written(text: str) -> str:
-    """MIMIC-CXR's blank lines hold one space, and headers alone on a line end with ': '."""
-    text = re.sub(r"(?m)^$", " ", text)
-    return re.sub(r"(?m)^( [A-Z]+):$", r"\1: ", text)
-
-
-R_PLAIN, R_WET_READ, R_ADDENDUM, R_NO_HEADERS = map(_as_written, (R_PLAIN, R_WET_READ, R_ADDENDUM, R_NO_HEADERS))
-
-# study -> (subject, report text or None for no report file)
-STUDIES = {
-    "50000001": ("10000001", R_PLAIN),
-    "50000002": ("10000001", R_WET_READ),
-    "50000003": ("11000002", R_ADDENDUM),
-    "50000004": ("11000002", R_NO_IMPRESSION),
-    "50000005": ("12000003", R_NO_HEADERS),
-    "50000006": ("12000003", R_CASE),
-    "50000007": ("13000004", None),
-}
-
-# dicom_id, study, ViewPosition, split
-IMAGES = [
-    ("0a1b2c3d-11111111-22222222-33333333-44444444", "50000001", "PA", "train"),
-    ("0a1b2c3d-55555555-66666666-77777777-88888888", "50000001", "LATERAL", "train"),
-    ("1f2e3d4c-aaaaaaaa-bbbbbbbb-cccccccc-dddddddd", "50000002", "AP", "validate"),
-    ("2b3c4d5e-00000000-11111111-22222222-33333333", "50000003", "AP", "test"),
-    ("3c4d5e6f-00000000-11111111-22222222-33333333", "50000004", "", "test"),
-    ("4d5e6f7a-00000000-11111111-22222222-33333333", "50000005", "PA", "test"),
-    ("5e6f7a8b-00000000-11111111-22222222-33333333", "50000006", "LL", "test"),
-    ("5e6f7a8b-99999999-11111111-22222222-33333333", "50000006", "AP", "test"),
-    ("6f7a8b9c-00000000-11111111-22222222-33333333", "50000007", "PA", "test"),
-]
-
-# CheXpert labels per study as written in the CSV ("" = missing); study 50000005 has no row.
-LABELS = {
-    "50000001": {"No Finding": "1.0"},
-    "50000002": {"Pneumonia": "1.0", "Consolidation": "-1.0", "Pleural Effusion": "0.0"},
-    "50000003": {"Pleural Effusion": "1.0"},
-    "50000004": {"Support Devices": "1.0", "No Finding": "1.0"},
-    "50000006": {"Edema": "1.0", "Support Devices": "1.0", "Enlarged Cardiomediastinum": "-1.0"},
-    "50000007": {"Lung Opacity": "0.0"},
-}
 
 EXPECTED = {  # study -> (findings, impression)
     "50000001": (
@@ -151,75 +33,6 @@ EXPECTED = {  # study -> (findings, impression)
     ),
     "50000007": ("", ""),
 }
-
-META_COLUMNS = [
-    "dicom_id",
-    "subject_id",
-    "study_id",
-    "PerformedProcedureStepDescription",
-    "ViewPosition",
-    "Rows",
-    "Columns",
-    "StudyDate",
-    "StudyTime",
-    "ProcedureCodeSequence_CodeMeaning",
-    "ViewCodeSequence_CodeMeaning",
-    "PatientOrientationCodeSequence_CodeMeaning",
-]
-
-
-def _write_csv(rows: list[dict], columns: list[str], path: Path, gz: bool) -> None:
-    frame = pd.DataFrame(rows, columns=columns)
-    if gz:
-        frame.to_csv(path.with_name(path.name + ".gz"), index=False, compression="gzip")
-    else:
-        frame.to_csv(path, index=False)
-
-
-def _build(tmp_path: Path, *, gz: bool = True) -> Path:
-    """MIMIC-CXR-JPG under tmp/mimic-cxr-jpg, reports as tmp/mimic-cxr-reports.zip and tmp/reports/."""
-    root = tmp_path / "mimic-cxr-jpg"
-    meta, split = [], []
-    for dicom, study, view, part in IMAGES:
-        subject = STUDIES[study][0]
-        folder = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((12, 10), 100, np.uint8)).save(folder / f"{dicom}.jpg", quality=90)
-        meta.append(
-            {
-                "dicom_id": dicom,
-                "subject_id": subject,
-                "study_id": study,
-                "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
-                "ViewPosition": view,
-                "Rows": 12,
-                "Columns": 10,
-                "StudyDate": 21800506,
-                "StudyTime": 213014.531,
-                "ProcedureCodeSequence_CodeMeaning": "CHEST (PA AND LAT)",
-                "ViewCodeSequence_CodeMeaning": "postero-anterior",
-                "PatientOrientationCodeSequence_CodeMeaning": "Erect",
-            }
-        )
-        split.append({"dicom_id": dicom, "study_id": study, "subject_id": subject, "split": part})
-    chexpert = [
-        {"subject_id": STUDIES[study][0], "study_id": study, **{f: values.get(f, "") for f in CHEXPERT_LABELS}}
-        for study, values in LABELS.items()
-    ]
-    _write_csv(meta, META_COLUMNS, root / "mimic-cxr-2.0.0-metadata.csv", gz)
-    _write_csv(split, ["dicom_id", "study_id", "subject_id", "split"], root / "mimic-cxr-2.0.0-split.csv", gz)
-    _write_csv(chexpert, ["subject_id", "study_id", *CHEXPERT_LABELS], root / "mimic-cxr-2.0.0-chexpert.csv", gz)
-    with zipfile.ZipFile(tmp_path / "mimic-cxr-reports.zip", "w") as archive:
-        archive.writestr("cxr-study-list.csv.gz", gzip.compress(b"subject_id,study_id,path\n"))
-        for study, (subject, text) in STUDIES.items():
-            if text is None:
-                continue
-            member = f"files/p{subject[:2]}/p{subject}/s{study}.txt"
-            archive.writestr(member, text)
-            out = tmp_path / "reports" / member
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text, encoding="utf-8")
-    return root
 
 
 def _entry(tmp_path: Path, **extra) -> dict:
@@ -262,7 +75,7 @@ def test_section_rules_details():
 
 
 def test_pairs_table_row_by_row(tmp_path):
-    root = _build(tmp_path)
+    root = build_tree(tmp_path)
     entry = _entry(tmp_path)
     sources = get_adapter("mimic_cxr").sources("mimic", entry)
     assert sources == [
@@ -316,8 +129,8 @@ def test_pairs_table_row_by_row(tmp_path):
 
 
 def test_reports_directory_and_plain_csv_match_zip_and_gz(tmp_path):
-    zipped = _load(_entry(_build(tmp_path / "a").parent))
-    root = _build(tmp_path / "b", gz=False)
+    zipped = _load(_entry(build_tree(tmp_path / "a").parent))
+    root = build_tree(tmp_path / "b", gz=False)
     for entry in (
         _entry(tmp_path / "b", reports=str(tmp_path / "b" / "reports")),
         _entry(tmp_path / "b", reports=str(tmp_path / "b" / "reports" / "files")),
@@ -329,7 +142,7 @@ def test_reports_directory_and_plain_csv_match_zip_and_gz(tmp_path):
 
 
 def test_plain_csv_preferred_over_gz(tmp_path):
-    root = _build(tmp_path)
+    root = build_tree(tmp_path)
     (root / "mimic-cxr-2.0.0-split.csv").write_text("dicom_id,study_id,subject_id,split\n", encoding="utf-8")
     sources = get_adapter("mimic_cxr").sources("mimic", _entry(tmp_path))
     assert sources[1] == str(root / "mimic-cxr-2.0.0-split.csv")
@@ -337,7 +150,7 @@ def test_plain_csv_preferred_over_gz(tmp_path):
 
 
 def test_sections_findings_and_longest(tmp_path):
-    _build(tmp_path)
+    build_tree(tmp_path)
     for section in ("findings", "longest"):
         table = _load(_entry(tmp_path, section=section)).drop_duplicates("study_id").set_index("study_id")
         for study, (findings, impression) in EXPECTED.items():
@@ -354,7 +167,7 @@ def test_sections_findings_and_longest(tmp_path):
     ["s50000001\n\n50000006  # a comment\n", "subject_id,study_id\n10000001,50000001\n12000003,s50000006\n"],
 )
 def test_study_list(tmp_path, content):
-    _build(tmp_path)
+    build_tree(tmp_path)
     (tmp_path / "studies.txt").write_text(content, encoding="utf-8")
     entry = _entry(tmp_path, study_list=str(tmp_path / "studies.txt"))
     sources = get_adapter("mimic_cxr").sources("mimic", entry)
@@ -365,7 +178,7 @@ def test_study_list(tmp_path, content):
 
 
 def test_study_list_errors(tmp_path):
-    _build(tmp_path)
+    build_tree(tmp_path)
     assert_study_list_errors(
         lambda path: _load(_entry(tmp_path, study_list=str(path))),
         tmp_path / "studies.txt",
@@ -376,7 +189,7 @@ def test_study_list_errors(tmp_path):
 
 
 def test_missing_files(tmp_path):
-    root = _build(tmp_path)
+    root = build_tree(tmp_path)
     sources = get_adapter("mimic_cxr").source_files
     with pytest.raises(MedretError) as exc:
         sources("cxr", _entry(tmp_path, root=str(tmp_path / "absent")))
@@ -396,7 +209,7 @@ def test_missing_files(tmp_path):
 
 
 def test_bad_inputs_at_load(tmp_path):
-    root = _build(tmp_path)
+    root = build_tree(tmp_path)
     entry = _entry(tmp_path)
     sources = get_adapter("mimic_cxr").sources("mimic", entry)
     # A file deleted between planning and loading.

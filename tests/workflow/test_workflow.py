@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -20,13 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers.workflow import BIN, MINI, ROOT, planned_jobs, snakemake
 
 from medret.config import validate_config
 from medret.imaging import ImageCache
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-MINI = yaml.safe_load((ROOT / "tests" / "configs" / "mini.yaml").read_text())
 #: A tiny open_clip architecture (open_clip's JSON model-config format).
 TINY_CLIP = {
     "embed_dim": 32,
@@ -36,39 +32,6 @@ TINY_CLIP = {
 }
 
 pytestmark = pytest.mark.workflow
-
-
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the workflow CLI in ``workdir`` with ``config`` written beside it."""
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "MPLCONFIGDIR": str(workdir / ".mpl")}
-    cmd = [
-        str(BIN / "snakemake"),
-        "-s",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(path),
-        "--cores",
-        "2",
-        *args,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def planned_jobs(workdir: Path, config: dict) -> dict[str, int]:
-    """Job counts of a dry-run ({} when there is nothing to do)."""
-    proc = snakemake(workdir, config, "-n", "--quiet", "rules", "host")
-    if "Nothing to be done" in proc.stdout:
-        return {}
-    table = re.search(r"Job stats:\njob\s+count\n[- ]+\n(.*?)\ntotal\s+\d+", proc.stdout, re.S)
-    assert table, proc.stdout
-    return {name: int(n) for name, n in (line.split() for line in table.group(1).splitlines())}
 
 
 def dry_run_jobs(stdout: str) -> list[dict[str, str]]:
@@ -352,9 +315,9 @@ def _hub_checkpoints(root: Path) -> dict[str, dict]:
     SigLIP directories (family transformers: PubMedCLIP's and MedSigLIP's layouts), with random weights."""
     import open_clip
     import torch
-    from test_biomedclip import TINY_CFG as BIOMEDCLIP_CFG
-    from test_biomedclip import _write_layout
-    from test_transformers_family import _write_clip, _write_siglip
+    from helpers.biomedclip import TINY_CFG as BIOMEDCLIP_CFG
+    from helpers.biomedclip import write_layout
+    from helpers.transformers_family import write_clip, write_siglip
 
     arch = root / "medret-tiny-wf.json"
     arch.write_text(json.dumps(TINY_CLIP))
@@ -363,14 +326,14 @@ def _hub_checkpoints(root: Path) -> dict[str, dict]:
     torch.save(open_clip.create_model("medret-tiny-wf", pretrained=None).state_dict(), root / "tiny.pt")
     ref = copy.deepcopy(BIOMEDCLIP_CFG)
     ref["model_cfg"]["text_cfg"].update(hf_model_name=str(root / "bmc"), hf_tokenizer_name=str(root / "bmc"))
-    _write_layout(root / "bmc", ref, None)
+    write_layout(root / "bmc", ref, None)
     weights = open_clip.create_model(f"local-dir:{root / 'bmc'}", pretrained_text=False).state_dict()
-    biomedclip = _write_layout(root / "BiomedCLIP", BIOMEDCLIP_CFG, weights)
+    biomedclip = write_layout(root / "BiomedCLIP", BIOMEDCLIP_CFG, weights)
     return {
         "tiny-clip": {"family": "open_clip", "model": str(arch), "checkpoint": str(root / "tiny.pt")},
         "tiny-biomedclip": {"family": "biomedclip", "checkpoint": str(biomedclip)},
-        "tiny-hf-clip": {"family": "transformers", "checkpoint": str(_write_clip(root / "hf-clip"))},
-        "tiny-hf-siglip": {"family": "transformers", "checkpoint": str(_write_siglip(root / "hf-siglip"))},
+        "tiny-hf-clip": {"family": "transformers", "checkpoint": str(write_clip(root / "hf-clip"))},
+        "tiny-hf-siglip": {"family": "transformers", "checkpoint": str(write_siglip(root / "hf-siglip"))},
     }
 
 
@@ -385,16 +348,16 @@ def test_a_pretrained_family_joins_the_study(demo_run, tmp_path):
 def _published_checkpoints(root: Path) -> dict[str, dict]:
     """Config entries of CXR-RePaiR, CheXzero, MedCLIP, CXR-CLIP and BioViL files in their published layouts.
 
-    Random weights, written by the builders the family tests use. Image towers are full size (the
-    released architectures are fixed); CXR-CLIP's and BioViL's text towers are tiny, which their
+    Random weights, written by the builders the family tests use (tests/helpers/). Image towers are full
+    size (the released architectures are fixed); CXR-CLIP's and BioViL's text towers are tiny, which their
     loaders take from the text directory's config.json as they do for the released files.
     """
+    import helpers.cxr_clip as tc
+    import helpers.medclip as tm
     import open_clip
-    import test_biovil
-    import test_cxr_clip as tc
-    import test_medclip as tm
     import torch
-    from test_clip_family import ARCH, openai_fp16
+    from helpers.biovil import write_published
+    from helpers.clip import ARCH, openai_fp16
 
     torch.manual_seed(0)
     clip = open_clip.create_model(ARCH, pretrained=None)
@@ -410,7 +373,7 @@ def _published_checkpoints(root: Path) -> dict[str, dict]:
     ref = tc.Reference("resnet", (3, 4, 6, 3), tc.TINY_BERT, seed=0)
     tc.save_tar(root / "r50_mcc.tar", tc.old_layout(ref), tc.hydra_config(tc.image_encoder("resnet", True)))
     del ref
-    biovil = test_biovil.write_published(root, ("biovil",))
+    biovil = write_published(root, ("biovil",))
     return {
         "cxr-repair": {"family": "cxr_repair", "checkpoint": str(root / "clip-imp-pretrained_128_6_after_4.pt")},
         "chexzero": {"family": "chexzero", "checkpoint": str(root / "best_64_5e-05_original_22000_0.864.pt")},
@@ -492,9 +455,9 @@ def test_html_report_builds(demo_run):
 @pytest.mark.parametrize("example", ["mimic-paper.yaml", "mimic-all.yaml"])
 def test_mimic_examples_dry_run_on_a_fixture_tree(tmp_path, example):
     """The shipped MIMIC-CXR configs plan the whole study against a layout-faithful fixture tree."""
-    from test_mimic import _build  # MIMIC-CXR-JPG files, CSVs and reports zip, as published
+    from helpers.mimic import build_tree  # MIMIC-CXR-JPG files, CSVs and reports zip, as published
 
-    _build(tmp_path)
+    build_tree(tmp_path)
     config = yaml.safe_load((ROOT / "config" / "examples" / example).read_text())
     config["datasets"]["mimic"].update(
         root=str(tmp_path / "mimic-cxr-jpg"), reports=str(tmp_path / "mimic-cxr-reports.zip")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_workflow import BIN, MINI, ROOT
+from helpers.workflow import BIN, MINI, ROOT
 
 pytestmark = pytest.mark.workflow
 

@@ -30,14 +30,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from helpers.workflow import BIN, MINI, ROOT, planned_jobs, snakemake
 from PIL import Image
-from test_workflow import (
-    BIN,
-    MINI,
-    ROOT,
-    planned_jobs,
-    snakemake,
-)
 
 from medret.config import validate_config
 from medret.embeddings import EmbeddingFile, embed_images, embed_texts
@@ -61,7 +55,7 @@ def finished(demo_run, tmp_path) -> Path:
 
 
 def _command(workdir: Path, *args: str) -> list[str]:
-    """The command line of test_workflow.snakemake, for a run started in the background."""
+    """The command line of helpers.workflow.snakemake, for a run started in the background."""
     return [
         str(BIN / "snakemake"),
         "-s",
@@ -696,7 +690,7 @@ def test_read_only_results_is_one_line_and_writes_nothing(finished, tmp_path):
     run = finished
     config = copy.deepcopy(MINI)
     config["corruptions"]["blur"] = {"kind": "blur", "levels": [0, 2]}  # a new job that writes into results/
-    (run / "config.yaml").write_text(yaml.safe_dump(config))  # what test_workflow.snakemake runs with
+    (run / "config.yaml").write_text(yaml.safe_dump(config))  # what helpers.workflow.snakemake runs with
     before = sorted(str(p.relative_to(run)) for p in (run / "results").rglob("*"))
     results = shlex.quote(str(run / "results"))
     script = (

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_workflow import MINI, ROOT, planned_jobs, snakemake
+from helpers.workflow import MINI, ROOT, planned_jobs, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
@@ -36,7 +36,7 @@ COMMANDS = ("sbatch", "squeue", "sinfo", "scancel", "slurmctld", "slurmd", "mung
 #: The plugin deletes SLURM_CONF inside jobs, so the configuration must be at the default path.
 ETC = Path("/etc/slurm")
 #: First line of every file this test writes to /etc/slurm; a file without it is never touched.
-MARKER = "# Written by medret tests/test_slurm.py for a throw-away test cluster; removed afterwards."
+MARKER = "# Written by medret tests/workflow/test_slurm.py for a throw-away test cluster; removed afterwards."
 #: Plugin settings for a cluster without accounting, polled every second instead of every 40 s.
 SLURM_ARGS = (
     "--workflow-profile",

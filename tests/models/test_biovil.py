@@ -32,8 +32,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("health_multimodal", reason="hi-ml-multimodal==0.2.2 is the reference (test extra)")
 
 from health_multimodal.image.data.transforms import create_chest_xray_transform_for_inference
-from health_multimodal.image.model.model import ImageModel as HimlImageModel
-from health_multimodal.text.model import CXRBertConfig, CXRBertModel, CXRBertTokenizer
+from health_multimodal.text.model import CXRBertTokenizer
+from helpers.biovil import write_published
 
 import medret.models.biovil as bv
 from medret.embeddings import needed_image_size
@@ -43,7 +43,6 @@ from medret.models.bert import SPECIAL_TOKENS
 from medret.models.resample import resized_size
 
 EMB_ATOL = 1e-5  # unit vectors; only float32 summation order may differ
-ENCODER = {"biovil": "resnet50", "biovil_t": "resnet50_multi_image"}
 REPORTS = [
     "No acute cardiopulmonary process.",
     "FINDINGS: Mild cardiomegaly. IMPRESSION: Small left pleural effusion!!",
@@ -52,50 +51,6 @@ REPORTS = [
     "",
     "Heart size is NORMAL, lungs are clear, no pneumothorax",
     " ".join(["right picc line terminates in the mid svc, unchanged."] * 6),
-]
-WORDS = [
-    "no",
-    "acute",
-    "cardiopulmonary",
-    "process",
-    "findings",
-    "mild",
-    "cardiomegaly",
-    "impression",
-    "small",
-    "left",
-    "right",
-    "pleural",
-    "effusion",
-    "et",
-    "tube",
-    "tip",
-    "cm",
-    "above",
-    "the",
-    "carina",
-    "ng",
-    "in",
-    "stomach",
-    "unchanged",
-    "lines",
-    "and",
-    "tubes",
-    "heart",
-    "size",
-    "is",
-    "normal",
-    "lungs",
-    "are",
-    "clear",
-    "pneumothorax",
-    "picc",
-    "line",
-    "terminates",
-    "mid",
-    "svc",
-    "cafe",
-    "resume",
 ]
 
 
@@ -108,63 +63,6 @@ def himl_tokenize(vocab: Path, prompts: list[str]):
     tokenizer = CXRBertTokenizer(vocab=str(vocab))
     prompts = [prompt.rstrip("!?.") for prompt in prompts]
     return tokenizer(prompts, add_special_tokens=True, padding="longest", return_tensors="pt")
-
-
-def build_vocab() -> list[str]:
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?-()")
-    pieces = ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"] + ["##ion", "##al", "##ed"]
-    return [*SPECIAL_TOKENS, *sorted(set(WORDS)), *chars, *pieces]
-
-
-def randomise(module: torch.nn.Module, seed: int, std: float | None = None) -> None:
-    """Random parameters and BatchNorm statistics (eval-mode BN then matters)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in module.state_dict(keep_vars=True).items():
-            if name.endswith("num_batches_tracked"):
-                t.fill_(7)
-            elif name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
-            elif std is not None or name.endswith("running_mean"):
-                t.copy_(torch.randn(t.shape, generator=gen) * (std or 0.1))
-
-
-def write_published(root: Path, versions: tuple[str, ...] = tuple(bv.VERSIONS)) -> dict:
-    """The released files (image ``.pt`` per version, CXR-BERT directory) under ``root``, with their references."""
-    out: dict = {"root": root}
-    for i, version in enumerate(bv.VERSIONS):
-        if version not in versions:
-            continue
-        torch.manual_seed(i)
-        ref = HimlImageModel(img_encoder_type=ENCODER[version], joint_feature_size=128)
-        randomise(ref, seed=i)
-        ref.eval()
-        path = root / bv.VERSIONS[version]["image_file"]
-        torch.save(ref.state_dict(), path)
-        out[version] = (path, ref)
-    text = root / "CXR-BERT"
-    text.mkdir()
-    vocab = build_vocab()
-    (text / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    config = CXRBertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=48,
-        projection_size=128,
-    )
-    text_ref = CXRBertModel(config)
-    randomise(text_ref, seed=9, std=0.2)
-    text_ref.eval()
-    config.save_pretrained(text)  # config.json, model_type cxr-bert
-    state = dict(text_ref.state_dict())  # holds the tied decoder keys, as pre-5 files do
-    state[bv.POSITION_IDS] = torch.arange(512)[None]  # persistent before transformers 4.31
-    torch.save({k: v.clone() for k, v in state.items()}, text / "pytorch_model.bin")
-    (text / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512}))
-    out["text"] = (text, text_ref)
-    out["vocab"] = text / "vocab.txt"
-    return out
 
 
 @pytest.fixture(scope="module")
