@@ -27,7 +27,7 @@ from matplotlib.patches import Patch
 
 from medret.errors import MedretError
 from medret.io import atomic_output
-from medret.metrics import METRICS_COLUMNS, ROBUSTNESS_COLUMNS
+from medret.metrics import METRICS_COLUMNS, ROBUSTNESS_COLUMNS, TIE_AWARE
 
 DIRECTIONS: dict[str, str] = {
     "i2t": "image → report",
@@ -65,7 +65,9 @@ def _model_markers(models: Iterable[str]) -> dict[str, str]:
 
 
 def metric_label(metric: str) -> str:
-    """Axis label for a metric: ``R@5`` -> ``Recall@5 (%)``, ``MRR`` -> ``MRR``."""
+    """Axis label for a metric: ``R@5`` -> ``Recall@5 (%)``, ``MRR_tieaware`` -> ``MRR, tie-aware``."""
+    if metric.endswith(TIE_AWARE):
+        return f"{metric_label(metric.removesuffix(TIE_AWARE))}, tie-aware"
     if metric.startswith("R@"):
         return f"Recall@{metric[2:]} (%)"
     return {"MRR": "MRR", "median_rank": "median rank"}.get(metric, metric)

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from medret.io import atomic_output
+from medret.metrics import TIE_AWARE
 
 DIRECTION_NAMES = {"i2t": "image → report", "t2i": "report → image"}
 RELEVANCE_NAMES = {"exact": "exact report", "labels": "label match"}
@@ -100,7 +101,50 @@ def summary_markdown(
                         rows.append([f"*{name}*", ""] + [_number(first.loc[m, name], m) for m in TABLE_METRICS])
                 out += _table(["model", "level", *TABLE_METRICS], rows)
                 out += _nauc_lines(robustness, comparisons, corruption, relevance, direction)
+    out += _ties_lines(metrics, corruptions)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _ties_lines(metrics: pd.DataFrame, corruptions: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The cells whose tie-aware values differ from the pessimistic ones, both side by side."""
+    keys = ["model", "corruption", "level", "relevance", "direction", "metric"]
+    plain = metrics[metrics["metric"].isin(TABLE_METRICS)].set_index(keys)
+    tied = metrics[metrics["metric"].isin([f"{m}{TIE_AWARE}" for m in TABLE_METRICS])].copy()
+    tied["metric"] = tied["metric"].str.removesuffix(TIE_AWARE)
+    tied = tied.set_index(keys).reindex(plain.index)
+    differs = (tied["value"] - plain["value"]).abs() > 1e-9
+    out = [
+        "",
+        "## Ties",
+        "",
+        "Ranks above are pessimistic: candidates scoring the same as the best relevant one (within 1e-6) rank "
+        "ahead of it. The tie-aware values (McSherry & Najork 2008) are expectations over a random order of the "
+        "tied candidates; a constant scorer gets chance under them.",
+        "",
+    ]
+    cells = differs[differs].index.droplevel("metric").unique()
+    if len(cells) == 0:
+        return [
+            *out,
+            "No best relevant candidate tied with another candidate: the tie-aware values equal the "
+            "pessimistic ones everywhere.",
+        ]
+    rows = []
+    for model, corruption, level, relevance, direction in cells:
+        kind = str(corruptions.get(corruption, {}).get("kind", "occlusion"))
+        row = [
+            model,
+            corruption,
+            _level(level, kind),
+            f"{DIRECTION_NAMES[direction]}, {RELEVANCE_NAMES.get(relevance, relevance)}",
+        ]
+        for metric in TABLE_METRICS:
+            key = (model, corruption, level, relevance, direction, metric)
+            t, before = tied.loc[key], _number(plain.loc[key, "value"], metric)
+            row.append(f"{before} → {_with_ci(t['value'], t['ci_low'], t['ci_high'], metric)}")
+        rows.append(row)
+    header = ["model", "corruption", "level", "queries", *(f"{m} pessimistic → tie-aware" for m in TABLE_METRICS)]
+    return out + _table(header, rows)
 
 
 def _nauc_lines(

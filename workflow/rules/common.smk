@@ -8,6 +8,7 @@ from medret.datasets import get_adapter
 from medret.errors import MedretError
 from medret.io import check_output_dir
 from medret.jobs import model_files, visible_gpus
+from medret.metrics import RANK_COLUMNS
 from medret.summary import print_run_warnings
 
 # Never reach for a model hub: a missing file must fail at once, not after minutes of retries.
