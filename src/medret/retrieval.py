@@ -225,3 +225,12 @@ def rank_table(
                     )
                 )
     return pd.concat(frames, ignore_index=True)
+
+
+def worst_over_repeats(ranks: pd.DataFrame) -> pd.DataFrame:
+    """Each query's worst row over the repeats of its level (highest pessimistic rank; the first repeat on a tie),
+    as repeat 0: what ``placement: worst`` reports (:mod:`medret.corruptions`)."""
+    keys = ["level", "relevance", "direction", "query_id"]
+    order = ranks.sort_values([*keys, "rank", "repeat"], ascending=[True] * len(keys) + [False, True], kind="stable")
+    worst = order.drop_duplicates(keys, keep="first").assign(repeat=0)
+    return worst.sort_index().reset_index(drop=True)
