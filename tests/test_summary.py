@@ -104,7 +104,7 @@ def test_every_name_a_caption_gives_is_a_column_or_value_of_its_table(caption):
 def test_ties_section_sets_tie_aware_values_beside_pessimistic_ones():
     metrics, robustness, comparisons = _tables()
     text = summary_markdown("toy", metrics, robustness, comparisons, {"occlusion": {"kind": "occlusion"}}, EVALUATION)
-    assert "## Ties" in text and "the tie-aware values equal the pessimistic ones everywhere" in text
+    assert "## Ties" in text and "The tie-aware values equal the pessimistic ones everywhere, as printed." in text
     # Model c ranks every query 30th behind 29 tied candidates (nothing strictly better): a constant scorer.
     tied = block(np.full(20, 30), model="c", level=0.0, n_candidates=40, n_tied=29)
     ranks = table(tied, block(np.full(20, 1), model="d", level=0.0, n_candidates=40))

@@ -203,7 +203,10 @@ def _ties_lines(metrics: pd.DataFrame, corruptions: Mapping[str, Mapping[str, An
     tied = metrics[metrics["metric"].isin([f"{m}{TIE_AWARE}" for m in TABLE_METRICS])].copy()
     tied["metric"] = tied["metric"].str.removesuffix(TIE_AWARE)
     tied = tied.set_index(keys).reindex(plain.index)
-    differs = (tied["value"] - plain["value"]).abs() > 1e-9
+    # cells whose values differ as printed (a difference below the printed precision says nothing)
+    shown = [_number(v, m) for v, m in zip(plain["value"], plain.index.get_level_values("metric"), strict=True)]
+    shown_tied = [_number(v, m) for v, m in zip(tied["value"], plain.index.get_level_values("metric"), strict=True)]
+    differs = pd.Series([a != b for a, b in zip(shown, shown_tied, strict=True)], index=plain.index)
     out = [
         "",
         "## Ties",
@@ -215,11 +218,7 @@ def _ties_lines(metrics: pd.DataFrame, corruptions: Mapping[str, Mapping[str, An
     ]
     cells = differs[differs].index.droplevel("metric").unique()
     if len(cells) == 0:
-        return [
-            *out,
-            "No best relevant candidate tied with another candidate: the tie-aware values equal the "
-            "pessimistic ones everywhere.",
-        ]
+        return [*out, "The tie-aware values equal the pessimistic ones everywhere, as printed."]
     rows = []
     for model, corruption, level, relevance, direction in cells:
         kind = str(corruptions.get(corruption, {}).get("kind", "occlusion"))
