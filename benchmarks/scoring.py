@@ -6,7 +6,7 @@ image with that text relevant; several per text). D = 512, the size of a ViT-B/3
 
 * full: the whole N×U score matrix in float64 at once, then the pessimistic ranks from it (the
   same rule; this script's own implementation).
-* chunked: ``medret.retrieval.pessimistic_ranks`` with tiles of at most ``block`` scores, for
+* chunked: ``medret.retrieval.query_ranks`` with tiles of at most ``block`` scores, for
   each block size in ``--blocks`` (its default, 4M, among them).
 
 Each side runs in a fresh subprocess that loads the embeddings and, for each direction, resets
@@ -89,7 +89,7 @@ def child(side: str, data: Path, block: int, result: Path) -> None:
     """One side in this (fresh) process: rank both directions, print time and peak memory as JSON."""
     import gc
 
-    from medret.retrieval import DEFAULT_TOL, pessimistic_ranks
+    from medret.retrieval import DEFAULT_TOL, query_ranks
 
     arrays = np.load(data)
     images, texts, text_ids = arrays["images"], arrays["texts"], arrays["text_ids"]
@@ -98,7 +98,7 @@ def child(side: str, data: Path, block: int, result: Path) -> None:
     def rank(q: np.ndarray, c: np.ndarray, rel: list[np.ndarray]) -> np.ndarray:
         if side == "full":
             return full_matrix_ranks(q, c, rel, DEFAULT_TOL)
-        return pessimistic_ranks(q, c, rel, block=block, tol=DEFAULT_TOL)
+        return query_ranks(q, c, rel, block=block, tol=DEFAULT_TOL).rank
 
     rank(images[:2], texts, i2t_rel[:2])  # warm-up: first-call allocations are not scoring memory
     seconds, peak_mb, reset, ranks = 0.0, 0.0, True, []

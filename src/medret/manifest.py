@@ -180,7 +180,7 @@ def label_groups(table: pd.DataFrame, *, uncertain: str = "positive", key: str =
 
 
 def manifest_digest(table: pd.DataFrame) -> str:
-    """Digest of the evaluated pairs: ids, reports, patients, studies, views and labels.
+    """Digest of the evaluated pairs: ids, reports, patients, studies, views, labels and regions.
 
     Image paths are left out, so a dataset read from another directory (a copy, a mount on a
     cluster node) gives the same digest and its caches stay valid.
@@ -302,6 +302,15 @@ class Manifest:
             for t in range(len(groups_of_text))
         ]
         return i2t, t2i
+
+    def regions(self) -> pd.DataFrame | None:
+        """Each pair's region of interest (the four ``region_*`` columns, indexed by pair id), or None when the
+        dataset has no regions."""
+        from medret.datasets import REGION_COLUMNS
+
+        if not all(c in self.table.columns for c in REGION_COLUMNS):
+            return None
+        return self.table.set_index("pair_id")[list(REGION_COLUMNS)].astype(float)
 
     def _labels(self) -> list[str]:
         return sorted(c for c in self.table.columns if c.startswith("label_"))

@@ -9,6 +9,14 @@ ties count against the query (a constant-score model gets rank N - m + 1 and R@K
 K < N - m + 1), and a query with several relevant candidates is judged by its best-ranked one; the
 other relevant candidates never push it down.
 
+Tie-aware forms (``R@K_tieaware``, ``MRR_tieaware``, ``median_rank_tieaware``; McSherry & Najork, ECIR
+2008): the expectation of each query's hit, reciprocal rank and rank over a uniformly random order of the
+candidates tied with its best relevant score (``n_tied`` non-relevant, ``n_relevant_tied`` relevant, behind
+``rank - 1 - n_tied`` strictly better ones; :mod:`medret.retrieval`), by the chance formulas below with
+``ahead`` = the strictly better ones. They equal the pessimistic values where nothing ties, and a constant
+scorer gets exactly chance, which the pessimistic rule (0 at R@K for K < N - m + 1) cannot say.
+``median_rank_tieaware`` is the median over queries of the expected rank.
+
 Reference levels (the metrics table's ``chance`` and ``popularity`` columns) are exact expectations,
 not simulations: under a uniformly random ordering of each query's candidates (chance), or of the
 reports tied in frequency behind the more frequent ones (popularity, image → report). R@K and MRR
@@ -53,7 +61,17 @@ from medret.errors import MedretError
 from medret.manifest import RELEVANCE_MODES
 
 KS = (1, 5, 10)
-METRICS = ("R@1", "R@5", "R@10", "MRR", "median_rank")
+#: Suffix of the tie-aware forms of the metrics (expectations over a random order of tied scores).
+TIE_AWARE = "_tieaware"
+#: The pessimistic metrics first (the default; robustness summaries use the leading four), then their tie-aware forms.
+METRICS = (
+    "R@1",
+    "R@5",
+    "R@10",
+    "MRR",
+    "median_rank",
+    *(f"{m}{TIE_AWARE}" for m in ("R@1", "R@5", "R@10", "MRR", "median_rank")),
+)
 ROBUSTNESS_METRICS = ("R@1", "R@5", "R@10", "MRR")
 ROBUSTNESS_QUANTITIES = ("auc", "nauc", "chance_nauc", "relative_drop", "chance_retention")
 DIRECTIONS = ("i2t", "t2i")
@@ -66,6 +84,8 @@ RANK_COLUMNS = (
     "direction",
     "query_id",
     "rank",
+    "n_tied",
+    "n_relevant_tied",
     "n_relevant",
     "n_candidates",
 )
@@ -115,7 +135,8 @@ COMPARISON_COLUMNS = (
 )
 _CURVE = ["model", "corruption", "relevance", "direction"]  # one value-vs-level curve
 _CELL = ["model", "corruption", "level", "relevance", "direction"]  # one point of a curve: a metrics row per metric
-_MEANS = METRICS[:4]  # metrics that are means of per-query values (median_rank is not)
+_MEANS = tuple(m for m in METRICS if "median" not in m)  # means of per-query values (medians are not)
+_MEDIANS = ("median_rank", f"median_rank{TIE_AWARE}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -157,6 +178,38 @@ def _nonempty(ranks: np.ndarray) -> np.ndarray:
     if r.size == 0:
         raise MedretError("no ranks to compute a metric from: the ranks table has no rows for this cell")
     return r
+
+
+class TieAware(NamedTuple):
+    """Per-query expectations over a uniformly random order of the tied candidates."""
+
+    hits: dict[int, np.ndarray]  # P(rank <= K), a fraction, for K in KS
+    reciprocal_rank: np.ndarray  # E[1 / rank]
+    rank: np.ndarray  # E[rank]
+
+
+def tie_aware(rank: np.ndarray, n_tied: np.ndarray, n_relevant_tied: np.ndarray) -> TieAware:
+    """The tie-aware hit indicators, reciprocal rank and rank of queries with these ranks and ties.
+
+    The best relevant candidate's pessimistic ``rank`` puts it behind ``rank - 1 - n_tied`` strictly better
+    candidates and its ``n_tied`` tied non-relevant ones; in a random order of the ``n_tied +
+    n_relevant_tied`` tied candidates the first relevant one lands where the chance formulas say, with
+    ``ahead`` the strictly better ones. Queries without ties keep their rank (computed directly).
+    """
+    r = np.asarray(rank, dtype=np.int64)
+    t, m = np.asarray(n_tied, dtype=np.int64), np.asarray(n_relevant_tied, dtype=np.int64)
+    if np.any(t < 0) or np.any(m < 1) or np.any(t > r - 1):
+        raise MedretError("ties must satisfy 0 <= n_tied <= rank - 1 and n_relevant_tied >= 1 for every query")
+    hits_at = {k: (r <= k).astype(float) for k in KS}
+    reciprocal, expected = 1.0 / r, r.astype(float)
+    tied = t > 0
+    if tied.any():
+        group, rel, ahead = t[tied] + m[tied], m[tied], r[tied] - 1 - t[tied]
+        for k in KS:
+            hits_at[k][tied] = chance_recall_at_k(group, rel, k, ahead)
+        reciprocal[tied] = chance_reciprocal_rank(group, rel, ahead)
+        expected[tied] = expected_rank(group, rel, ahead)
+    return TieAware(hits_at, reciprocal, expected)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -394,6 +447,7 @@ def popularity_baseline(
         values = {f"R@{k}": 100.0 * chance_recall_at_k(n, m, k, ahead).mean() for k in KS}
         values["MRR"] = chance_reciprocal_rank(n, m, ahead).mean()
         values["median_rank"] = expected_median_rank(n, m, ahead)
+        values |= {f"{k}{TIE_AWARE}": v for k, v in values.items()}  # expectations over ties already
         rows += [{"relevance": mode, "direction": "i2t", "metric": k, "value": v} for k, v in values.items()]
     return pd.DataFrame(rows, columns=["relevance", "direction", "metric", "value"])
 
@@ -497,7 +551,7 @@ def _validate(ranks: pd.DataFrame) -> None:
     for col in RANK_COLUMNS:
         if ranks[col].isna().any():
             raise MedretError(f"ranks table column '{col}' has missing values")
-    for col in ("level", "repeat", "rank", "n_relevant", "n_candidates"):
+    for col in ("level", "repeat", "rank", "n_tied", "n_relevant_tied", "n_relevant", "n_candidates"):
         if not pd.api.types.is_numeric_dtype(ranks[col]) or pd.api.types.is_bool_dtype(ranks[col]):
             raise MedretError(f"ranks table column '{col}' must be numeric, got dtype {ranks[col].dtype}")
     bad = sorted(set(ranks["relevance"].unique()) - set(RELEVANCE_MODES))
@@ -509,7 +563,7 @@ def _validate(ranks: pd.DataFrame) -> None:
     level = ranks["level"].to_numpy(float)
     if not np.all(np.isfinite(level)) or np.any(level < 0):
         raise MedretError("ranks table column 'level' must hold finite levels >= 0")
-    for col in ("repeat", "rank", "n_candidates", "n_relevant"):
+    for col in ("repeat", "rank", "n_tied", "n_relevant_tied", "n_candidates", "n_relevant"):
         v = ranks[col].to_numpy(float)
         if np.any(v != np.round(v)):
             raise MedretError(f"ranks table column '{col}' must hold integers")
@@ -521,6 +575,11 @@ def _validate(ranks: pd.DataFrame) -> None:
     if np.any(rank > n - m + 1):
         # pessimistic rank = 1 + non-relevant candidates ranked above, so at most N - m + 1
         raise MedretError("ranks table column 'rank' exceeds n_candidates - n_relevant + 1 for some query")
+    tied, rel_tied = ranks["n_tied"].to_numpy(float), ranks["n_relevant_tied"].to_numpy(float)
+    if np.any(tied < 0) or np.any(tied > rank - 1):
+        raise MedretError("ranks table column 'n_tied' must be between 0 and rank - 1")
+    if np.any(rel_tied < 1) or np.any(rel_tied > m):
+        raise MedretError("ranks table column 'n_relevant_tied' must be between 1 and n_relevant")
     dup = ranks.duplicated([*_CELL, "repeat", "query_id"])
     if dup.any():
         row = ranks[dup].iloc[0]
@@ -532,14 +591,16 @@ def _validate(ranks: pd.DataFrame) -> None:
 
 
 def _per_query(ranks: pd.DataFrame) -> pd.DataFrame:
-    """One row per query and level: its mean rank over its repeats (what the median rank is taken of),
+    """One row per query and level: its mean rank and mean expected rank over its repeats (what the median
+    ranks are taken of),
     its candidate pool and its number of repeats. The means (R@K, MRR) are bootstrapped per repeat
     by :func:`_repeat_bootstrap_means`, which reads the ranks table itself."""
+    expected = tie_aware(ranks["rank"], ranks["n_tied"], ranks["n_relevant_tied"]).rank
     table = ranks[[*_CELL, "query_id", "repeat", "n_candidates", "n_relevant"]].assign(
-        median_rank=ranks["rank"].to_numpy(float)
+        **{"median_rank": ranks["rank"].to_numpy(float), f"median_rank{TIE_AWARE}": expected}
     )
     grouped = table.groupby([*_CELL, "query_id"], sort=True, observed=True)
-    per_query = grouped[["median_rank"]].mean()
+    per_query = grouped[list(_MEDIANS)].mean()
     pool = grouped[["n_candidates", "n_relevant"]]
     smallest = pool.min()
     if (smallest != pool.max()).any().any():
@@ -618,6 +679,8 @@ def evaluate(
       Each query's hit indicator is first averaged over its repeats at that level, then over queries.
     - ``MRR``, a fraction: per-query reciprocal rank averaged over repeats, then over queries.
     - ``median_rank``, rank units: per-query mean rank over repeats, then the median over queries.
+    - The same five with the suffix ``_tieaware``: each query's hit, reciprocal rank and rank as expectations
+      over a random order of its tied candidates (module doc; :func:`tie_aware`), otherwise computed alike.
 
     ``value`` is the full-sample estimate; ``ci_low``/``ci_high`` the ``ci`` percentile interval of
     ``n_boot`` cluster-bootstrap replicates (clusters = ``clusters[query_id]``, e.g. patients; None
@@ -656,18 +719,19 @@ def evaluate(
     cell_codes = per_query.groupby(_CELL, sort=True, observed=True).ngroup().to_numpy()
     cells = _cells(per_query)
 
-    nm = len(_MEANS)
     point, reps = np.empty((len(cells), len(METRICS))), np.empty((n_boot, len(cells), len(METRICS)))
-    point[:, :nm], reps[:, :, :nm] = _repeat_bootstrap_means(
+    means = [METRICS.index(m) for m in _MEANS]
+    point[:, means], reps[:, :, means] = _repeat_bootstrap_means(
         ranks, cells, queries, cluster, counts, seed=seed, n_repeats=cells["n_repeats"].to_numpy()
     )
-    # median_rank: a weighted median of each query's mean rank over its repeats
+    # medians: a weighted median of each query's mean (expected) rank over its repeats
     counts_int = counts.astype(np.int32)
-    mean_rank = per_query["median_rank"].to_numpy(float)
-    for c in range(len(cells)):
-        mine = cell_codes == c
-        point[c, -1] = np.median(mean_rank[mine])
-        reps[:, c, -1] = _bootstrap_median(mean_rank[mine], cluster[query_codes[mine]], counts_int)
+    for metric in _MEDIANS:
+        j, mean_rank = METRICS.index(metric), per_query[metric].to_numpy(float)
+        for c in range(len(cells)):
+            mine = cell_codes == c
+            point[c, j] = np.median(mean_rank[mine])
+            reps[:, c, j] = _bootstrap_median(mean_rank[mine], cluster[query_codes[mine]], counts_int)
 
     metrics = _metrics_table(cells, point, reps, ci, dataset)
     if popularity is not None:
@@ -702,7 +766,11 @@ def _repeat_bootstrap_means(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Point (S, T) and two-stage replicates (B, S, T) of the mean metrics (module doc, Repeats)."""
     r = ranks["rank"].to_numpy(float)
-    stats = np.column_stack([100.0 * hits(r, k) for k in KS] + [1.0 / r])
+    ties = tie_aware(ranks["rank"], ranks["n_tied"], ranks["n_relevant_tied"])
+    # columns in _MEANS order: pessimistic R@K and MRR, then their tie-aware forms
+    stats = np.column_stack(
+        [100.0 * hits(r, k) for k in KS] + [1.0 / r] + [100.0 * ties.hits[k] for k in KS] + [ties.reciprocal_rank]
+    )
     cell_of = pd.MultiIndex.from_frame(cells[_CELL]).get_indexer(pd.MultiIndex.from_frame(ranks[_CELL]))
     query_of = queries.get_indexer(ranks["query_id"])
     repeat = ranks["repeat"].to_numpy(np.int64)
@@ -733,10 +801,12 @@ def _cells(per_query: pd.DataFrame) -> pd.DataFrame:
     chance["MRR"] = chance_reciprocal_rank(n, m)
     table = per_query[[*_CELL, "query_id"]].assign(**{f"chance_{k}": v for k, v in chance.items()})
     grouped = table.groupby(_CELL, sort=True, observed=True)
-    cells = grouped[[f"chance_{k}" for k in _MEANS]].mean()
+    cells = grouped[[f"chance_{k}" for k in chance]].mean()
     pools = per_query.groupby(_CELL, sort=True, observed=True)[["n_candidates", "n_relevant"]]
     # exact E[median rank] of a random ranking per cell; cached, so the levels of a curve cost one
     cells["chance_median_rank"] = [expected_median_rank(p["n_candidates"], p["n_relevant"]) for _, p in pools]
+    for metric in ("R@1", "R@5", "R@10", "MRR", "median_rank"):  # a random ranking's ties are its own
+        cells[f"chance_{metric}{TIE_AWARE}"] = cells[f"chance_{metric}"]
     cells["n_queries"] = grouped["query_id"].nunique()
     cells["n_repeats"] = per_query.groupby(_CELL, sort=True, observed=True)["n_repeats"].first()
     return cells.reset_index()

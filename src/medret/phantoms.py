@@ -8,7 +8,8 @@ performance.
 
 Layout written by :func:`generate` (the project's generic CSV format)::
 
-    out_dir/pairs.csv            id, image, report, split, patient_id, study_id, view, label_<name>...
+    out_dir/pairs.csv            id, image, report, split, patient_id, study_id, view, label_<name>...,
+                                 region_top, region_left, region_height, region_width
     out_dir/images/<id>.png      8-bit greyscale, size x size
 
 Rows are ordered: the ``n_train`` training pairs first, then the ``n_test`` test pairs. Pairs are
@@ -24,6 +25,12 @@ on the image right.
 Labels are CheXpert-style 1.0/0.0 values derived from the same findings as the report;
 ``label_no_finding`` is 1.0 when no pathology is present (support devices alone still count as no
 finding, as in CheXpert).
+
+Regions: each test pair with a pathology gets the box around what its findings drew, as fractions of the
+image (:func:`finding_region`): the pixels that differ by more than :data:`REGION_THRESHOLD` grey levels from
+the same pair rendered without its findings (support devices are kept in both: they are no finding a reader
+localises). Occlusion ``placement: inside | outside`` uses it. Training pairs and pairs without a pathology
+have none (empty).
 """
 
 from __future__ import annotations
@@ -66,6 +73,10 @@ COLUMNS: tuple[str, ...] = (
     "study_id",
     "view",
     *LABEL_COLUMNS,
+    "region_top",
+    "region_left",
+    "region_height",
+    "region_width",
 )
 
 SPLITS = ("train", "test")
@@ -741,21 +752,38 @@ def _pair_id(row: int) -> str:
 _Chunk = tuple[list[tuple[int, PairSpec]], int, int, str]
 
 
-def _render_chunk(args: _Chunk) -> int:
-    """Render and write one chunk of pairs; a top-level function so worker processes can pickle it."""
+#: Grey levels by which a finding must change a pixel to fall in the pair's region.
+REGION_THRESHOLD = 8
+
+
+def finding_region(arr: np.ndarray, without: np.ndarray) -> tuple[float, float, float, float] | None:
+    """The box around the pixels a pair's findings changed (``arr`` against the same pair rendered ``without``
+    them), as fractions of the image: top, left, height, width; ``None`` when nothing changed."""
+    changed = np.abs(arr.astype(np.int16) - without.astype(np.int16)) > REGION_THRESHOLD
+    if not changed.any():
+        return None
+    rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+    h, w = arr.shape
+    return rows[0] / h, cols[0] / w, (rows[-1] + 1 - rows[0]) / h, (cols[-1] + 1 - cols[0]) / w
+
+
+def _render_chunk(args: _Chunk) -> list[tuple[int, tuple[float, float, float, float] | None]]:
+    """Render and write one chunk of pairs, and return each test pair's finding region; a top-level function so
+    worker processes can pickle it."""
     items, size, seed, images_dir = args
+    regions = []
     for row, spec in items:
-        arr = _render(
-            spec.findings,
-            size=size,
-            seed=seed,
-            split=spec.split,
-            index=spec.index,
-            patient=spec.patient,
-            view=spec.view,
-        )
+        where = {"size": size, "seed": seed, "split": spec.split, "index": spec.index}
+        where |= {"patient": spec.patient, "view": spec.view}
+        arr = _render(spec.findings, **where)
         Image.fromarray(arr).save(os.path.join(images_dir, f"{_pair_id(row)}.png"))
-    return len(items)
+        region = None
+        # The evaluated pairs' regions: the same pair without its pathology (support devices kept, they are no
+        # finding a reader localises) differs only where the findings are (render sub-streams, module doc).
+        if spec.split == "test" and spec.findings.count - bool(spec.findings.devices) > 0:
+            region = finding_region(arr, _render(Findings(devices=spec.findings.devices), **where))
+        regions.append((row, region))
+    return regions
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -779,19 +807,16 @@ def _worker_init() -> None:
         ctypes.CDLL(None).mallopt(_M_TRIM_THRESHOLD, 64 << 20)
 
 
-def _run_chunks(chunks: list[_Chunk], workers: int) -> None:
+def _run_chunks(chunks: list[_Chunk], workers: int) -> dict[int, tuple[float, float, float, float] | None]:
     if workers == 1 or len(chunks) == 1:
-        for chunk in chunks:
-            _render_chunk(chunk)
-        return
+        return {row: region for chunk in chunks for row, region in _render_chunk(chunk)}
     # fork (where available) avoids re-importing the caller's __main__, which Snakemake `script:`
     # files do not guard; every pair is seeded on its own, so process scheduling cannot change output.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
     pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=ctx, initializer=_worker_init)
     try:
-        for _ in pool.map(_render_chunk, chunks):
-            pass
+        return {row: region for done in pool.map(_render_chunk, chunks) for row, region in done}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -827,7 +852,7 @@ def generate(
         # Several chunks per worker balance load; bounded so per-task overhead stays small.
         chunk = max(16, min(256, math.ceil(len(rows) / (workers * 8))))
         chunks = [(rows[i : i + chunk], size, seed, str(images)) for i in range(0, len(rows), chunk)]
-        _run_chunks(chunks, workers)
+        regions = _run_chunks(chunks, workers)
         with open(tmp / "pairs.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(COLUMNS)
@@ -844,6 +869,8 @@ def generate(
                         f"{pid}-s{spec.study}",
                         spec.view,
                         *(f"{labels[name]:.1f}" for name in FINDINGS),
+                        *(f"{v:.6f}" for v in regions[row] or ()),
+                        *([""] * 4 if regions[row] is None else []),
                     ]
                 )
     return out

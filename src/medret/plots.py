@@ -27,7 +27,7 @@ from matplotlib.patches import Patch
 
 from medret.errors import MedretError
 from medret.io import atomic_output
-from medret.metrics import METRICS_COLUMNS, ROBUSTNESS_COLUMNS
+from medret.metrics import METRICS_COLUMNS, ROBUSTNESS_COLUMNS, TIE_AWARE
 
 DIRECTIONS: dict[str, str] = {
     "i2t": "image → report",
@@ -65,7 +65,9 @@ def _model_markers(models: Iterable[str]) -> dict[str, str]:
 
 
 def metric_label(metric: str) -> str:
-    """Axis label for a metric: ``R@5`` -> ``Recall@5 (%)``, ``MRR`` -> ``MRR``."""
+    """Axis label for a metric: ``R@5`` -> ``Recall@5 (%)``, ``MRR_tieaware`` -> ``MRR, tie-aware``."""
+    if metric.endswith(TIE_AWARE):
+        return f"{metric_label(metric.removesuffix(TIE_AWARE))}, tie-aware"
     if metric.startswith("R@"):
         return f"Recall@{metric[2:]} (%)"
     return {"MRR": "MRR", "median_rank": "median rank"}.get(metric, metric)
@@ -538,3 +540,75 @@ def plot_examples(
     """
     _normalise_paths(out_paths)
     save_figure(_examples_figure(images, levels, ids, title=title), out_paths)
+
+
+# --------------------------------------------------------------------------------------------------
+# Results per finding
+# --------------------------------------------------------------------------------------------------
+
+
+def _findings_figure(
+    table: pd.DataFrame,
+    corruptions: Mapping[str, Mapping[str, Any]],
+    *,
+    metric: str,
+    direction: str,
+    relevance: str,
+) -> Figure:
+    """One panel per corruption: per finding and model, the clean value (open) against the value at the
+    corruption's report level (filled), each with its interval, joined by a line."""
+    from medret.findings import describe, finding_contrast, report_level
+
+    fig = Figure(figsize=(4.2 * max(1, len(corruptions)), 1.2 + 0.42 * max(1, table["finding"].nunique())))
+    FigureCanvasAgg(fig)
+    if table.empty:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no per-finding results: the dataset has no label columns", ha="center", va="center")
+        return fig
+    models = sorted(map(str, table["model"].unique()))
+    colors, markers = model_colors(models), _model_markers(models)
+    axes = fig.subplots(1, len(corruptions), squeeze=False, sharey=True)[0]
+    for ax, (corruption, entry) in zip(axes, corruptions.items(), strict=True):
+        level = report_level(entry["levels"])
+        data = finding_contrast(table, corruption, level, metric=metric, direction=direction, relevance=relevance)
+        findings = list(dict.fromkeys(data["finding"]))
+        kind = str(entry.get("kind", "occlusion"))
+        shown = f"{level:g}" if kind == "occlusion" else f"severity {int(level)}"
+        ax.set_title(f"{corruption}: clean (open) vs {shown} (filled)", fontsize=9)
+        for m, model in enumerate(models):
+            rows = data[data["model"] == model].set_index("finding").reindex(findings)
+            y = np.arange(len(findings)) + (m - (len(models) - 1) / 2) * 0.8 / max(1, len(models))
+            color = colors[model]
+            for lo, hi, value, fill in (
+                ("clean_low", "clean_high", "clean", "none"),
+                ("corrupted_low", "corrupted_high", "corrupted", color),
+            ):
+                err = np.abs(rows[[lo, hi]].to_numpy(float).T - rows[value].to_numpy(float))
+                ax.errorbar(rows[value], y, xerr=err, fmt=markers[model], color=color, mfc=fill, ms=5, lw=1)
+            ax.hlines(y, rows["clean"], rows["corrupted"], color=color, lw=0.8, alpha=0.6)
+        ax.set_yticks(np.arange(len(findings)), [describe(f) for f in findings])
+        ax.invert_yaxis()
+        ax.set_xlabel(metric_label(metric))
+        ax.grid(axis="x", alpha=0.3)
+    handles = [Line2D([], [], color=colors[m], marker=markers[m], ls="", label=m) for m in models]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(models), 5), frameon=False, fontsize=8)
+    fig.suptitle(f"Per finding: {DIRECTIONS.get(direction, direction)}, {relevance} relevance", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    return fig
+
+
+def plot_findings(
+    table: pd.DataFrame,
+    corruptions: Mapping[str, Mapping[str, Any]],
+    out_paths: Sequence[PathLike] | PathLike,
+    *,
+    metric: str,
+    direction: str,
+    relevance: str,
+) -> None:
+    """Save the per-finding figure (:func:`_findings_figure`) of a ``findings.csv`` table."""
+    _normalise_paths(out_paths)
+    save_figure(
+        _findings_figure(table, corruptions, metric=metric, direction=direction, relevance=relevance), out_paths
+    )

@@ -194,7 +194,7 @@ def build_corruption_specs(
     from medret.manifest import Manifest
 
     manifest = Manifest.read(manifest_path)
-    specs = make_specs(manifest.pair_ids, name, entry)
+    specs = make_specs(manifest.pair_ids, name, entry, regions=manifest.regions())
     write_table(
         specs,
         out_path,
@@ -343,11 +343,11 @@ def compute_ranks(
     from medret.embeddings import EmbeddingFile, check_provenance
     from medret.io import read_table, write_table
     from medret.manifest import Corpus, Manifest
-    from medret.retrieval import rank_table, scoring_device
+    from medret.retrieval import rank_table, scoring_device, worst_over_repeats
 
     manifest = Manifest.read(manifest_path)
     corpus = Corpus.read(corpus_path, manifest)
-    _, spec_meta = read_table(specs_path)
+    specs, spec_meta = read_table(specs_path)
     text, images = EmbeddingFile.read(text_path), EmbeddingFile.read(image_path)
     check_provenance([text, images], {"manifest_digest": manifest.digest})
     check_provenance([images], {"corruption_spec_digest": spec_meta["digest"]})
@@ -368,6 +368,8 @@ def compute_ranks(
         device=scoring_device(gpus),
     )
     print(f"ranked {len(ranks)} queries in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if "grid_cell" in specs.columns:  # placement: worst
+        ranks = worst_over_repeats(ranks)
     write_table(
         ranks,
         out_path,
@@ -404,21 +406,14 @@ def compute_metrics(
     dataset's relevance settings, as for the ranks).
     """
     from medret import metrics
-    from medret.io import read_table
     from medret.manifest import Corpus, Manifest
 
     manifest = Manifest.read(manifest_path)
     corpus = Corpus.read(corpus_path, manifest)
-    frames = []
-    for path in rank_paths:
-        ranks, meta = read_table(path)
-        if meta.get("manifest_digest") != manifest.digest:
-            raise stale_artifact(path, "ranks of another manifest")
-        frames.append(ranks.assign(model=meta["model"], corruption=meta["corruption"]))
     sets = _relevance_sets(manifest, corpus, dataset, relevance)
     popularity = metrics.popularity_baseline(corpus.frequency, sets)
     result = metrics.evaluate(
-        pd.concat(frames, ignore_index=True),
+        _read_ranks(rank_paths, manifest.digest),
         manifest.clusters(),
         dataset=dataset,
         n_boot=int(evaluation["bootstrap"]),
@@ -429,6 +424,85 @@ def compute_metrics(
     for frame, path in zip(result, (out_metrics, out_robustness, out_comparisons), strict=True):
         with atomic_output(path) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def _read_ranks(rank_paths: Sequence[str | Path], manifest_digest: str) -> pd.DataFrame:
+    """Every ranks table of a dataset in one frame, with its model and corruption (from each file's metadata)."""
+    from medret.io import read_table
+
+    frames = []
+    for path in rank_paths:
+        ranks, meta = read_table(path)
+        if meta.get("manifest_digest") != manifest_digest:
+            raise stale_artifact(path, "ranks of another manifest")
+        frames.append(ranks.assign(model=meta["model"], corruption=meta["corruption"]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def compute_findings(
+    *,
+    dataset: str,
+    manifest_path: str | Path,
+    rank_paths: Sequence[str | Path],
+    out_path: str | Path,
+    evaluation: Mapping[str, Any],
+    relevance: Mapping[str, Any],
+) -> None:
+    """Every metric per finding (:mod:`medret.findings`), with the metrics stage's bootstrap settings; a dataset
+    without labels gets a table with no rows."""
+    from medret import findings
+    from medret.manifest import Manifest
+
+    manifest = Manifest.read(manifest_path)
+    queries = findings.finding_queries(manifest.table, len(manifest.texts), uncertain=relevance["uncertain_labels"])
+    min_queries = int(evaluation["findings"]["min_queries"])
+    for note in findings.left_out(queries, min_queries):
+        print(f"medret: {note}", file=sys.stderr)
+    table = findings.finding_metrics(
+        _read_ranks(rank_paths, manifest.digest),
+        queries,
+        manifest.clusters(),
+        dataset=dataset,
+        min_queries=min_queries,
+        n_boot=int(evaluation["bootstrap"]),
+        seed=int(evaluation["seed"]),
+        ci=float(evaluation["ci"]),
+    )
+    with atomic_output(out_path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def compute_placement(
+    *,
+    dataset: str,
+    manifest_path: str | Path,
+    rank_paths: Sequence[str | Path],
+    out_path: str | Path,
+    corruptions: Mapping[str, Mapping[str, Any]],
+    evaluation: Mapping[str, Any],
+) -> None:
+    """Occluding the region of interest against the same area elsewhere (:mod:`medret.placement`); a table with no
+    rows when the config has no inside/outside pair or the dataset no regions."""
+    from medret import placement
+    from medret.manifest import Manifest
+
+    manifest = Manifest.read(manifest_path)
+    pairs = placement.placement_pairs(corruptions)
+    queries = placement.region_queries(manifest.table, len(manifest.texts))
+    if pairs and not queries:
+        print(f"medret: dataset {dataset} has no regions of interest; no placement contrast", file=sys.stderr)
+    table = placement.placement_contrast(
+        _read_ranks(rank_paths, manifest.digest),
+        pairs,
+        queries,
+        manifest.clusters(),
+        dataset=dataset,
+        n_boot=int(evaluation["bootstrap"]),
+        seed=int(evaluation["seed"]),
+        ci=float(evaluation["ci"]),
+    )
+    with atomic_output(out_path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
 
 
 def plot_results(
@@ -497,8 +571,12 @@ def write_summary(
     corruptions: Mapping[str, Mapping[str, Any]],
     evaluation: Mapping[str, Any],
     out_path: str | Path,
+    findings_path: str | Path | None = None,
+    placement_path: str | Path | None = None,
+    uncertain_labels: str = "positive",
 ) -> None:
-    """``summary.md`` of a dataset: the metrics stage's tables and the warnings of its artifacts."""
+    """``summary.md`` of a dataset: the metrics stage's tables, the results per finding and by occluder placement,
+    and the warnings of its artifacts."""
     from medret import summary
 
     summary.write_summary(
@@ -511,4 +589,26 @@ def write_summary(
         evaluation,
         manifest_path=manifest_path,
         embedding_paths=embedding_paths,
+        findings_path=findings_path,
+        placement_path=placement_path,
+        uncertain_labels=uncertain_labels,
+    )
+
+
+def plot_findings(
+    *,
+    findings_path: str | Path,
+    corruptions: Mapping[str, Mapping[str, Any]],
+    evaluation: Mapping[str, Any],
+    out_paths: Sequence[str | Path],
+) -> None:
+    """The per-finding figure of a dataset (``evaluation.findings``' metric and direction)."""
+    from medret import plots
+    from medret.findings import shown_relevance
+
+    table = pd.read_csv(findings_path)
+    relevance = shown_relevance(table)
+    options = evaluation["findings"]
+    plots.plot_findings(
+        table, corruptions, out_paths, metric=options["metric"], direction=options["direction"], relevance=relevance
     )

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from medret.io import atomic_output
+from medret.metrics import TIE_AWARE
 
 DIRECTION_NAMES = {"i2t": "image → report", "t2i": "report → image"}
 RELEVANCE_NAMES = {"exact": "exact report", "labels": "label match"}
@@ -53,9 +54,13 @@ def summary_markdown(
     corruptions: Mapping[str, Mapping[str, Any]],
     evaluation: Mapping[str, Any],
     warnings: Sequence[str] = (),
+    findings: pd.DataFrame | None = None,
+    finding_notes: Sequence[str] = (),
+    placement: pd.DataFrame | None = None,
 ) -> str:
     """The Markdown text of ``summary.md`` (see the module doc); ``warnings`` (:func:`collect_warnings`) get a
-    section of their own before the tables."""
+    section of their own before the tables; ``findings`` (``findings.csv``) and ``finding_notes``
+    (:func:`medret.findings.left_out`) a section after them, ``placement`` (``placement.csv``) another."""
     n_boot, ci = int(evaluation["bootstrap"]), float(evaluation["ci"])
     out = [
         f"# medret results: {dataset}",
@@ -100,7 +105,136 @@ def summary_markdown(
                         rows.append([f"*{name}*", ""] + [_number(first.loc[m, name], m) for m in TABLE_METRICS])
                 out += _table(["model", "level", *TABLE_METRICS], rows)
                 out += _nauc_lines(robustness, comparisons, corruption, relevance, direction)
+    out += _ties_lines(metrics, corruptions)
+    if placement is not None and not placement.empty:
+        out += _placement_lines(placement, corruptions, evaluation)
+    if findings is not None:
+        out += _findings_lines(findings, finding_notes, corruptions, evaluation)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _placement_lines(
+    table: pd.DataFrame, corruptions: Mapping[str, Mapping[str, Any]], evaluation: Mapping[str, Any]
+) -> list[str]:
+    """Per inside/outside pair: each model's metric with the occluder on the region and elsewhere, and the paired
+    difference."""
+    from medret.findings import shown_relevance
+
+    metric, direction = evaluation["findings"]["metric"], evaluation["findings"]["direction"]
+    relevance = shown_relevance(table)
+    out = [
+        "",
+        "## Where the occluder falls",
+        "",
+        f"{metric}, {DIRECTION_NAMES[direction]} ({RELEVANCE_NAMES.get(relevance, relevance)} relevance), on the "
+        "queries whose image has a region of interest: the occluder over the region (inside) against the same area "
+        "elsewhere (outside), with the paired difference inside − outside, its interval and bootstrap p-value. "
+        "Below 0: the model fails because the finding is hidden; near 0: because any such square is foreign.",
+    ]
+    sub = table[(table["metric"] == metric) & (table["direction"] == direction) & (table["relevance"] == relevance)]
+    for (inside, outside), part in sub.groupby(["inside", "outside"], sort=False):
+        out += ["", f"### {inside} against {outside} ({int(part['n_queries'].max())} queries)", ""]
+        rows = [
+            [
+                r.model,
+                _level(r.level, "occlusion"),
+                _with_ci(r.inside_value, r.inside_low, r.inside_high, metric),
+                _with_ci(r.outside_value, r.outside_low, r.outside_high, metric),
+                _with_ci(r.difference, r.ci_low, r.ci_high, metric),
+                f"{r.p_value:.3g}",
+            ]
+            for r in part.sort_values(["model", "level"]).itertuples()
+        ]
+        out += _table(["model", "level", "inside", "outside", "inside − outside", "p"], rows)
+    return out
+
+
+def _findings_lines(
+    table: pd.DataFrame,
+    notes: Sequence[str],
+    corruptions: Mapping[str, Mapping[str, Any]],
+    evaluation: Mapping[str, Any],
+) -> list[str]:
+    """Per corruption, a finding × model table of the clean value against the report level's, with intervals."""
+    from medret.findings import describe, finding_contrast, report_level, shown_relevance
+
+    metric, direction = evaluation["findings"]["metric"], evaluation["findings"]["direction"]
+    out = ["", "## Results per finding", ""]
+    if table.empty:
+        return [*out, "The dataset has no label columns (or no finding has enough queries): no per-finding results."]
+    relevance = shown_relevance(table)
+    out.append(
+        f"{metric} of the {DIRECTION_NAMES[direction]} queries whose {'image' if direction == 'i2t' else 'report'} "
+        f"carries each finding ({RELEVANCE_NAMES.get(relevance, relevance)} relevance), clean → at one level of each "
+        "corruption (the median of its levels above 0), with intervals and the change; every metric, level and "
+        "direction is in `findings.csv`."
+    )
+    out += [f"- {note}" for note in notes]
+    for corruption, entry in corruptions.items():
+        if corruption not in set(table["corruption"]):
+            continue
+        level = report_level(entry["levels"])
+        data = finding_contrast(table, corruption, level, metric=metric, direction=direction, relevance=relevance)
+        if data.empty:
+            continue
+        models = sorted(data["model"].unique())
+        out += ["", f"### {corruption}: clean → level {_level(level, str(entry.get('kind', 'occlusion')))}", ""]
+        rows = []
+        for finding, part in data.groupby("finding", sort=False):
+            cells = part.set_index("model")
+            row = [describe(str(finding)), str(int(cells["n_queries"].max()))]
+            for model in models:
+                if model not in cells.index:
+                    row.append("–")
+                    continue
+                r = cells.loc[model]
+                clean = _with_ci(r["clean"], r["clean_low"], r["clean_high"], metric)
+                corrupted = _with_ci(r["corrupted"], r["corrupted_low"], r["corrupted_high"], metric)
+                row.append(f"{clean} → {corrupted} ({r['change']:+.{3 if metric == 'MRR' else 1}f})")
+            rows.append(row)
+        out += _table(["finding", "queries", *models], rows)
+    return out
+
+
+def _ties_lines(metrics: pd.DataFrame, corruptions: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The cells whose tie-aware values differ from the pessimistic ones, both side by side."""
+    keys = ["model", "corruption", "level", "relevance", "direction", "metric"]
+    plain = metrics[metrics["metric"].isin(TABLE_METRICS)].set_index(keys)
+    tied = metrics[metrics["metric"].isin([f"{m}{TIE_AWARE}" for m in TABLE_METRICS])].copy()
+    tied["metric"] = tied["metric"].str.removesuffix(TIE_AWARE)
+    tied = tied.set_index(keys).reindex(plain.index)
+    # cells whose values differ as printed (a difference below the printed precision says nothing)
+    shown = [_number(v, m) for v, m in zip(plain["value"], plain.index.get_level_values("metric"), strict=True)]
+    shown_tied = [_number(v, m) for v, m in zip(tied["value"], plain.index.get_level_values("metric"), strict=True)]
+    differs = pd.Series([a != b for a, b in zip(shown, shown_tied, strict=True)], index=plain.index)
+    out = [
+        "",
+        "## Ties",
+        "",
+        "Ranks above are pessimistic: candidates scoring the same as the best relevant one (within 1e-6) rank "
+        "ahead of it. The tie-aware values (McSherry & Najork 2008) are expectations over a random order of the "
+        "tied candidates; a constant scorer gets chance under them.",
+        "",
+    ]
+    cells = differs[differs].index.droplevel("metric").unique()
+    if len(cells) == 0:
+        return [*out, "The tie-aware values equal the pessimistic ones everywhere, as printed."]
+    rows = []
+    for model, corruption, level, relevance, direction in cells:
+        kind = str(corruptions.get(corruption, {}).get("kind", "occlusion"))
+        row = [
+            model,
+            corruption,
+            _level(level, kind),
+            f"{DIRECTION_NAMES[direction]}, {RELEVANCE_NAMES.get(relevance, relevance)}",
+        ]
+        for metric in TABLE_METRICS:
+            key = (model, corruption, level, relevance, direction, metric)
+            t, before = tied.loc[key], _number(plain.loc[key, "value"], metric)
+            row.append(f"{before} → {_with_ci(t['value'], t['ci_low'], t['ci_high'], metric)}")
+        rows.append(row)
+    header = ["model", "corruption", "level", "queries", *(f"{m} pessimistic → tie-aware" for m in TABLE_METRICS)]
+    return out + _table(header, rows)
 
 
 def _nauc_lines(
@@ -174,8 +308,21 @@ def write_summary(
     *,
     manifest_path: str | Path,
     embedding_paths: Sequence[str | Path] = (),
+    findings_path: str | Path | None = None,
+    placement_path: str | Path | None = None,
+    uncertain_labels: str = "positive",
 ) -> None:
-    """Write ``summary.md`` from the metrics stage's three tables and the warnings of the dataset's artifacts."""
+    """Write ``summary.md`` from the metrics stage's three tables, the per-finding table (when given) and the
+    warnings of the dataset's artifacts."""
+    findings, notes = None, []
+    if findings_path is not None:
+        from medret.findings import finding_queries, left_out
+        from medret.manifest import Manifest
+
+        findings = pd.read_csv(findings_path)
+        manifest = Manifest.read(manifest_path)
+        queries = finding_queries(manifest.table, len(manifest.texts), uncertain=uncertain_labels)
+        notes = left_out(queries, int(evaluation["findings"]["min_queries"]))
     text = summary_markdown(
         dataset,
         pd.read_csv(metrics_path),
@@ -184,6 +331,9 @@ def write_summary(
         corruptions,
         evaluation,
         collect_warnings(manifest_path, embedding_paths),
+        findings,
+        notes,
+        None if placement_path is None else pd.read_csv(placement_path),
     )
     with atomic_output(out_path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")

@@ -235,3 +235,29 @@ def test_bad_inputs_at_load(tmp_path):
     chexpert.to_csv(tmp_path / "chexpert.csv", index=False)
     with pytest.raises(MedretError, match="'Edema' holds 'yes'"):
         load_pairs("mimic", entry, [*sources[:2], str(tmp_path / "chexpert.csv"), sources[3]])
+
+
+def test_ms_cxr_boxes_become_regions_of_interest(tmp_path):
+    build_tree(tmp_path)
+    dicoms = [image[0] for image in IMAGES]
+    ms_cxr = tmp_path / "MS_CXR_Local_Alignment_v1.1.0.csv"
+    ms_cxr.write_text(
+        "dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height\n"
+        f"{dicoms[0]},Pneumonia,left lower lobe opacity,x.jpg,100,200,300,100,1000,800\n"
+        f"{dicoms[0]},Pneumonia,right base,x.jpg,600,500,200,200,1000,800\n"
+        f"{dicoms[1]},Cardiomegaly,enlarged heart,y.jpg,0,0,500,400,500,400\n"
+        "not-in-mimic,Edema,edema,z.jpg,1,1,2,2,10,10\n"
+    )
+    table = _load(_entry(tmp_path, ms_cxr=str(ms_cxr))).set_index("pair_id")
+    regions = ["region_top", "region_left", "region_height", "region_width"]
+    # the bounding box of the image's boxes, as fractions: x 100..800 of 1000, y 200..700 of 800
+    assert table.loc[dicoms[0], regions].tolist() == pytest.approx([0.25, 0.1, 0.625, 0.7])
+    assert table.loc[dicoms[1], regions].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert table.drop(index=dicoms[:2])[regions].isna().all().all()
+    assert "region_top" not in _load(_entry(tmp_path)).columns
+    ms_cxr.write_text(ms_cxr.read_text().replace(",600,500,200,200,", ",900,500,200,200,"))
+    with pytest.raises(MedretError, match=r"row 3 has box x=900.0.*outside its 1000.0 x 800.0 image"):
+        _load(_entry(tmp_path, ms_cxr=str(ms_cxr)))
+    ms_cxr.write_text("dicom_id,x,y,w,h,image_width,image_height\nnope,1,1,2,2,10,10\n")
+    with pytest.raises(MedretError, match="none of its 1 images is in the MIMIC-CXR metadata"):
+        _load(_entry(tmp_path, ms_cxr=str(ms_cxr)))

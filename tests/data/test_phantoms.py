@@ -31,6 +31,10 @@ EXPECTED_COLUMNS = [
     "label_consolidation",
     "label_lung_nodule",
     "label_support_devices",
+    "region_top",
+    "region_left",
+    "region_height",
+    "region_width",
 ]
 
 # Independent re-statement of the report vocabulary: a finding is positive iff some sentence
@@ -91,7 +95,7 @@ def test_csv_columns_and_values(small_dataset: Path) -> None:
         header = next(csv.reader(fh))
     assert header == EXPECTED_COLUMNS
     assert list(phantoms.COLUMNS) == EXPECTED_COLUMNS
-    assert [f"label_{n}" for n in FINDINGS] == EXPECTED_COLUMNS[7:]
+    assert [f"label_{n}" for n in FINDINGS] == EXPECTED_COLUMNS[7:-4]
 
     rows = _read_csv(small_dataset / "pairs.csv")
     assert len(rows) == SMALL["n_train"] + SMALL["n_test"]
@@ -105,7 +109,9 @@ def test_csv_columns_and_values(small_dataset: Path) -> None:
         assert r["view"] in {"PA", "AP"}
         assert r["report"].strip() and r["report"].endswith(".")
         assert r["patient_id"] and r["study_id"].startswith(r["patient_id"])
-        assert all(r[c] in {"1.0", "0.0"} for c in EXPECTED_COLUMNS[7:])
+        assert all(r[c] in {"1.0", "0.0"} for c in EXPECTED_COLUMNS[7:-4])
+        region = [r[c] for c in EXPECTED_COLUMNS[-4:]]
+        assert region == [""] * 4 if r["split"] == "train" or r["label_no_finding"] == "1.0" else all(region)
 
 
 def test_images_exist_with_shape_and_dtype(small_dataset: Path) -> None:
@@ -152,7 +158,16 @@ def test_different_seed_gives_different_data(tmp_path: Path, small_dataset: Path
 
 def test_csv_is_independent_of_image_size(tmp_path: Path, small_dataset: Path) -> None:
     tiny = generate(tmp_path / "tiny", seed=0, **{**SMALL, "size": 32})
-    assert (tiny / "pairs.csv").read_bytes() == (small_dataset / "pairs.csv").read_bytes()
+    small, large = _read_csv(tiny / "pairs.csv"), _read_csv(small_dataset / "pairs.csv")
+    regions = EXPECTED_COLUMNS[-4:]
+    # Everything but the regions is the same text; regions are measured on the pixels, so to a pixel or two.
+    assert [{k: v for k, v in r.items() if k not in regions} for r in small] == [
+        {k: v for k, v in r.items() if k not in regions} for r in large
+    ]
+    for a, b in zip(small, large, strict=True):
+        assert (a["region_top"] == "") == (b["region_top"] == "")
+        if a["region_top"]:
+            assert [float(a[c]) for c in regions] == pytest.approx([float(b[c]) for c in regions], abs=3 / 32)
     with Image.open(tiny / "images" / "p000000.png") as im:
         assert im.size == (32, 32)
 

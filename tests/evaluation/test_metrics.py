@@ -19,6 +19,7 @@ from medret.metrics import (
     METRICS_COLUMNS,
     ROBUSTNESS_COLUMNS,
     ROBUSTNESS_QUANTITIES,
+    TIE_AWARE,
     _bootstrap_means,
     _bootstrap_median,
     _expected_median,
@@ -34,6 +35,7 @@ from medret.metrics import (
     popularity_baseline,
     recall_at_k,
     repeat_weights,
+    tie_aware,
 )
 
 
@@ -765,3 +767,76 @@ def test_paired_bootstrap_reports_no_difference_where_there_is_none():
     r5 = comparisons[(comparisons.metric == "R@5") & (comparisons.quantity == "value")]
     assert (r5["difference"] == 0).all() and (r5["ci_low"] < 0).all() and (r5["ci_high"] > 0).all()
     assert (r5["p_value"] > 0.5).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tie-aware metrics
+
+
+def _enumerate_tie_orders(ahead: int, tied: int, relevant_tied: int) -> tuple[dict[int, float], float, float]:
+    """Brute force: every order of the tied candidates (each a distinct item), the first relevant's position."""
+    items = ["n"] * tied + ["r"] * relevant_tied
+    positions = [
+        ahead + 1 + order.index(next(i for i in order if items[i] == "r"))
+        for order in itertools.permutations(range(len(items)))
+    ]
+    pos = np.array(positions, dtype=float)
+    return {k: float(np.mean(pos <= k)) for k in (1, 5, 10)}, float(np.mean(1 / pos)), float(np.mean(pos))
+
+
+@pytest.mark.parametrize(
+    ("ahead", "tied", "relevant_tied"),
+    [(0, 0, 1), (3, 0, 2), (0, 1, 1), (0, 4, 1), (2, 3, 2), (4, 5, 1), (9, 2, 3), (0, 6, 2), (12, 3, 1)],
+)
+def test_tie_aware_equals_the_mean_over_every_tie_order(ahead, tied, relevant_tied):
+    rank = ahead + tied + 1  # pessimistic: behind every tied non-relevant candidate
+    got = tie_aware(np.array([rank]), np.array([tied]), np.array([relevant_tied]))
+    hits_k, rr, expected = _enumerate_tie_orders(ahead, tied, relevant_tied)
+    for k in (1, 5, 10):
+        assert got.hits[k][0] == pytest.approx(hits_k[k], abs=1e-12), k
+    assert got.reciprocal_rank[0] == pytest.approx(rr, abs=1e-12)
+    assert got.rank[0] == pytest.approx(expected, abs=1e-12)
+
+
+def test_tie_aware_hand_values():
+    # One relevant tied with one non-relevant, nothing ahead: rank 1 or 2 with equal chance.
+    got = tie_aware(np.array([2]), np.array([1]), np.array([1]))
+    assert got.hits[1][0] == 0.5 and got.reciprocal_rank[0] == 0.75 and got.rank[0] == 1.5
+    with pytest.raises(MedretError, match="n_tied <= rank - 1"):
+        tie_aware(np.array([1]), np.array([1]), np.array([1]))
+
+
+def test_a_constant_scorer_gets_exactly_chance_when_ties_are_expected():
+    from medret.retrieval import rank_table
+
+    n = 40
+    rng = np.random.default_rng(3)
+    texts = rng.normal(size=(n, 8)).astype(np.float32)
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    constant = np.tile(texts[:1], (n, 1))[None]  # every image the same: image -> report is a fixed ranking
+    exact = {"exact": ([np.array([i]) for i in range(n)], [np.array([i]) for i in range(n)])}
+    ranks = rank_table(constant, np.array([0.0]), np.array([0]), texts, [f"p{i}" for i in range(n)], exact)
+    ranks.insert(0, "model", "constant")
+    ranks.insert(1, "corruption", "none")
+    metrics = evaluate(ranks, None, dataset="d", n_boot=50).metrics
+    t2i = metrics[metrics["direction"] == "t2i"].set_index("metric")
+    # report -> image: every image scores the same for each report, so all n candidates tie.
+    assert t2i.loc["R@1", "value"] == 0.0 and t2i.loc["median_rank", "value"] == n
+    for metric in ("R@1", "R@5", "R@10", "MRR", "median_rank"):
+        tied = t2i.loc[f"{metric}{TIE_AWARE}"]
+        assert tied["value"] == pytest.approx(tied["chance"], rel=1e-12), metric
+    assert t2i.loc[f"R@1{TIE_AWARE}", "value"] == pytest.approx(100.0 / n)
+    # the median of the per-query expected ranks (n + 1) / 2, not chance's expected median: equal here
+    assert t2i.loc[f"median_rank{TIE_AWARE}", "value"] == pytest.approx((n + 1) / 2)
+
+
+def test_tie_aware_metrics_equal_the_pessimistic_ones_without_ties():
+    metrics = evaluate(synthetic(n_q=60), None, dataset="d", n_boot=30).metrics.set_index(
+        ["model", "corruption", "level", "relevance", "direction", "metric"]
+    )
+    for metric in ("R@1", "R@5", "R@10", "MRR", "median_rank"):
+        plain = metrics.xs(metric, level="metric")
+        tied = metrics.xs(f"{metric}{TIE_AWARE}", level="metric")
+        pd.testing.assert_frame_equal(
+            plain[["value", "ci_low", "ci_high", "chance"]], tied[["value", "ci_low", "ci_high", "chance"]]
+        )

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from medret.retrieval import pessimistic_ranks, rank_table
+from medret.retrieval import query_ranks, rank_table
 
 
 def _unit(x):
@@ -28,35 +28,52 @@ def brute_force_ranks(q, c, relevant, tol=1e-6):
     return np.array(out)
 
 
+def brute_force_ties(q, c, relevant, tol=1e-6):
+    """Independent reference of the tie counts: non-relevant within tol of the best relevant score, and
+    relevant ones at or above best - tol."""
+    scores = q.astype(np.float64) @ c.astype(np.float64).T
+    tied, rel_tied = [], []
+    for i, row in enumerate(scores):
+        rel = set(relevant[i].tolist())
+        best = max(row[j] for j in rel)
+        tied.append(sum(1 for j in range(len(row)) if j not in rel and abs(row[j] - best) <= tol))
+        rel_tied.append(sum(1 for j in rel if row[j] >= best - tol))
+    return np.array(tied), np.array(rel_tied)
+
+
 def test_hand_case_with_ties():
     c = _unit([[1, 0], [0, 1], [1, 0], [1, 1]])
     q = _unit([[1, 0]])
     # scores: 1, 0, 1, 0.707. Relevant = candidate 0; candidate 2 ties it -> pessimistic rank 2.
-    assert pessimistic_ranks(q, c, [np.array([0])]).tolist() == [2]
+    assert query_ranks(q, c, [np.array([0])]).rank.tolist() == [2]
     # Relevant = {0, 2}: the other relevant item never counts against the query -> rank 1.
-    assert pessimistic_ranks(q, c, [np.array([0, 2])]).tolist() == [1]
+    assert query_ranks(q, c, [np.array([0, 2])]).rank.tolist() == [1]
     # Relevant = candidate 3 (0.707): beaten by the two 1.0s -> rank 3.
-    assert pessimistic_ranks(q, c, [np.array([3])]).tolist() == [3]
+    assert query_ranks(q, c, [np.array([3])]).rank.tolist() == [3]
     # Relevant = candidate 1 (score 0): everything else is above -> rank 4 (last).
-    assert pessimistic_ranks(q, c, [np.array([1])]).tolist() == [4]
+    assert query_ranks(q, c, [np.array([1])]).rank.tolist() == [4]
+    # Ties: relevant 0 ties non-relevant 2 -> one tied, one relevant tied; {0, 2}: none tied, two relevant.
+    got = query_ranks(np.repeat(q, 3, axis=0), c, [np.array([0]), np.array([0, 2]), np.array([3])])
+    assert got.n_tied.tolist() == [1, 0, 0] and got.n_relevant_tied.tolist() == [1, 2, 1]
 
 
 def test_constant_embeddings_rank_last_not_first():
     n = 50
     emb = np.tile(_unit([[0.3, 0.4, 0.5]]), (n, 1))
     relevant = [np.array([i]) for i in range(n)]
-    # Every candidate ties: the one relevant item ranks behind all n - 1 others.
-    assert (pessimistic_ranks(emb, emb, relevant) == n).all()
+    # Every candidate ties: the one relevant item ranks behind all n - 1 others, all of them tied.
+    got = query_ranks(emb, emb, relevant)
+    assert (got.rank == n).all() and (got.n_tied == n - 1).all() and (got.n_relevant_tied == 1).all()
     # With m relevant items each, rank n - m + 1.
     relevant3 = [np.array([i, (i + 1) % n, (i + 2) % n]) for i in range(n)]
-    assert (pessimistic_ranks(emb, emb, relevant3) == n - 2).all()
+    assert (query_ranks(emb, emb, relevant3).rank == n - 2).all()
 
 
 def test_rounding_noise_still_ties():
     c = _unit([[1, 2, 3], [1, 2, 3]])
     c[1] = c[1] * (1 + 3e-8)  # the same embedding from another batch shape, up to float noise
     q = _unit([[1, 2, 3]])
-    assert pessimistic_ranks(q, c, [np.array([0])]).tolist() == [2]
+    assert query_ranks(q, c, [np.array([0])]).rank.tolist() == [2]
 
 
 @pytest.mark.parametrize("block", [1, 7, 64, 1 << 22])
@@ -68,8 +85,12 @@ def test_matches_brute_force_on_random_data(block):
     c[10] = c[3]
     q = _unit(rng.integers(-2, 3, size=(nq, 4)) + 1e-3 * (np.arange(4) == 0))
     relevant = [rng.choice(nc, size=rng.integers(1, 4), replace=False) for _ in range(nq)]
-    got = pessimistic_ranks(q, c, relevant, block=block)
-    np.testing.assert_array_equal(got, brute_force_ranks(q, c, relevant))
+    got = query_ranks(q, c, relevant, block=block)
+    np.testing.assert_array_equal(got.rank, brute_force_ranks(q, c, relevant))
+    tied, rel_tied = brute_force_ties(q, c, relevant)
+    assert tied.sum() >= 5 and (rel_tied > 1).any(), "the data must hold ties of both kinds"
+    np.testing.assert_array_equal(got.n_tied, tied)
+    np.testing.assert_array_equal(got.n_relevant_tied, rel_tied)
 
 
 def _exact(text_ids: np.ndarray) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
@@ -96,6 +117,12 @@ def test_rank_table_duplicate_reports():
     assert t2i["rank"].to_dict() == {"text:0": 2, "text:1": 1, "text:2": 4}
     assert t2i["n_relevant"].to_dict() == {"text:0": 2, "text:1": 1, "text:2": 1}
     assert set(t2i["n_candidates"]) == {4}
+    # Ties: d's text C (0) ties B (0), behind A; text C's image d (0) ties a (0), behind b and c.
+    assert i2t["n_tied"].to_dict() == {"a": 0, "b": 0, "c": 0, "d": 1}
+    assert t2i["n_tied"].to_dict() == {"text:0": 0, "text:1": 0, "text:2": 1}
+    # Text A's relevant images a and c both score 0.995: two relevant tied; everything else one.
+    assert t2i["n_relevant_tied"].to_dict() == {"text:0": 2, "text:1": 1, "text:2": 1}
+    assert (i2t["n_relevant_tied"] == 1).all()
     assert list(table.columns) == [
         "level",
         "repeat",
@@ -103,6 +130,8 @@ def test_rank_table_duplicate_reports():
         "direction",
         "query_id",
         "rank",
+        "n_tied",
+        "n_relevant_tied",
         "n_relevant",
         "n_candidates",
     ]
@@ -168,9 +197,9 @@ def _tied_problem(nq: int, nc: int, dim: int, seed: int = 3):
 def test_tiny_blocks_give_the_ranks_of_one_huge_block(block):
     # D = 6: blocks below D score one row at a time; 13 and 100 split the candidates into chunks.
     q, c, relevant = _tied_problem(nq=70, nc=90, dim=6)
-    huge = pessimistic_ranks(q, c, relevant, block=1 << 30)
+    huge = query_ranks(q, c, relevant, block=1 << 30).rank
     np.testing.assert_array_equal(huge, brute_force_ranks(q, c, relevant))
-    np.testing.assert_array_equal(pessimistic_ranks(q, c, relevant, block=block), huge)
+    np.testing.assert_array_equal(query_ranks(q, c, relevant, block=block).rank, huge)
 
 
 class _LargestTensor(torch.overrides.TorchFunctionMode):
@@ -191,11 +220,11 @@ def test_scoring_memory_is_bounded_by_the_block():
     # 200 queries × 300 candidates = 60,000 scores; relevant sets of up to all 300 candidates.
     q, c, relevant = _tied_problem(nq=200, nc=300, dim=8)
     with _LargestTensor() as full:
-        expected = pessimistic_ranks(q, c, relevant, block=1 << 30)
+        expected = query_ranks(q, c, relevant, block=1 << 30).rank
     assert full.largest >= 200 * 300  # the recorder sees the whole matrix when it exists
     for block in (64, 1000):
         with _LargestTensor() as tiled:
-            got = pessimistic_ranks(q, c, relevant, block=block)
+            got = query_ranks(q, c, relevant, block=block).rank
         np.testing.assert_array_equal(got, expected)
         assert tiled.largest <= block
 
@@ -204,12 +233,12 @@ def test_scoring_device_argument():
     q, c, relevant = _tied_problem(nq=20, nc=30, dim=4)
     expected = brute_force_ranks(q, c, relevant)
     for device in ("cpu", torch.device("cpu")):
-        np.testing.assert_array_equal(pessimistic_ranks(q, c, relevant, block=50, device=device), expected)
+        np.testing.assert_array_equal(query_ranks(q, c, relevant, block=50, device=device).rank, expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_scoring_on_cuda_equals_cpu():
     q, c, relevant = _tied_problem(nq=70, nc=90, dim=6)
     np.testing.assert_array_equal(
-        pessimistic_ranks(q, c, relevant, block=100, device="cuda"), brute_force_ranks(q, c, relevant)
+        query_ranks(q, c, relevant, block=100, device="cuda").rank, brute_force_ranks(q, c, relevant)
     )

@@ -99,3 +99,26 @@ def test_every_name_a_caption_gives_is_a_column_or_value_of_its_table(caption):
     for name in names:
         for word in re.findall(r"[A-Za-z_@0-9]+", name):
             assert word in table.columns or word in values, f"{caption}: ``{name}``: {word!r} is in no column"
+
+
+def test_ties_section_sets_tie_aware_values_beside_pessimistic_ones():
+    metrics, robustness, comparisons = _tables()
+    text = summary_markdown("toy", metrics, robustness, comparisons, {"occlusion": {"kind": "occlusion"}}, EVALUATION)
+    assert "## Ties" in text and "The tie-aware values equal the pessimistic ones everywhere, as printed." in text
+    # Model c ranks every query 30th behind 29 tied candidates (nothing strictly better): a constant scorer.
+    tied = block(np.full(20, 30), model="c", level=0.0, n_candidates=40, n_tied=29)
+    ranks = table(tied, block(np.full(20, 1), model="d", level=0.0, n_candidates=40))
+    metrics, robustness, comparisons = evaluate(ranks, None, dataset="toy", n_boot=50)
+    text = summary_markdown("toy", metrics, robustness, comparisons, {"occlusion": {"kind": "occlusion"}}, EVALUATION)
+    rows = [line for line in text.split("## Ties")[1].splitlines() if line.startswith("| c |")]
+    assert len(rows) == 1, text
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    # tie-aware R@1 = 1/30 = 3.3%, R@5 = 5/30, R@10 = 10/30, MRR = H_30 / 30 = 0.133 (pessimistic 1/30); point intervals
+    assert cells[:4] == ["c", "occlusion", "0", "image → report, exact report"]
+    assert cells[4:] == [
+        "0.0 → 3.3 [3.3, 3.3]",
+        "0.0 → 16.7 [16.7, 16.7]",
+        "0.0 → 33.3 [33.3, 33.3]",
+        "0.033 → 0.133 [0.133, 0.133]",
+    ]
+    assert "| d |" not in text.split("## Ties")[1]

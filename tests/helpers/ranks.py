@@ -18,6 +18,8 @@ def block(
     n_relevant=1,
     query_ids=None,
     relevance="exact",
+    n_tied=0,
+    n_relevant_tied=1,
 ) -> pd.DataFrame:
     """Rows of a ranks table for one (model, corruption, level, repeat, relevance, direction)."""
     ranks = np.asarray(ranks)
@@ -32,6 +34,8 @@ def block(
             "direction": direction,
             "query_id": ids,
             "rank": ranks.astype(np.int64),
+            "n_tied": n_tied,
+            "n_relevant_tied": n_relevant_tied,
             "n_relevant": n_relevant,
             "n_candidates": n_candidates,
         }

@@ -68,7 +68,7 @@ def test_full_matrix_reference_matches_the_library(bench):
     # a hand-checked case (scores 1, 0, 1, 0.6 for one query) pins it to the library's rule.
     import numpy as np
 
-    from medret.retrieval import pessimistic_ranks
+    from medret.retrieval import query_ranks
 
     scoring = bench("scoring")
     c = np.array([[1, 0], [0, 1], [1, 0], [0.6, 0.8]], dtype=np.float32)
@@ -76,4 +76,4 @@ def test_full_matrix_reference_matches_the_library(bench):
     for relevant, expected in (([0], 2), ([0, 2], 1), ([3], 3), ([1], 4)):
         rel = [np.array(relevant)]
         assert scoring.full_matrix_ranks(q, c, rel, 1e-6).tolist() == [expected]
-        assert pessimistic_ranks(q, c, rel).tolist() == [expected]
+        assert query_ranks(q, c, rel).rank.tolist() == [expected]

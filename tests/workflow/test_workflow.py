@@ -22,6 +22,7 @@ from helpers.workflow import BIN, MINI, ROOT, planned_jobs, snakemake
 
 from medret.config import validate_config
 from medret.imaging import ImageCache
+from medret.phantoms import LABEL_COLUMNS
 
 #: A tiny open_clip architecture (open_clip's JSON model-config format).
 TINY_CLIP = {
@@ -68,7 +69,8 @@ def test_full_run_outputs(demo_run):
         "chance",
         "popularity",
     ]
-    assert set(metrics["metric"]) == {"R@1", "R@5", "R@10", "MRR", "median_rank"}
+    plain = {"R@1", "R@5", "R@10", "MRR", "median_rank"}
+    assert set(metrics["metric"]) == plain | {f"{m}_tieaware" for m in plain}
     assert set(metrics["direction"]) == {"i2t", "t2i"} and set(metrics["relevance"]) == {"exact", "labels"}
     assert set(metrics["corruption"]) == {"occlusion", "noise"}
     occ = metrics[metrics.corruption == "occlusion"]
@@ -111,6 +113,15 @@ def test_full_run_outputs(demo_run):
     for heading in ("## occlusion", "## noise", "### image → report, label match (96 queries)"):
         assert heading in summary
     assert pd.read_csv(res / "comparisons.csv").empty  # one model: nothing to compare
+    # Results per finding: the demo's seven labels; mini.yaml has no inside/outside pair, so no placement rows.
+    findings = pd.read_csv(res / "findings.csv")
+    names = set(findings["finding"])
+    assert names <= {n.removeprefix("label_") for n in LABEL_COLUMNS} and len(names) >= 3
+    assert set(findings["corruption"]) == {"occlusion", "noise"} and (findings["n_queries"] >= 10).all()
+    assert pd.read_csv(res / "placement.csv").empty
+    for ext, magic in (("png", b"\x89PNG"), ("pdf", b"%PDF")):
+        assert (res / "plots" / f"findings.{ext}").read_bytes()[:4] == magic
+    assert "## Results per finding" in summary and "## Ties" in summary
     assert planned_jobs(demo_run, MINI) == {}, "a second run has nothing to do"
     assert not list(demo_run.rglob("*.partial")), "no temporary files are left"
 
@@ -125,9 +136,29 @@ def test_adding_a_model_runs_only_its_jobs(demo_run):
         "embed_images": 2,
         "ranks": 2,
         "metrics": 1,
+        "findings": 1,
+        "placement": 1,
         "summary": 1,
+        "plot_findings": 1,
         "plot_results": 2,
         "all": 1,
+    }
+
+
+def test_adding_artifact_and_placement_corruptions_runs_only_their_jobs(demo_run):
+    """An artifact kind and an inside/outside pair added to a finished study: their specs, embeddings, ranks and
+    plots, and the tables every corruption feeds; no training, no text embedding, no image cache."""
+    config = copy.deepcopy(MINI)
+    config["corruptions"]["markers"] = {"kind": "markers", "levels": [0, 3]}
+    for placement in ("inside", "outside"):
+        config["corruptions"][f"occ_{placement}"] = {"kind": "occlusion", "placement": placement, "levels": [0, 0.1]}
+    assert planned_jobs(demo_run, config) == {
+        "corruption_specs": 3,
+        "plot_examples": 3,
+        "embed_images": 3,
+        "ranks": 3,
+        "plot_results": 3 + 2,  # every corruption's curves come from the one metrics table
+        **{k: v for k, v in _AGGREGATES.items() if k != "plot_results"},
     }
 
 
@@ -161,7 +192,9 @@ def _edit(path: str, value) -> dict:
     return config
 
 
-_AGGREGATES = {"metrics": 1, "summary": 1, "plot_results": 2, "all": 1}  # mini.yaml: two corruptions
+# Everything that reads every ranks table (mini.yaml: two corruptions).
+_AGGREGATES = {"metrics": 1, "findings": 1, "placement": 1, "summary": 1, "plot_findings": 1, "plot_results": 2}
+_AGGREGATES["all"] = 1
 
 
 @pytest.mark.parametrize(
@@ -186,6 +219,8 @@ _AGGREGATES = {"metrics": 1, "summary": 1, "plot_results": 2, "all": 1}  # mini.
         ("evaluation.block", 1 << 20, {}),
         ("evaluation.examples", 3, {"plot_examples": 2, "all": 1}),
         ("evaluation.bootstrap", 60, _AGGREGATES),
+        # What the summary and the findings plot show per finding is read by them alone.
+        ("evaluation.findings", {"metric": "R@1"}, {"summary": 1, "plot_findings": 1, "all": 1}),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
@@ -217,8 +252,11 @@ def test_a_config_file_on_the_command_line_replaces_the_demo(tmp_path):
         "embed_images",
         "ranks",
         "metrics",
+        "findings",
+        "placement",
         "summary",
         "plot_results",
+        "plot_findings",
         "plot_examples",
         "all",
     }
@@ -341,8 +379,8 @@ def test_a_pretrained_family_joins_the_study(demo_run, tmp_path):
     """Adding pretrained models to the finished demo plans exactly their jobs (they run in the next test)."""
     config = copy.deepcopy(MINI)
     config["models"].update(_hub_checkpoints(tmp_path))
-    expected = {"embed_texts": 4, "embed_images": 8, "ranks": 8, "metrics": 1, "summary": 1, "plot_results": 2}
-    assert planned_jobs(demo_run, config) == {**expected, "all": 1}
+    expected = {"embed_texts": 4, "embed_images": 8, "ranks": 8}
+    assert planned_jobs(demo_run, config) == {**expected, **_AGGREGATES}
 
 
 def _published_checkpoints(root: Path) -> dict[str, dict]:

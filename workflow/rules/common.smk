@@ -8,6 +8,7 @@ from medret.datasets import get_adapter
 from medret.errors import MedretError
 from medret.io import check_output_dir
 from medret.jobs import model_files, visible_gpus
+from medret.metrics import RANK_COLUMNS
 from medret.summary import print_run_warnings
 
 # Never reach for a model hub: a missing file must fail at once, not after minutes of retries.
@@ -85,7 +86,10 @@ def final_outputs():
             f"{RESULTS}/{dataset}/metrics.csv",
             f"{RESULTS}/{dataset}/robustness.csv",
             f"{RESULTS}/{dataset}/comparisons.csv",
+            f"{RESULTS}/{dataset}/findings.csv",
+            f"{RESULTS}/{dataset}/placement.csv",
             f"{RESULTS}/{dataset}/summary.md",
+            *expand(f"{RESULTS}/{dataset}/plots/findings.{{ext}}", ext=("png", "pdf")),
         ]
         for corruption in CORRUPTIONS:
             for plot in ("recall", "robustness", "examples"):
@@ -244,6 +248,19 @@ def corruption_kind(wildcards):
 def bootstrap_options(wildcards):
     """The evaluation options the metrics read (the summary reads bootstrap and ci of them)."""
     return {k: config["evaluation"][k] for k in ("bootstrap", "seed", "ci")}
+
+
+def findings_options(wildcards):
+    """What the per-finding table depends on: the bootstrap and the minimum number of queries."""
+    return {
+        **bootstrap_options(wildcards),
+        "findings": {"min_queries": config["evaluation"]["findings"]["min_queries"]},
+    }
+
+
+def display_options(wildcards):
+    """What the summary and the findings plot read: the intervals' settings and what to show per finding."""
+    return {k: config["evaluation"][k] for k in ("bootstrap", "ci", "findings")}
 
 
 def scoring_block(wildcards, resources):

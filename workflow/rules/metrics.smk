@@ -37,6 +37,56 @@ rule metrics:
         "../scripts/metrics.py"
 
 
+rule findings:
+    input:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        ranks=dataset_ranks,
+    output:
+        report(
+            f"{RESULTS}/{{dataset}}/findings.csv",
+            caption="../report/findings.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/findings/{dataset}.log",
+    conda:
+        "../../envs/medret.yaml"
+    threads: 1
+    resources:
+        mem_mb=metrics_memory,
+        runtime=60,
+    params:
+        evaluation=findings_options,
+        relevance=dataset_relevance,
+    script:
+        "../scripts/findings.py"
+
+
+rule placement:
+    input:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        ranks=dataset_ranks,
+    output:
+        report(
+            f"{RESULTS}/{{dataset}}/placement.csv",
+            caption="../report/placement.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/placement/{dataset}.log",
+    conda:
+        "../../envs/medret.yaml"
+    threads: 1
+    resources:
+        mem_mb=metrics_memory,
+        runtime=60,
+    params:
+        corruptions=CORRUPTIONS,
+        evaluation=bootstrap_options,
+    script:
+        "../scripts/placement.py"
+
+
 rule summary:
     input:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
@@ -44,6 +94,8 @@ rule summary:
         metrics=f"{RESULTS}/{{dataset}}/metrics.csv",
         robustness=f"{RESULTS}/{{dataset}}/robustness.csv",
         comparisons=f"{RESULTS}/{{dataset}}/comparisons.csv",
+        findings=f"{RESULTS}/{{dataset}}/findings.csv",
+        placement=f"{RESULTS}/{{dataset}}/placement.csv",
     output:
         report(
             f"{RESULTS}/{{dataset}}/summary.md",
@@ -57,6 +109,7 @@ rule summary:
         "../../envs/medret.yaml"
     params:
         corruptions=CORRUPTIONS,
-        evaluation=bootstrap_options,
+        evaluation=display_options,
+        relevance=dataset_relevance,
     script:
         "../scripts/summary.py"

@@ -56,3 +56,24 @@ rule plot_examples:
         n_examples=config["evaluation"]["examples"],
     script:
         "../scripts/plot_examples.py"
+
+
+rule plot_findings:
+    input:
+        f"{RESULTS}/{{dataset}}/findings.csv",
+    output:
+        report(
+            multiext(f"{RESULTS}/{{dataset}}/plots/findings", ".png", ".pdf"),
+            caption="../report/findings_plot.rst",
+            category="Plots",
+        ),
+    log:
+        "logs/plot_findings/{dataset}.log",
+    localrule: True
+    conda:
+        "../../envs/medret.yaml"
+    params:
+        corruptions=CORRUPTIONS,
+        evaluation=display_options,
+    script:
+        "../scripts/plot_findings.py"

@@ -22,5 +22,6 @@ rule ranks:
     params:
         block=scoring_block,
         relevance=dataset_relevance,
+        columns=RANK_COLUMNS,  # the table's format: a table of another is rebuilt (rerun trigger)
     script:
         "../scripts/ranks.py"

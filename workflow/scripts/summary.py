@@ -11,5 +11,8 @@ with script_context(snakemake.log[0]):
         embedding_paths=snakemake.input.embeddings,
         corruptions=snakemake.params.corruptions,
         evaluation=snakemake.params.evaluation,
+        findings_path=snakemake.input.findings,
+        placement_path=snakemake.input.placement,
+        uncertain_labels=snakemake.params.relevance["uncertain_labels"],
         out_path=snakemake.output[0],
     )

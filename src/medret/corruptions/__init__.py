@@ -30,6 +30,17 @@ Occlusion (kind ``occlusion``; level = the fraction of the content box covered, 
 * ``placement: centre`` (default ``random``) makes the layout deterministic: the square is
   centred; the patches are centred in the n_patches cells nearest the box centre; the grid masks
   the cells nearest the centre (ties in row-major order). Centred layouts get one repeat per level.
+* ``placement: inside | outside`` (square only) place the square relative to each pair's region of
+  interest (the dataset's ``region_*`` columns): over it, covering all of it or as much as the square's
+  area allows, uniformly among such places; or the same area uniformly anywhere disjoint from it (the
+  least overlapping place where none is disjoint). Rows add ``region`` (the pair has one; one without is
+  placed at random) and ``overlap`` (the fraction of the region covered). :mod:`medret.placement`
+  contrasts the two.
+* ``placement: worst`` (square only): repeat r puts the square at cell (r // 3, r % 3) of a 3 × 3
+  grid of places (top and left each at 0, (1 − side)/2 and 1 − side), and the ranks stage keeps each
+  query's worst rank over the nine (:func:`medret.retrieval.worst_over_repeats`): an adversarial lower
+  bound over that grid for image → report queries, at nine forward passes per level. Report → image
+  queries take the worst of the nine places, each shared by all images (not a per-image adversary).
 * ``fill``: ``black`` (0, default), ``white`` (255), ``mean`` (the image's own mean over its
   content box) or ``noise`` (Gaussian noise with the content box's mean and standard deviation,
   drawn from the row's ``noise_seed`` column). Grey fills leak the image's mean (and, for noise,
@@ -72,6 +83,10 @@ rotation         degrees, sign random per row (``angle_deg``)              2    
 * ``rotation``: about the box centre by the row's signed angle (positive = counter-clockwise as
   displayed), bilinear; what comes from outside the box is black.
 
+Artifacts of real films (``markers``, ``devices``, ``collimation``, ``positioning``, ``overexposure``; parameters
+in :data:`ARTIFACTS`) are severity kinds too, seeded, with ``repeats`` draws per severity; what they draw is
+defined in :mod:`medret.corruptions.artifacts`.
+
 Results are rounded half up. Noise and JPEG act per cache pixel: how strong they look after a
 model resizes the cache depends on the cache size, so compare models on the same cache.
 """
@@ -97,7 +112,7 @@ SEVERITY_LEVELS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
 FILLS = {"black": 0, "white": 255}
 OCCLUSION_CHOICES = {
     "mode": ("square", "patches", "grid"),
-    "placement": ("random", "centre"),
+    "placement": ("random", "centre", "inside", "outside", "worst"),
     "fill": ("black", "white", "mean", "noise"),
 }
 OCCLUSION_DEFAULTS: dict[str, Any] = {
@@ -120,8 +135,16 @@ ACQUISITION: dict[str, tuple[str, tuple[float, ...]]] = {
     "downsample": ("target_side", (112, 80, 56, 40, 28)),
     "rotation": ("angle_deg", (2, 4, 6, 10, 15)),
 }
+# kind -> (spec column, parameter at severities 1..5); defined in medret.corruptions.artifacts' docstring.
+ARTIFACTS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "markers": ("count", (1, 2, 3, 4, 6)),
+    "devices": ("n_lines", (1, 2, 3, 4, 5)),
+    "collimation": ("border_frac", (0.04, 0.08, 0.12, 0.18, 0.25)),
+    "positioning": ("shift_frac", (0.03, 0.06, 0.1, 0.15, 0.2)),
+    "overexposure": ("area_frac", (0.03, 0.06, 0.1, 0.15, 0.22)),
+}
 NOISE_KINDS = ("gaussian_noise", "poisson_noise")
-RANDOM_KINDS = (*NOISE_KINDS, "rotation")  # the others are deterministic: one repeat per level
+RANDOM_KINDS = (*NOISE_KINDS, "rotation", *ARTIFACTS)  # the others are deterministic: one repeat per level
 
 
 def conditions(
@@ -156,6 +179,48 @@ def row_seed(seed: int, pair_id: str, corruption: str, level: float, repeat: int
 # Occlusion specs
 
 
+#: ``placement: worst`` tries the square at g × g places: top and left each at 0, (1 - side) / 2 and 1 - side.
+WORST_GRID = 3
+
+
+def _inside(start: float, extent: float, side: float, rng: np.random.Generator) -> float:
+    """Offset along one axis of a segment of length ``side`` in [0, 1] covering [start, start + extent], or lying
+    inside it when shorter, uniformly among such offsets."""
+    lo, hi = (
+        (max(0.0, start + extent - side), min(start, 1.0 - side)) if side >= extent else (start, start + extent - side)
+    )
+    return float(rng.uniform(lo, hi)) if hi > lo else lo
+
+
+def _outside(region: Sequence[float], side: float, rng: np.random.Generator) -> tuple[float, float]:
+    """(top, left) of a ``side`` square in the unit box disjoint from ``region`` (top, left, height, width),
+    uniform over all such placements; where none exists, the one covering the least of the region."""
+    a_y, a_x, r_y, r_x = region
+    free = 1.0 - side
+    # Offsets that overlap the region: (a - side, a + extent) on each axis, clipped to [0, free].
+    y0, y1 = max(0.0, a_y - side), min(free, a_y + r_y)
+    x0, x1 = max(0.0, a_x - side), min(free, a_x + r_x)
+    if y1 <= y0 or x1 <= x0:  # no placement overlaps at all
+        return float(rng.uniform(0.0, free)), float(rng.uniform(0.0, free))
+    # The rest of [0, free]^2: bands above and below the overlapping rows, and left and right of it between them.
+    pieces = [(0.0, y0, 0.0, free), (y1, free, 0.0, free), (y0, y1, 0.0, x0), (y0, y1, x1, free)]
+    areas = np.array([max(0.0, b - a) * max(0.0, d - c) for a, b, c, d in pieces])
+    if areas.sum() <= 0.0:  # the square cannot avoid the region: the end of each axis that overlaps it least
+        top = 0.0 if max(0.0, min(side, a_y + r_y) - a_y) <= max(0.0, a_y + r_y - max(free, a_y)) else free
+        left = 0.0 if max(0.0, min(side, a_x + r_x) - a_x) <= max(0.0, a_x + r_x - max(free, a_x)) else free
+        return top, left
+    a, b, c, d = pieces[int(rng.choice(len(pieces), p=areas / areas.sum()))]
+    return float(rng.uniform(a, b)), float(rng.uniform(c, d))
+
+
+def covered(region: Sequence[float], top: float, left: float, side: float) -> float:
+    """The fraction of ``region`` (top, left, height, width) a ``side`` square at (top, left) covers."""
+    a_y, a_x, r_y, r_x = region
+    over_y = max(0.0, min(top + side, a_y + r_y) - max(top, a_y))
+    over_x = max(0.0, min(left + side, a_x + r_x) - max(left, a_x))
+    return over_y * over_x / (r_y * r_x)
+
+
 def occlusion_specs(
     pair_ids: Sequence[str],
     *,
@@ -164,18 +229,45 @@ def occlusion_specs(
     repeats: int,
     seed: int,
     placement: str = "random",
+    regions: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Spec table of the square occlusion: normalised ``top, left, height, width`` per row."""
+    """Spec table of the square occlusion: normalised ``top, left, height, width`` per row.
+
+    ``inside`` and ``outside`` placements need ``regions`` (indexed by pair id, the four region columns); their
+    rows add ``region`` (whether the pair has one; one without is placed at random) and ``overlap`` (the
+    fraction of the region covered); ``worst`` rows add ``grid_cell`` (the place tried, = the repeat).
+    """
+    relative = placement in ("inside", "outside")
+    if relative and regions is None:
+        raise MedretError(f"placement {placement} needs each pair's region; the dataset gives none")
+    boxes = {} if regions is None else {
+        pid: tuple(float(v) for v in row) for pid, row in regions.iterrows() if not np.isnan(row.to_numpy(float)).any()
+    }  # fmt: skip
     rows = []
     for level, repeat in conditions(levels, repeats):
         side = math.sqrt(level)
         for pid in pair_ids:
+            rng = placement_rng(seed, pid, corruption, level, repeat)
+            region = boxes.get(pid) if relative else None
             if placement == "centre":
                 top = left = (1.0 - side) / 2
+            elif placement == "worst":  # repeat r is cell (r // g, r % g) of the g x g grid of placements
+                top, left = ((1.0 - side) * k / (WORST_GRID - 1) for k in divmod(repeat, WORST_GRID))
+            elif region is not None and placement == "inside":
+                top, left = _inside(region[0], region[2], side, rng), _inside(region[1], region[3], side, rng)
+            elif region is not None:
+                top, left = _outside(region, side, rng)
             else:
-                top, left = placement_rng(seed, pid, corruption, level, repeat).uniform(0.0, 1.0 - side, size=2)
-            rows.append((pid, level, repeat, top, left, side, side))
-    return pd.DataFrame(rows, columns=["pair_id", "level", "repeat", "top", "left", "height", "width"])
+                top, left = rng.uniform(0.0, 1.0 - side, size=2)
+            row = [pid, level, repeat, top, left, side, side]
+            if relative:
+                row += [region is not None, covered(region, top, left, side) if region is not None else math.nan]
+            if placement == "worst":
+                row.append(repeat)
+            rows.append(row)
+    columns = ["pair_id", "level", "repeat", "top", "left", "height", "width"]
+    columns += ["region", "overlap"] if relative else ["grid_cell"] if placement == "worst" else []
+    return pd.DataFrame(rows, columns=columns)
 
 
 def max_patches_level(n_patches: int) -> float:
@@ -258,17 +350,22 @@ def occlusion_table(
     repeats: int,
     seed: int,
     options: Mapping[str, Any],
+    regions: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """The ``occlusion`` kind's spec table; a noise fill adds each row's ``noise_seed``."""
+    """The ``occlusion`` kind's spec table; a noise fill adds each row's ``noise_seed``. ``regions``: the pairs'
+    regions of interest, for ``placement: inside | outside``."""
     placement = options["placement"]
-    # A centred layout is the same at every repeat.
-    common = {"corruption": corruption, "levels": levels, "repeats": 1 if placement == "centre" else repeats}
+    if placement in ("inside", "outside", "worst") and options["mode"] != "square":
+        raise MedretError(f"placement {placement} places one square: set mode: square (not {options['mode']})")
+    # A centred layout is the same at every repeat; the worst placement's repeats are its grid's cells.
+    n = {"centre": 1, "worst": WORST_GRID**2}.get(placement, repeats)
+    common = {"corruption": corruption, "levels": levels, "repeats": n}
     if options["mode"] == "patches":
         table = patch_specs(pair_ids, **common, seed=seed, n_patches=options["n_patches"], placement=placement)
     elif options["mode"] == "grid":
         table = grid_specs(pair_ids, **common, seed=seed, grid_size=options["grid_size"], placement=placement)
     else:
-        table = occlusion_specs(pair_ids, **common, seed=seed, placement=placement)
+        table = occlusion_specs(pair_ids, **common, seed=seed, placement=placement, regions=regions)
     if options["fill"] == "noise":
         keys = zip(table["pair_id"], table["level"], table["repeat"], strict=True)
         table["noise_seed"] = [row_seed(seed, p, corruption, lvl, int(r)) for p, lvl, r in keys]
@@ -341,6 +438,7 @@ class CorruptionKind:
     random_sign: bool = False
     description: str = ""
     options: Mapping[str, Option] = field(default_factory=dict)
+    regions: bool = False
 
     def __post_init__(self) -> None:
         check_target(self.specs, f"corruption kind {self.name}: specs")
@@ -381,7 +479,14 @@ _OCCLUSION_OPTIONS = {
     ),
     "placement": Option(
         "random: uniformly at random, fully inside the image. centre: the square centred, the patches centred in "
-        "the cells nearest the centre, the grid cells nearest the centre; centred layouts get one repeat per level",
+        "the cells nearest the centre, the grid cells nearest the centre; centred layouts get one repeat per level. "
+        "inside (mode square): over the image's region of interest (the dataset's region_* columns), covering all "
+        "of it or as much as the square's area allows, uniformly among such places. outside (mode square): the "
+        "same area anywhere disjoint from the region (where it cannot be, covering the least of it). Pairs without "
+        "a region are placed at random; the spec rows say which (region) and how much of it is covered (overlap). "
+        "worst (mode square): the square at each of 3 x 3 places (top and left at 0, (1 - side) / 2, 1 - side; "
+        "the repeats), and each query keeps its worst rank over them: an adversarial lower bound over that grid, "
+        "per model (image -> report; report -> image takes the worst of the nine places all images share)",
         {"type": "string", "enum": list(OCCLUSION_CHOICES["placement"])},
         default=OCCLUSION_DEFAULTS["placement"],
     ),
@@ -415,6 +520,11 @@ _ACQUISITION_TEXT = {
     "jpeg": "JPEG compression at the given quality",
     "downsample": "pixelation to the given pixels along the image's longer side",
     "rotation": "rotation by the given degrees about the image centre, sign random per image",
+    "markers": "burned-in laterality marker (L/R) and annotations (PORTABLE, AP SUPINE, ...) at corners and edges",
+    "devices": "lines and tubes crossing the chest, n_lines - 1 ECG electrodes, an implanted device from 3 lines on",
+    "collimation": "asymmetric black borders removing the given fraction of rows and of columns",
+    "positioning": "the field shifted by the given fraction of the box in a random direction, cropped, rest black",
+    "overexposure": "a saturated ellipse covering the given fraction of the box, with a soft edge",
 }
 
 _KINDS: dict[str, CorruptionKind] = {}
@@ -435,6 +545,7 @@ register_kind(
         ("top", "left", "height", "width"),
         description="part of the image masked: one square (the study's), patches or grid cells",
         options=_OCCLUSION_OPTIONS,
+        regions=True,
     )
 )
 for _name, (_column, _values) in ACQUISITION.items():
@@ -448,6 +559,19 @@ for _name, (_column, _values) in ACQUISITION.items():
             parameters=_values,
             seeded=_name in NOISE_KINDS,
             random_sign=_name == "rotation",
+            description=f"{_ACQUISITION_TEXT[_name]} ({_column}: {', '.join(f'{v:g}' for v in _values)} at 1..5)",
+        )
+    )
+for _name, (_column, _values) in ARTIFACTS.items():
+    register_kind(
+        CorruptionKind(
+            _name,
+            severity_specs,
+            "medret.corruptions.apply:apply_acquisition",
+            (_column, "noise_seed"),
+            severity=True,
+            parameters=_values,
+            seeded=True,
             description=f"{_ACQUISITION_TEXT[_name]} ({_column}: {', '.join(f'{v:g}' for v in _values)} at 1..5)",
         )
     )
@@ -516,11 +640,15 @@ def _check_levels(levels: Any, name: str, kind: CorruptionKind, options: Mapping
     return [float(x) for x in levels]
 
 
-def make_specs(pair_ids: Sequence[str], name: str, entry: Mapping[str, Any]) -> pd.DataFrame:
-    """Spec table for config entry ``corruptions.<name>`` over ``pair_ids``."""
+def make_specs(
+    pair_ids: Sequence[str], name: str, entry: Mapping[str, Any], regions: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Spec table for config entry ``corruptions.<name>`` over ``pair_ids``; ``regions`` (the pairs' regions of
+    interest, when the dataset has them) go to a kind that declares ``regions``."""
     kind = get_kind(entry, name)
     options = occlusion_options(entry, name) if kind.name == "occlusion" else dict(entry)
     levels = _check_levels(entry.get("levels", kind.default_levels), name, kind, options)
+    extra = {"regions": regions} if kind.regions else {}
     return kind.make_specs(
         pair_ids,
         corruption=name,
@@ -528,6 +656,7 @@ def make_specs(pair_ids: Sequence[str], name: str, entry: Mapping[str, Any]) -> 
         repeats=int(entry.get("repeats", 1)),
         seed=int(entry.get("seed", 0)),
         options=options,
+        **extra,
     )
 
 

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from medret.corruptions import FILLS, NOISE_KINDS, occlusion_options
+from medret.corruptions import FILLS, occlusion_options
+from medret.corruptions.artifacts import DRAW
 from medret.errors import MedretError
 
 if TYPE_CHECKING:
@@ -229,7 +230,18 @@ def _rotate(crop: torch.Tensor, angle_deg: float, seed: int) -> torch.Tensor:
     return _to_uint8(out[0, 0])
 
 
+def _artifact(draw: Callable[[np.ndarray, float, int], tuple[np.ndarray, Any]]) -> Callable[..., torch.Tensor]:
+    """An artifact of :mod:`medret.corruptions.artifacts` as an operation: drawn on the CPU, moved back."""
+
+    def operation(crop: torch.Tensor, param: float, seed: int) -> torch.Tensor:
+        out, _ = draw(np.ascontiguousarray(crop.cpu().numpy()), param, seed)
+        return torch.from_numpy(out).to(crop.device)
+
+    return operation
+
+
 _OPERATIONS: dict[str, Callable[[torch.Tensor, float, int], torch.Tensor]] = {
+    **{name: _artifact(draw) for name, draw in DRAW.items()},
     "gaussian_noise": _gaussian_noise,
     "poisson_noise": _poisson_noise,
     "blur": _blur,
@@ -246,12 +258,12 @@ def apply_acquisition(
     kind: CorruptionKind, images: torch.Tensor, boxes: torch.Tensor, rows: pd.DataFrame, entry: Mapping[str, Any]
 ) -> torch.Tensor:
     """Apply each row's severity to its image's content box; severity-0 rows are left untouched (the transform of
-    the built-in acquisition kinds)."""
+    the built-in acquisition and artifact kinds)."""
     column = kind.param_columns[0]
-    _require(rows, [column, *(["noise_seed"] if kind.name in NOISE_KINDS else [])])
+    _require(rows, [column, *(["noise_seed"] if kind.seeded else [])])
     levels = rows["level"].to_numpy(np.float64)
     params = rows[column].to_numpy(np.float64)
-    seeds = rows["noise_seed"].to_numpy(np.int64) if kind.name in NOISE_KINDS else np.zeros(len(rows), np.int64)
+    seeds = rows["noise_seed"].to_numpy(np.int64) if kind.seeded else np.zeros(len(rows), np.int64)
     operation = _OPERATIONS[kind.name]
     out = images.clone()
     box_list = _boxes(boxes)

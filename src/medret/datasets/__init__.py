@@ -4,7 +4,8 @@ An adapter is one module with one declaration (:class:`DatasetAdapter`), registe
 :func:`register_adapter`: its config keys (:class:`medret.plugins.Option`: schema, default,
 description; config validation assembles a dataset entry's schema from them), the files the workflow
 must track (``source_files``) and how they are read into a DataFrame with :data:`PAIR_COLUMNS`
-(plus optional ``label_*`` columns). Everything after that (manifest, image cache, corruption
+(plus optional ``label_*`` columns and the four ``region_*`` columns of a region of interest,
+:data:`REGION_COLUMNS`). Everything after that (manifest, image cache, corruption
 specs) is the same for every dataset. An adapter in another package declares itself through the
 ``medret.datasets`` entry point (:mod:`medret.plugins`).
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from medret.errors import MedretError
@@ -36,6 +38,26 @@ COMMON_OPTIONS = (
 #: Columns of the standard pairs table, in order. ``patient_id``, ``study_id`` and ``view`` may be
 #: empty strings when a dataset does not have them; label columns are named ``label_<finding>``.
 PAIR_COLUMNS = ("pair_id", "image_path", "report", "split", "patient_id", "study_id", "view")
+#: A region of interest per image (the box around its findings), as fractions of its height and width:
+#: top and left edge, height and width; NaN where an image has none (the CSV format documents them).
+REGION_COLUMNS = ("region_top", "region_left", "region_height", "region_width")
+
+
+def check_regions(regions: pd.DataFrame, where: str) -> None:
+    """Every row of the four :data:`REGION_COLUMNS` (floats) is empty or a box inside the image; ``where``
+    names the file or table in the error."""
+    values = regions[list(REGION_COLUMNS)].to_numpy(float)
+    partial = np.isnan(values).any(axis=1) & ~np.isnan(values).all(axis=1)
+    top, left, height, width = values.T
+    with np.errstate(invalid="ignore"):
+        outside = (top < 0) | (left < 0) | (top + height > 1 + 1e-9) | (left + width > 1 + 1e-9)
+        bad = partial | ~np.isnan(top) & (outside | (height <= 0) | (width <= 0))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise MedretError(
+            f"{where}: row {row + 2} has region {values[row].tolist()}; give all four region_* values as fractions "
+            "of the image (top, left, height, width, inside [0, 1]) or leave all four empty"
+        )
 
 
 @dataclass(frozen=True)
@@ -127,7 +149,12 @@ def load_pairs(name: str, entry: Mapping[str, Any], sources: list[str]) -> pd.Da
     if missing:  # a programming error in an adapter, not a user error
         raise RuntimeError(f"adapter {adapter.name} returned no column(s) {missing}")
     labels = sorted(c for c in table.columns if c.startswith("label_"))
-    return table[[*PAIR_COLUMNS, *labels]].reset_index(drop=True)
+    regions = [c for c in REGION_COLUMNS if c in table.columns]
+    if regions and len(regions) < len(REGION_COLUMNS):  # a programming error in an adapter
+        raise RuntimeError(f"adapter {adapter.name} returned only {regions} of the region columns")
+    if regions:
+        check_regions(table, f"dataset adapter {adapter.name}")
+    return table[[*PAIR_COLUMNS, *labels, *regions]].reset_index(drop=True)
 
 
 def _load_adapters() -> None:

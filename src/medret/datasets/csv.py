@@ -2,11 +2,14 @@
 
 One row per image-report pair::
 
-    id,image,report,split[,patient_id][,study_id][,view][,label_<finding>...]
+    id,image,report,split[,patient_id][,study_id][,view][,label_<finding>...][,region_top,region_left,region_height,region_width]
 
 ``image`` is a path relative to the CSV's own directory (absolute paths are kept as they are).
 ``split`` is free text; the evaluated split is chosen in the config (default ``test``).
 Label columns hold CheXpert-style values (1 positive, 0 negative, -1 uncertain, empty missing).
+The four ``region_*`` columns, all or none, give each image's region of interest (the box around its
+findings) as fractions of the image's height and width: top and left edge, height and width; empty in a
+row without one. Occlusion ``placement: inside | outside`` places the occluder relative to it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from medret.datasets import DatasetAdapter, register_adapter
+from medret.datasets import REGION_COLUMNS, DatasetAdapter, check_regions, register_adapter
 from medret.errors import MedretError
 from medret.plugins import Option
 
@@ -69,6 +72,18 @@ def read_pairs_csv(path: str | Path) -> pd.DataFrame:
         if len(bad):
             raise MedretError(f"{path}: column {col} holds {bad.iloc[0]!r}; labels must be 1, 0, -1 or empty")
         table[col] = values.astype(float)
+    present = [c for c in REGION_COLUMNS if c in raw.columns]
+    if present and len(present) < len(REGION_COLUMNS):
+        missing = ", ".join(c for c in REGION_COLUMNS if c not in raw.columns)
+        raise MedretError(f"{path}: region columns need all four of {', '.join(REGION_COLUMNS)}; missing {missing}")
+    if present:
+        for col in REGION_COLUMNS:
+            values = pd.to_numeric(raw[col].replace("", None), errors="coerce")
+            bad = raw[col][values.isna() & (raw[col].str.strip() != "")]
+            if len(bad):
+                raise MedretError(f"{path}: column {col} holds {bad.iloc[0]!r}; a region is four numbers or empty")
+            table[col] = values.astype(float)
+        check_regions(table, str(path))
     return table
 
 
@@ -95,8 +110,8 @@ register_adapter(
         "generic pairs CSV (your own data)",
         options={
             "csv": Option(
-                "path of the pairs CSV (id,image,report,split[,patient_id][,study_id][,view][,label_*]); image paths "
-                "in it are relative to the CSV",
+                "path of the pairs CSV (id,image,report,split[,patient_id][,study_id][,view][,label_*][,region_*]); "
+                "image paths in it are relative to the CSV",
                 {"type": "string"},
                 required=True,
                 path="file",

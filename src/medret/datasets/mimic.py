@@ -8,11 +8,17 @@ Config entry (``adapter: mimic_cxr``)::
              (the directory may also be the ``files`` directory itself)
     section: impression (default) | findings | longest (the longer of findings and impression)
     study_list: optional text/CSV file of the study ids to keep
+    ms_cxr: optional MS-CXR box file (MS_CXR_Local_Alignment_v1.x.csv, PhysioNet): regions of interest
 
 One pair per image (``pair_id`` = dicom_id, ``patient_id`` = subject_id, ``study_id`` = study_id,
 ``view`` = ViewPosition, ``split`` = train / validate / test from the split CSV); every image of a
 study gets that study's report and CheXpert labels (``label_<snake_case>``: 1, 0, -1, NaN; NaN for
 studies the CheXpert CSV lacks). Image paths are absolute; the images themselves are not checked here.
+
+MS-CXR (Boecking et al. 2022; phrase-grounding boxes on MIMIC-CXR images): one row per box with
+``dicom_id``, ``category_name``, ``label_text``, ``x``, ``y``, ``w``, ``h`` (pixels), ``image_width`` and
+``image_height``. An image's region of interest (``region_*``, fractions of the image) is the bounding box of all
+its boxes; images MS-CXR does not cover have none.
 
 Study list: one id per line (``50414267`` or ``s50414267``; blank lines and ``#`` comments ignored),
 or a CSV with a ``study_id`` column. Ids missing from the metadata are ignored; if none match, it is
@@ -47,6 +53,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from medret.datasets import DatasetAdapter, register_adapter
@@ -162,7 +169,48 @@ def _mimic_sources(name: str, entry: Mapping[str, Any]) -> list[str]:
             f"{reports}: MIMIC-CXR reports not found (mimic-cxr-reports.zip or its unpacked directory); "
             f"check the config key datasets.{name}.reports"
         )
-    return [*tables, str(reports), *study_list_source(entry, name)]
+    ms_cxr = [str(entry["ms_cxr"])] if entry.get("ms_cxr") else []
+    return [*tables, str(reports), *study_list_source(entry, name), *ms_cxr]
+
+
+MS_CXR_COLUMNS = ("dicom_id", "x", "y", "w", "h", "image_width", "image_height")
+
+
+def read_ms_cxr(path: str | Path) -> pd.DataFrame:
+    """Each MS-CXR image's region of interest: the bounding box of its boxes as fractions of the image (the four
+    ``region_*`` columns, indexed by dicom_id)."""
+    from medret.datasets import REGION_COLUMNS
+
+    key = "datasets.<name>.ms_cxr"
+    boxes = read_csv_columns(path, MS_CXR_COLUMNS, "MS-CXR", key)
+    values = boxes[list(MS_CXR_COLUMNS[1:])].apply(lambda col: pd.to_numeric(col.str.strip(), errors="coerce"))
+    x, y, w, h, width, height = (values[c].to_numpy(float) for c in MS_CXR_COLUMNS[1:])
+    with np.errstate(invalid="ignore"):
+        bad = ~((x >= 0) & (y >= 0) & (w > 0) & (h > 0) & (x + w <= width + 0.5) & (y + h <= height + 0.5))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise MedretError(
+            f"{path}: row {row + 2} has box x={x[row]}, y={y[row]}, w={w[row]}, h={h[row]} outside its "
+            f"{width[row]} x {height[row]} image (or not numbers); check the file (config key {key})"
+        )
+    frame = pd.DataFrame(
+        {
+            "dicom_id": boxes["dicom_id"].str.strip(),
+            "x0": x / width,
+            "y0": y / height,
+            "x1": np.minimum(x + w, width) / width,
+            "y1": np.minimum(y + h, height) / height,
+        }
+    )
+    union = frame.groupby("dicom_id").agg(x0=("x0", "min"), y0=("y0", "min"), x1=("x1", "max"), y1=("y1", "max"))
+    return pd.DataFrame(
+        {
+            REGION_COLUMNS[0]: union["y0"],
+            REGION_COLUMNS[1]: union["x0"],
+            REGION_COLUMNS[2]: union["y1"] - union["y0"],
+            REGION_COLUMNS[3]: union["x1"] - union["x0"],
+        }
+    )
 
 
 def _study_id(value: str) -> str:
@@ -257,6 +305,14 @@ def load_mimic(entry: Mapping[str, Any], sources: list[str]) -> pd.DataFrame:
             )
         labels[label_column(finding)] = values
     out = out.merge(labels.drop_duplicates("study_id"), on="study_id", how="left")
+    if entry.get("ms_cxr"):
+        regions = read_ms_cxr(sources[-1])
+        if not regions.index.isin(out["pair_id"]).any():
+            raise MedretError(
+                f"{sources[-1]}: none of its {len(regions)} images is in the MIMIC-CXR metadata; check the config "
+                "key datasets.<name>.ms_cxr"
+            )
+        out = out.join(regions, on="pair_id")
     return out.sort_values("pair_id").reset_index(drop=True)
 
 
@@ -282,6 +338,12 @@ register_adapter(
             ),
             "section": SECTION_OPTION,
             "study_list": study_list_option("5xxxxxxx or s5xxxxxxx"),
+            "ms_cxr": Option(
+                "MS-CXR box file (MS_CXR_Local_Alignment_v1.x.csv from PhysioNet, credentialed): each image's region "
+                "of interest for occlusion placement inside/outside (the bounding box of its boxes)",
+                {"type": "string"},
+                path="file",
+            ),
         },
     )
 )
