@@ -20,23 +20,11 @@ import pandas as pd
 
 from medret.errors import MedretError
 from medret.manifest import UNCERTAIN_POLICIES
+from medret.metrics import METRICS_COLUMNS
 
 NO_FINDING = "no_finding"
-FINDING_COLUMNS = (
-    "dataset",
-    "finding",
-    "model",
-    "corruption",
-    "level",
-    "relevance",
-    "direction",
-    "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-    "n_queries",
-    "chance",
-)
+#: The metrics table's columns with the finding after the dataset (no popularity: a baseline of the whole set).
+FINDING_COLUMNS = ("dataset", "finding", *(c for c in METRICS_COLUMNS[1:] if c != "popularity"))
 
 
 def finding_queries(
