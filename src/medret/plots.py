@@ -612,3 +612,63 @@ def plot_findings(
     save_figure(
         _findings_figure(table, corruptions, metric=metric, direction=direction, relevance=relevance), out_paths
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Zero-shot classification
+# --------------------------------------------------------------------------------------------------
+
+
+def _classification_figure(table: pd.DataFrame, corruption: str, *, kind: str) -> Figure:
+    """AUROC against level, a panel per finding and the macro average, a line per model with its 95% band."""
+    from medret.classification import MACRO
+    from medret.findings import describe
+
+    sub = table[table["corruption"] == corruption]
+    if sub.empty:
+        fig = Figure(figsize=(6, 2))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no zero-shot classification: the dataset has no finding to classify", ha="center")
+        return fig
+    findings = [MACRO, *[f for f in dict.fromkeys(sub["finding"]) if f != MACRO]]
+    cols = min(4, len(findings))
+    rows = -(-len(findings) // cols)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows + 0.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True).ravel()
+    models = sorted(map(str, sub["model"].unique()))
+    colors, markers = model_colors(models), _model_markers(models)
+    for ax, finding in zip(axes, findings, strict=False):
+        part = sub[sub["finding"] == finding]
+        for model in models:
+            line = part[part["model"] == model].sort_values("level")
+            ax.plot(line["level"], line["value"], marker=markers[model], color=colors[model], ms=3, lw=1.2)
+            ax.fill_between(line["level"], line["ci_low"], line["ci_high"], color=colors[model], alpha=CI_ALPHA, lw=0)
+        ax.axhline(0.5, color="grey", ls="--", lw=0.8)
+        title = "macro average" if finding == MACRO else describe(finding)
+        n = part[["n_positive", "n_negative"]].iloc[0]
+        ax.set_title(f"{title} ({int(n['n_positive'])}+ / {int(n['n_negative'])}−)", fontsize=9)
+        ax.set_ylim(0.3, 1.0)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(findings) :]:
+        ax.axis("off")
+    for ax in axes[-cols:]:
+        ax.set_xlabel(level_label(kind), fontsize=8)
+    for ax in axes[::cols]:
+        ax.set_ylabel("AUROC")
+    handles = [Line2D([], [], color=colors[m], marker=markers[m], label=m) for m in models]
+    handles.append(Line2D([], [], color="grey", ls="--", label="chance"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=8)
+    fig.suptitle(f"{corruption}: zero-shot classification, AUROC per finding", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    return fig
+
+
+def plot_classification(
+    table: pd.DataFrame, corruption: str, out_paths: Sequence[PathLike] | PathLike, *, kind: str = "occlusion"
+) -> None:
+    """Save the AUROC-against-level figure of one corruption (:func:`_classification_figure`)."""
+    _normalise_paths(out_paths)
+    save_figure(_classification_figure(table, corruption, kind=kind), out_paths)
