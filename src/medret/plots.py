@@ -559,7 +559,10 @@ def _findings_figure(
     corruption's report level (filled), each with its interval, joined by a line."""
     from medret.findings import describe, finding_contrast, report_level
 
-    fig = Figure(figsize=(4.2 * max(1, len(corruptions)), 1.2 + 0.42 * max(1, table["finding"].nunique())))
+    n_findings = max(1, table["finding"].nunique()) if not table.empty else 1
+    cols = min(4, max(1, len(corruptions)))
+    rows = -(-max(1, len(corruptions)) // cols)
+    fig = Figure(figsize=(4.4 * cols, (0.9 + 0.36 * n_findings) * rows + 0.8))
     FigureCanvasAgg(fig)
     if table.empty:
         ax = fig.add_subplot(1, 1, 1)
@@ -568,7 +571,10 @@ def _findings_figure(
         return fig
     models = sorted(map(str, table["model"].unique()))
     colors, markers = model_colors(models), _model_markers(models)
-    axes = fig.subplots(1, len(corruptions), squeeze=False, sharey=True)[0]
+    grid = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+    for ax in grid[len(corruptions) :]:
+        ax.axis("off")
+    axes = grid[: len(corruptions)]
     for ax, (corruption, entry) in zip(axes, corruptions.items(), strict=True):
         level = report_level(entry["levels"])
         data = finding_contrast(table, corruption, level, metric=metric, direction=direction, relevance=relevance)
@@ -588,9 +594,9 @@ def _findings_figure(
                 ax.errorbar(rows[value], y, xerr=err, fmt=markers[model], color=color, mfc=fill, ms=5, lw=1)
             ax.hlines(y, rows["clean"], rows["corrupted"], color=color, lw=0.8, alpha=0.6)
         ax.set_yticks(np.arange(len(findings)), [describe(f) for f in findings])
-        ax.invert_yaxis()
         ax.set_xlabel(metric_label(metric))
         ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()  # shared by every panel: the first finding on top
     handles = [Line2D([], [], color=colors[m], marker=markers[m], ls="", label=m) for m in models]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(models), 5), frameon=False, fontsize=8)
     fig.suptitle(f"Per finding: {DIRECTIONS.get(direction, direction)}, {relevance} relevance", fontsize=10)

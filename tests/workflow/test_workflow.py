@@ -207,7 +207,8 @@ _CLASSIFY = {"classification": 1, "plot_classification": 2}
     [
         # Relevance is read by the ranks and metrics only: never the demo data, manifest or embeddings.
         ("datasets.demo.relevance", ["exact"], {"ranks": 2, **_AGGREGATES}),
-        ("datasets.demo.uncertain_labels", "negative", {"ranks": 2, **_AGGREGATES}),
+        # Uncertain labels are also read by zero-shot classification (which labels are positive).
+        ("datasets.demo.uncertain_labels", "negative", {"ranks": 2, **_AGGREGATES, **_CLASSIFY}),
         # The report corpus is its own job: new candidate texts, no new image embeddings.
         ("datasets.demo.extra_reports", [], {"corpus": 1, "embed_texts": 1, "ranks": 2, **_AGGREGATES}),
         # The image cache's size: caches, training and embeddings, but not the demo data or manifest.

@@ -128,7 +128,10 @@ def intermediate_outputs():
             out.append(f"{base}/images/train.h5")
         out += [f"{base}/corruptions/{c}.parquet" for c in CORRUPTIONS]
         for model in MODELS:
-            out += [f"{base}/embeddings/{model}/text.h5", f"{base}/embeddings/{model}/prompts.h5"]
+            out += [
+                f"{base}/embeddings/{model}/text.h5",
+                f"{base}/embeddings/{model}/prompts.h5",
+            ]
             for corruption in CORRUPTIONS:
                 out.append(f"{base}/embeddings/{model}/images/{corruption}.h5")
                 out.append(f"{base}/ranks/{model}/{corruption}.parquet")
