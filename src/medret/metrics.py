@@ -523,7 +523,7 @@ def _bootstrap_median(values: np.ndarray, cluster: np.ndarray, counts: np.ndarra
     return np.where(total > 0, (sorted_values[lo] + sorted_values[hi]) / 2, np.nan)
 
 
-def _percentile_ci(replicates: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+def percentile_interval(replicates: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval over axis 0; undefined replicates (a 0 denominator) are left out."""
     alpha = 1.0 - ci
     with warnings.catch_warnings():
@@ -813,7 +813,7 @@ def _cells(per_query: pd.DataFrame) -> pd.DataFrame:
 
 
 def _metrics_table(cells: pd.DataFrame, point: np.ndarray, reps: np.ndarray, ci: float, dataset: str) -> pd.DataFrame:
-    low, high = _percentile_ci(reps, ci)
+    low, high = percentile_interval(reps, ci)
     n_metrics = len(METRICS)
     out = cells.loc[cells.index.repeat(n_metrics), _CELL].reset_index(drop=True)
     out.insert(0, "dataset", dataset)
@@ -847,7 +847,7 @@ def _robustness_table(
         chance = curve[[f"chance_{m}" for m in ROBUSTNESS_METRICS]].to_numpy(float)[0]
         # Only clean values clearly above chance: a denominator whose interval reaches 0 makes the ratio
         # swing without bound across replicates.
-        chance = np.where(_percentile_ci(y[1:, 0], ci)[0] > chance, chance, np.nan)
+        chance = np.where(percentile_interval(y[1:, 0], ci)[0] > chance, chance, np.nan)
         auc = np.trapezoid(y, x=levels, axis=1) / (levels[-1] - levels[0])
         summaries = [("auc", np.nan, auc), ("nauc", np.nan, _ratio(auc, y[:, 0]))]
         summaries.append(("chance_nauc", np.nan, _ratio(auc - chance, y[:, 0] - chance)))
@@ -856,7 +856,7 @@ def _robustness_table(
         kept = _ratio(y[:, 1:] - chance, y[:, :1] - chance)
         summaries += [("relative_drop", lvl, drops[:, i]) for i, lvl in enumerate(levels[1:])]
         summaries += [("chance_retention", lvl, kept[:, i]) for i, lvl in enumerate(levels[1:])]
-        intervals = [_percentile_ci(s[1:], ci) for _, _, s in summaries]
+        intervals = [percentile_interval(s[1:], ci) for _, _, s in summaries]
         for j, metric in enumerate(ROBUSTNESS_METRICS):
             for (quantity, level, s), (low, high) in zip(summaries, intervals, strict=True):
                 rows.append(
@@ -875,7 +875,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray, ci: float) -> tuple[np.ndarr
     is undefined (NaN) are left out. The p-value is the two-sided bootstrap one of the module doc.
     """
     d = a - b
-    low, high = _percentile_ci(d[1:], ci)
+    low, high = percentile_interval(d[1:], ci)
     valid = ~np.isnan(d[1:])
     n = valid.sum(axis=0)
     tail = np.minimum(((d[1:] <= 0) & valid).sum(axis=0), ((d[1:] >= 0) & valid).sum(axis=0))

@@ -559,7 +559,10 @@ def _findings_figure(
     corruption's report level (filled), each with its interval, joined by a line."""
     from medret.findings import describe, finding_contrast, report_level
 
-    fig = Figure(figsize=(4.2 * max(1, len(corruptions)), 1.2 + 0.42 * max(1, table["finding"].nunique())))
+    n_findings = max(1, table["finding"].nunique()) if not table.empty else 1
+    cols = min(4, max(1, len(corruptions)))
+    rows = -(-max(1, len(corruptions)) // cols)
+    fig = Figure(figsize=(4.4 * cols, (0.9 + 0.36 * n_findings) * rows + 0.8))
     FigureCanvasAgg(fig)
     if table.empty:
         ax = fig.add_subplot(1, 1, 1)
@@ -568,7 +571,10 @@ def _findings_figure(
         return fig
     models = sorted(map(str, table["model"].unique()))
     colors, markers = model_colors(models), _model_markers(models)
-    axes = fig.subplots(1, len(corruptions), squeeze=False, sharey=True)[0]
+    grid = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+    for ax in grid[len(corruptions) :]:
+        ax.axis("off")
+    axes = grid[: len(corruptions)]
     for ax, (corruption, entry) in zip(axes, corruptions.items(), strict=True):
         level = report_level(entry["levels"])
         data = finding_contrast(table, corruption, level, metric=metric, direction=direction, relevance=relevance)
@@ -588,9 +594,9 @@ def _findings_figure(
                 ax.errorbar(rows[value], y, xerr=err, fmt=markers[model], color=color, mfc=fill, ms=5, lw=1)
             ax.hlines(y, rows["clean"], rows["corrupted"], color=color, lw=0.8, alpha=0.6)
         ax.set_yticks(np.arange(len(findings)), [describe(f) for f in findings])
-        ax.invert_yaxis()
         ax.set_xlabel(metric_label(metric))
         ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()  # shared by every panel: the first finding on top
     handles = [Line2D([], [], color=colors[m], marker=markers[m], ls="", label=m) for m in models]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(models), 5), frameon=False, fontsize=8)
     fig.suptitle(f"Per finding: {DIRECTIONS.get(direction, direction)}, {relevance} relevance", fontsize=10)
@@ -612,3 +618,63 @@ def plot_findings(
     save_figure(
         _findings_figure(table, corruptions, metric=metric, direction=direction, relevance=relevance), out_paths
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Zero-shot classification
+# --------------------------------------------------------------------------------------------------
+
+
+def _classification_figure(table: pd.DataFrame, corruption: str, *, kind: str) -> Figure:
+    """AUROC against level, a panel per finding and the macro average, a line per model with its 95% band."""
+    from medret.classification import MACRO
+    from medret.findings import describe
+
+    sub = table[table["corruption"] == corruption]
+    if sub.empty:
+        fig = Figure(figsize=(6, 2))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no zero-shot classification: the dataset has no finding to classify", ha="center")
+        return fig
+    findings = [MACRO, *[f for f in dict.fromkeys(sub["finding"]) if f != MACRO]]
+    cols = min(4, len(findings))
+    rows = -(-len(findings) // cols)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows + 0.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True).ravel()
+    models = sorted(map(str, sub["model"].unique()))
+    colors, markers = model_colors(models), _model_markers(models)
+    for ax, finding in zip(axes, findings, strict=False):
+        part = sub[sub["finding"] == finding]
+        for model in models:
+            line = part[part["model"] == model].sort_values("level")
+            ax.plot(line["level"], line["value"], marker=markers[model], color=colors[model], ms=3, lw=1.2)
+            ax.fill_between(line["level"], line["ci_low"], line["ci_high"], color=colors[model], alpha=CI_ALPHA, lw=0)
+        ax.axhline(0.5, color="grey", ls="--", lw=0.8)
+        title = "macro average" if finding == MACRO else describe(finding)
+        n = part[["n_positive", "n_negative"]].iloc[0]
+        ax.set_title(f"{title} ({int(n['n_positive'])}+ / {int(n['n_negative'])}−)", fontsize=9)
+        ax.set_ylim(0.3, 1.0)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(findings) :]:
+        ax.axis("off")
+    for ax in axes[-cols:]:
+        ax.set_xlabel(level_label(kind), fontsize=8)
+    for ax in axes[::cols]:
+        ax.set_ylabel("AUROC")
+    handles = [Line2D([], [], color=colors[m], marker=markers[m], label=m) for m in models]
+    handles.append(Line2D([], [], color="grey", ls="--", label="chance"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=8)
+    fig.suptitle(f"{corruption}: zero-shot classification, AUROC per finding", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    return fig
+
+
+def plot_classification(
+    table: pd.DataFrame, corruption: str, out_paths: Sequence[PathLike] | PathLike, *, kind: str = "occlusion"
+) -> None:
+    """Save the AUROC-against-level figure of one corruption (:func:`_classification_figure`)."""
+    _normalise_paths(out_paths)
+    save_figure(_classification_figure(table, corruption, kind=kind), out_paths)

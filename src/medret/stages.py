@@ -271,6 +271,30 @@ def embed_texts(
     embeddings.embed_texts(model, texts, out_path, model_name=name, manifest_digest=manifest.digest)
 
 
+def embed_prompts(
+    *,
+    name: str,
+    entry: Mapping[str, Any],
+    manifest_path: str | Path,
+    options: Mapping[str, Any],
+    out_path: str | Path,
+    files: Mapping[str, Any] | None = None,
+    gpus: int | None = None,
+) -> None:
+    """Embed the zero-shot prompt pairs of the dataset's findings (:mod:`medret.classification`) with one model:
+    positive and negative prompt of each finding in turn; no rows for a dataset without labels."""
+    from medret import classification, embeddings
+    from medret.manifest import Manifest
+    from medret.models import load_model
+
+    manifest = Manifest.read(manifest_path)
+    labels, _ = classification.finding_labels(manifest.table, "positive")
+    pairs = classification.prompt_pairs(list(labels.columns), options)
+    texts = [prompt for pair in pairs.values() for prompt in pair]
+    model = load_model(_model_entry(entry, files, gpus), name)
+    embeddings.embed_texts(model, texts, out_path, model_name=name, manifest_digest=manifest.digest)
+
+
 def embed_images(
     *,
     name: str,
@@ -505,6 +529,85 @@ def compute_placement(
         table.to_csv(tmp, index=False, float_format="%.6g")
 
 
+def classify(
+    *,
+    dataset: str,
+    manifest_path: str | Path,
+    prompt_paths: Sequence[str | Path],
+    image_paths: Sequence[str | Path],
+    out_table: str | Path,
+    out_comparisons: str | Path,
+    options: Mapping[str, Any],
+    evaluation: Mapping[str, Any],
+    relevance: Mapping[str, Any],
+) -> None:
+    """Zero-shot classification of every finding at every level of every corruption, from the cached image
+    embeddings and each model's prompt embeddings (:mod:`medret.classification`)."""
+    from medret import classification
+    from medret.embeddings import EmbeddingFile, check_provenance
+    from medret.manifest import Manifest
+
+    manifest = Manifest.read(manifest_path)
+    labels, labelled = classification.finding_labels(manifest.table, relevance["uncertain_labels"])
+    pairs = classification.prompt_pairs(list(labels.columns), options)
+    texts = [prompt for pair in pairs.values() for prompt in pair]
+    labels = labels[labelled].reset_index(drop=True)
+    min_positives = int(options["min_positives"])
+    for note in classification.left_out(labels, pairs, min_positives):
+        print(f"medret: {note}", file=sys.stderr)
+    kept = classification.kept_findings(labels, pairs, min_positives)
+    prompts = {}
+    for path in prompt_paths:
+        prompt_file = EmbeddingFile.read(path)
+        check_provenance([prompt_file], {"manifest_digest": manifest.digest})
+        if list(prompt_file.arrays["texts"]) != texts:
+            raise stale_artifact(path, "prompts of other templates")
+        emb = prompt_file.arrays["embeddings"].reshape(len(pairs), 2, -1) if texts else None
+        prompts[str(prompt_file.attrs["model"])] = emb
+    columns = [list(pairs).index(f) for f in kept]
+    image_scores = {}
+    for path in image_paths:
+        images = EmbeddingFile.read(path)
+        check_provenance([images], {"manifest_digest": manifest.digest})
+        if list(images.arrays["ids"]) != manifest.pair_ids:
+            raise stale_artifact(path, f"ids do not match {manifest_path}")
+        model, corruption = str(images.attrs["model"]), str(images.attrs["corruption"])
+        if not kept:
+            continue
+        values = classification.scores(
+            images.arrays["embeddings"][:, labelled], prompts[model][columns], options["rule"]
+        )
+        image_scores[(model, corruption)] = (images.arrays["levels"], values)
+    clusters = manifest.clusters()
+    patients = [clusters[p] or f"pair:{p}" for p in np.asarray(manifest.pair_ids)[labelled]]
+    table, comparisons = (
+        classification.classification_tables(
+            image_scores,
+            labels[kept],
+            patients,
+            dataset=dataset,
+            n_boot=int(evaluation["bootstrap"]),
+            seed=int(evaluation["seed"]),
+            ci=float(evaluation["ci"]),
+        )
+        if kept
+        else (
+            pd.DataFrame(columns=list(classification.CLASSIFICATION_COLUMNS)),
+            pd.DataFrame(columns=list(classification.COMPARISON_COLUMNS)),
+        )
+    )
+    for frame, path in ((table, out_table), (comparisons, out_comparisons)):
+        with atomic_output(path) as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def plot_classification(*, table_path: str | Path, corruption: str, kind: str, out_paths: Sequence[str | Path]) -> None:
+    """AUROC against level per finding and macro, one corruption (of kind ``kind``)."""
+    from medret import plots
+
+    plots.plot_classification(pd.read_csv(table_path), corruption, out_paths, kind=kind)
+
+
 def plot_results(
     *,
     metrics_path: str | Path,
@@ -573,6 +676,7 @@ def write_summary(
     out_path: str | Path,
     findings_path: str | Path | None = None,
     placement_path: str | Path | None = None,
+    classification_path: str | Path | None = None,
     uncertain_labels: str = "positive",
 ) -> None:
     """``summary.md`` of a dataset: the metrics stage's tables, the results per finding and by occluder placement,
@@ -591,6 +695,7 @@ def write_summary(
         embedding_paths=embedding_paths,
         findings_path=findings_path,
         placement_path=placement_path,
+        classification_path=classification_path,
         uncertain_labels=uncertain_labels,
     )
 

@@ -57,10 +57,12 @@ def summary_markdown(
     findings: pd.DataFrame | None = None,
     finding_notes: Sequence[str] = (),
     placement: pd.DataFrame | None = None,
+    classification: pd.DataFrame | None = None,
 ) -> str:
     """The Markdown text of ``summary.md`` (see the module doc); ``warnings`` (:func:`collect_warnings`) get a
     section of their own before the tables; ``findings`` (``findings.csv``) and ``finding_notes``
-    (:func:`medret.findings.left_out`) a section after them, ``placement`` (``placement.csv``) another."""
+    (:func:`medret.findings.left_out`) a section after them, ``placement`` (``placement.csv``) and
+    ``classification`` (``classification.csv``) one each."""
     n_boot, ci = int(evaluation["bootstrap"]), float(evaluation["ci"])
     out = [
         f"# medret results: {dataset}",
@@ -110,6 +112,8 @@ def summary_markdown(
         out += _placement_lines(placement, corruptions, evaluation)
     if findings is not None:
         out += _findings_lines(findings, finding_notes, corruptions, evaluation)
+    if classification is not None:
+        out += _classification_lines(classification, corruptions)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -146,6 +150,61 @@ def _placement_lines(
             for r in part.sort_values(["model", "level"]).itertuples()
         ]
         out += _table(["model", "level", "inside", "outside", "inside − outside", "p"], rows)
+    return out
+
+
+def _classification_lines(table: pd.DataFrame, corruptions: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Macro AUROC per model and level of each corruption, and each finding's clean AUROC."""
+    from medret.classification import MACRO
+    from medret.findings import describe
+
+    out = ["", "## Zero-shot classification", ""]
+    if table.empty:
+        return [*out, "No finding to classify (the dataset has no labels, or too few positives)."]
+    out.append(
+        "AUROC of each finding from a positive and a negative prompt (CheXzero's `{finding}` / `no {finding}` by "
+        "default), scored on the same cached image embeddings as the retrieval results, with 95% patient-cluster "
+        "bootstrap intervals; chance is 0.5. Every finding, level and the paired differences between models are "
+        "in `classification.csv` and `classification_comparisons.csv`."
+    )
+    clean = table[table["level"] == 0.0].drop_duplicates(["model", "finding"]).set_index(["finding", "model"])
+    models = sorted(table["model"].unique())
+    findings = [f for f in dict.fromkeys(table["finding"]) if f != MACRO] + [MACRO]
+    rows = []
+    for finding in findings:
+        n = clean.loc[finding].iloc[0]
+        row = [describe(finding) if finding != MACRO else "*macro*", f"{int(n['n_positive'])}/{int(n['n_negative'])}"]
+        for model in models:
+            r = clean.loc[(finding, model)]
+            row.append(_with_ci(r["value"], r["ci_low"], r["ci_high"], "MRR"))
+        rows.append(row)
+    out += ["", "### Clean images", "", *_table(["finding", "positive/negative", *models], rows)]
+    for corruption, entry in corruptions.items():
+        part = table[(table["corruption"] == corruption) & (table["finding"] == MACRO)]
+        if part.empty:
+            continue
+        kind = str(entry.get("kind", "occlusion"))
+        levels = sorted(part["level"].unique())
+        cells = part.set_index(["model", "level"])
+        rows = [
+            [model]
+            + [
+                _with_ci(
+                    cells.loc[(model, lv), "value"],
+                    cells.loc[(model, lv), "ci_low"],
+                    cells.loc[(model, lv), "ci_high"],
+                    "MRR",
+                )
+                for lv in levels
+            ]
+            for model in models
+        ]
+        out += [
+            "",
+            f"### {corruption}: macro AUROC",
+            "",
+            *_table(["model", *(_level(lv, kind) for lv in levels)], rows),
+        ]
     return out
 
 
@@ -310,6 +369,7 @@ def write_summary(
     embedding_paths: Sequence[str | Path] = (),
     findings_path: str | Path | None = None,
     placement_path: str | Path | None = None,
+    classification_path: str | Path | None = None,
     uncertain_labels: str = "positive",
 ) -> None:
     """Write ``summary.md`` from the metrics stage's three tables, the per-finding table (when given) and the
@@ -334,6 +394,7 @@ def write_summary(
         findings,
         notes,
         None if placement_path is None else pd.read_csv(placement_path),
+        None if classification_path is None else pd.read_csv(classification_path),
     )
     with atomic_output(out_path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")

@@ -121,7 +121,12 @@ def test_full_run_outputs(demo_run):
     assert pd.read_csv(res / "placement.csv").empty
     for ext, magic in (("png", b"\x89PNG"), ("pdf", b"%PDF")):
         assert (res / "plots" / f"findings.{ext}").read_bytes()[:4] == magic
-    assert "## Results per finding" in summary and "## Ties" in summary
+    assert "## Results per finding" in summary and "## Ties" in summary and "## Zero-shot classification" in summary
+    classification = pd.read_csv(res / "classification.csv")
+    assert set(classification["corruption"]) == {"occlusion", "noise"} and "macro" in set(classification["finding"])
+    assert classification["value"].between(0, 1).all() and (classification["n_positive"] >= 10).all()
+    for corruption in ("occlusion", "noise"):
+        assert (res / "plots" / f"{corruption}_classification.png").read_bytes()[:4] == b"\x89PNG"
     assert planned_jobs(demo_run, MINI) == {}, "a second run has nothing to do"
     assert not list(demo_run.rglob("*.partial")), "no temporary files are left"
 
@@ -133,15 +138,11 @@ def test_adding_a_model_runs_only_its_jobs(demo_run):
     assert planned_jobs(demo_run, config) == {  # mini.yaml has two corruptions
         "train_model": 1,
         "embed_texts": 1,
+        "embed_prompts": 1,
         "embed_images": 2,
         "ranks": 2,
-        "metrics": 1,
-        "findings": 1,
-        "placement": 1,
-        "summary": 1,
-        "plot_findings": 1,
-        "plot_results": 2,
-        "all": 1,
+        **_AGGREGATES,
+        **_CLASSIFY,
     }
 
 
@@ -158,6 +159,8 @@ def test_adding_artifact_and_placement_corruptions_runs_only_their_jobs(demo_run
         "embed_images": 3,
         "ranks": 3,
         "plot_results": 3 + 2,  # every corruption's curves come from the one metrics table
+        "plot_classification": 3 + 2,  # and from the one classification table
+        "classification": 1,
         **{k: v for k, v in _AGGREGATES.items() if k != "plot_results"},
     }
 
@@ -195,6 +198,8 @@ def _edit(path: str, value) -> dict:
 # Everything that reads every ranks table (mini.yaml: two corruptions).
 _AGGREGATES = {"metrics": 1, "findings": 1, "placement": 1, "summary": 1, "plot_findings": 1, "plot_results": 2}
 _AGGREGATES["all"] = 1
+# What reads every image embedding: zero-shot classification and its plots (one per corruption).
+_CLASSIFY = {"classification": 1, "plot_classification": 2}
 
 
 @pytest.mark.parametrize(
@@ -202,7 +207,8 @@ _AGGREGATES["all"] = 1
     [
         # Relevance is read by the ranks and metrics only: never the demo data, manifest or embeddings.
         ("datasets.demo.relevance", ["exact"], {"ranks": 2, **_AGGREGATES}),
-        ("datasets.demo.uncertain_labels", "negative", {"ranks": 2, **_AGGREGATES}),
+        # Uncertain labels are also read by zero-shot classification (which labels are positive).
+        ("datasets.demo.uncertain_labels", "negative", {"ranks": 2, **_AGGREGATES, **_CLASSIFY}),
         # The report corpus is its own job: new candidate texts, no new image embeddings.
         ("datasets.demo.extra_reports", [], {"corpus": 1, "embed_texts": 1, "ranks": 2, **_AGGREGATES}),
         # The image cache's size: caches, training and embeddings, but not the demo data or manifest.
@@ -210,15 +216,30 @@ _AGGREGATES["all"] = 1
             "datasets.demo.image_size",
             48,
             {"image_cache": 2, "plot_examples": 2, "train_model": 1, "embed_texts": 1, "embed_images": 2}
-            | {"ranks": 2, **_AGGREGATES},
+            | {"embed_prompts": 1, "ranks": 2, **_AGGREGATES, **_CLASSIFY},
         ),
         # Batch size and precision are read by the embedding stages, never by training.
-        ("models.local.batch_size", 32, {"embed_texts": 1, "embed_images": 2, "ranks": 2, **_AGGREGATES}),
-        ("models.local.dtype", "bfloat16", {"embed_texts": 1, "embed_images": 2, "ranks": 2, **_AGGREGATES}),
+        (
+            "models.local.batch_size",
+            32,
+            {"embed_texts": 1, "embed_prompts": 1, "embed_images": 2, "ranks": 2, **_AGGREGATES, **_CLASSIFY},
+        ),
+        (
+            "models.local.dtype",
+            "bfloat16",
+            {"embed_texts": 1, "embed_prompts": 1, "embed_images": 2, "ranks": 2, **_AGGREGATES, **_CLASSIFY},
+        ),
         # Ranks do not depend on the scoring tile; the example panel is not a metric.
         ("evaluation.block", 1 << 20, {}),
         ("evaluation.examples", 3, {"plot_examples": 2, "all": 1}),
-        ("evaluation.bootstrap", 60, _AGGREGATES),
+        ("evaluation.bootstrap", 60, {**_AGGREGATES, **_CLASSIFY}),
+        # The prompts are embedded again only when their text changes; the scoring rule is read by one job.
+        (
+            "evaluation.classification",
+            {"negative": "without {finding}"},
+            {"embed_prompts": 1, "summary": 1, "all": 1, **_CLASSIFY},
+        ),
+        ("evaluation.classification", {"rule": "positive"}, {"summary": 1, "all": 1, **_CLASSIFY}),
         # What the summary and the findings plot show per finding is read by them alone.
         ("evaluation.findings", {"metric": "R@1"}, {"summary": 1, "plot_findings": 1, "all": 1}),
     ],
@@ -258,6 +279,9 @@ def test_a_config_file_on_the_command_line_replaces_the_demo(tmp_path):
         "plot_results",
         "plot_findings",
         "plot_examples",
+        "embed_prompts",
+        "classification",
+        "plot_classification",
         "all",
     }
     outputs = [path for job in jobs for path in job.get("output", "").split(", ") if path]
@@ -379,8 +403,8 @@ def test_a_pretrained_family_joins_the_study(demo_run, tmp_path):
     """Adding pretrained models to the finished demo plans exactly their jobs (they run in the next test)."""
     config = copy.deepcopy(MINI)
     config["models"].update(_hub_checkpoints(tmp_path))
-    expected = {"embed_texts": 4, "embed_images": 8, "ranks": 8}
-    assert planned_jobs(demo_run, config) == {**expected, **_AGGREGATES}
+    expected = {"embed_texts": 4, "embed_prompts": 4, "embed_images": 8, "ranks": 8}
+    assert planned_jobs(demo_run, config) == {**expected, **_AGGREGATES, **_CLASSIFY}
 
 
 def _published_checkpoints(root: Path) -> dict[str, dict]:

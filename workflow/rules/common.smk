@@ -88,11 +88,13 @@ def final_outputs():
             f"{RESULTS}/{dataset}/comparisons.csv",
             f"{RESULTS}/{dataset}/findings.csv",
             f"{RESULTS}/{dataset}/placement.csv",
+            f"{RESULTS}/{dataset}/classification.csv",
+            f"{RESULTS}/{dataset}/classification_comparisons.csv",
             f"{RESULTS}/{dataset}/summary.md",
             *expand(f"{RESULTS}/{dataset}/plots/findings.{{ext}}", ext=("png", "pdf")),
         ]
         for corruption in CORRUPTIONS:
-            for plot in ("recall", "robustness", "examples"):
+            for plot in ("recall", "robustness", "examples", "classification"):
                 out += expand(
                     "{results}/{dataset}/plots/{corruption}_{plot}.{ext}",
                     results=RESULTS,
@@ -126,7 +128,10 @@ def intermediate_outputs():
             out.append(f"{base}/images/train.h5")
         out += [f"{base}/corruptions/{c}.parquet" for c in CORRUPTIONS]
         for model in MODELS:
-            out.append(f"{base}/embeddings/{model}/text.h5")
+            out += [
+                f"{base}/embeddings/{model}/text.h5",
+                f"{base}/embeddings/{model}/prompts.h5",
+            ]
             for corruption in CORRUPTIONS:
                 out.append(f"{base}/embeddings/{model}/images/{corruption}.h5")
                 out.append(f"{base}/ranks/{model}/{corruption}.parquet")
@@ -177,6 +182,16 @@ def dataset_image_embeddings(wildcards):
         dataset=wildcards.dataset,
         model=MODELS,
         corruption=CORRUPTIONS,
+    )
+
+
+def dataset_prompt_embeddings(wildcards):
+    """Every model's prompt embeddings for a dataset (zero-shot classification)."""
+    return expand(
+        "{results}/{dataset}/embeddings/{model}/prompts.h5",
+        results=RESULTS,
+        dataset=wildcards.dataset,
+        model=MODELS,
     )
 
 
@@ -248,6 +263,21 @@ def corruption_kind(wildcards):
 def bootstrap_options(wildcards):
     """The evaluation options the metrics read (the summary reads bootstrap and ci of them)."""
     return {k: config["evaluation"][k] for k in ("bootstrap", "seed", "ci")}
+
+
+def prompt_options(wildcards):
+    """What the prompts are made of (the templates and pairs; not the rule or the threshold)."""
+    options = config["evaluation"]["classification"]
+    return {k: options[k] for k in ("positive", "negative", "prompts")}
+
+
+def classification_options(wildcards):
+    return config["evaluation"]["classification"]
+
+
+def dataset_uncertain_labels(wildcards):
+    """The one relevance setting classification reads."""
+    return {"uncertain_labels": DATASETS[wildcards.dataset]["uncertain_labels"]}
 
 
 def findings_options(wildcards):

@@ -48,3 +48,25 @@ rule embed_images:
         corruption=corruption_entry,
     script:
         "../scripts/embed_images.py"
+
+
+rule embed_prompts:
+    input:
+        unpack(model_inputs),
+        manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+    output:
+        f"{RESULTS}/{{dataset}}/embeddings/{{model}}/prompts.h5",
+    log:
+        "logs/embed_prompts/{dataset}/{model}.log",
+    conda:
+        "../../envs/medret.yaml"
+    threads: 2
+    resources:
+        gpu=0,  # a few prompts, on the CPU
+        mem_mb=4000,
+        runtime=30,
+    params:
+        entry=model_options,
+        prompts=prompt_options,
+    script:
+        "../scripts/embed_prompts.py"

@@ -87,6 +87,34 @@ rule placement:
         "../scripts/placement.py"
 
 
+rule classification:
+    input:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        prompts=dataset_prompt_embeddings,
+        images=dataset_image_embeddings,
+    output:
+        table=report(
+            f"{RESULTS}/{{dataset}}/classification.csv",
+            caption="../report/classification.rst",
+            category="Tables",
+        ),
+        comparisons=f"{RESULTS}/{{dataset}}/classification_comparisons.csv",
+    log:
+        "logs/classification/{dataset}.log",
+    conda:
+        "../../envs/medret.yaml"
+    threads: 1
+    resources:
+        mem_mb=metrics_memory,
+        runtime=60,
+    params:
+        options=classification_options,
+        evaluation=bootstrap_options,
+        relevance=dataset_uncertain_labels,
+    script:
+        "../scripts/classification.py"
+
+
 rule summary:
     input:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
@@ -96,6 +124,7 @@ rule summary:
         comparisons=f"{RESULTS}/{{dataset}}/comparisons.csv",
         findings=f"{RESULTS}/{{dataset}}/findings.csv",
         placement=f"{RESULTS}/{{dataset}}/placement.csv",
+        classification=f"{RESULTS}/{{dataset}}/classification.csv",
     output:
         report(
             f"{RESULTS}/{{dataset}}/summary.md",

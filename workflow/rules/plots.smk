@@ -77,3 +77,27 @@ rule plot_findings:
         evaluation=display_options,
     script:
         "../scripts/plot_findings.py"
+
+
+rule plot_classification:
+    input:
+        f"{RESULTS}/{{dataset}}/classification.csv",
+    output:
+        report(
+            multiext(
+                f"{RESULTS}/{{dataset}}/plots/{{corruption}}_classification",
+                ".png",
+                ".pdf",
+            ),
+            caption="../report/classification_plot.rst",
+            category="Plots",
+        ),
+    log:
+        "logs/plot_classification/{dataset}/{corruption}.log",
+    localrule: True
+    conda:
+        "../../envs/medret.yaml"
+    params:
+        kind=corruption_kind,
+    script:
+        "../scripts/plot_classification.py"

@@ -13,6 +13,7 @@ with script_context(snakemake.log[0]):
         evaluation=snakemake.params.evaluation,
         findings_path=snakemake.input.findings,
         placement_path=snakemake.input.placement,
+        classification_path=snakemake.input.classification,
         uncertain_labels=snakemake.params.relevance["uncertain_labels"],
         out_path=snakemake.output[0],
     )
