@@ -653,15 +653,21 @@ def _classification_figure(table: pd.DataFrame, corruption: str, *, kind: str) -
             ax.plot(line["level"], line["value"], marker=markers[model], color=colors[model], ms=3, lw=1.2)
             ax.fill_between(line["level"], line["ci_low"], line["ci_high"], color=colors[model], alpha=CI_ALPHA, lw=0)
         ax.axhline(0.5, color="grey", ls="--", lw=0.8)
-        title = "macro average" if finding == MACRO else describe(finding)
         n = part[["n_positive", "n_negative"]].iloc[0]
-        ax.set_title(f"{title} ({int(n['n_positive'])}+ / {int(n['n_negative'])}−)", fontsize=9)
+        title = (
+            f"macro average ({len(findings) - 1} findings)"
+            if finding == MACRO
+            else f"{describe(finding)} ({int(n['n_positive'])}+ / {int(n['n_negative'])}−)"
+        )
+        ax.set_title(title, fontsize=9)
         ax.set_ylim(0.3, 1.0)
         ax.grid(alpha=0.3)
     for ax in axes[len(findings) :]:
         ax.axis("off")
-    for ax in axes[-cols:]:
-        ax.set_xlabel(level_label(kind), fontsize=8)
+    for i, ax in enumerate(axes[: len(findings)]):
+        if i + cols >= len(findings):  # the lowest panel of its column
+            ax.set_xlabel(level_label(kind), fontsize=8)
+            ax.tick_params(labelbottom=True)
     for ax in axes[::cols]:
         ax.set_ylabel("AUROC")
     handles = [Line2D([], [], color=colors[m], marker=markers[m], label=m) for m in models]

@@ -173,7 +173,8 @@ def _classification_lines(table: pd.DataFrame, corruptions: Mapping[str, Mapping
     rows = []
     for finding in findings:
         n = clean.loc[finding].iloc[0]
-        row = [describe(finding) if finding != MACRO else "*macro*", f"{int(n['n_positive'])}/{int(n['n_negative'])}"]
+        counts = f"{int(n['n_positive'])}/{int(n['n_negative'])}"
+        row = [describe(finding), counts] if finding != MACRO else ["*macro*", f"{len(findings) - 1} findings"]
         for model in models:
             r = clean.loc[(finding, model)]
             row.append(_with_ci(r["value"], r["ci_low"], r["ci_high"], "MRR"))

@@ -122,3 +122,29 @@ def test_ties_section_sets_tie_aware_values_beside_pessimistic_ones():
         "0.033 → 0.133 [0.133, 0.133]",
     ]
     assert "| d |" not in text.split("## Ties")[1]
+
+
+def test_classification_section_hand_checked():
+    from medret.classification import classification_tables
+
+    labels = pd.DataFrame({"effusion": [1, 1, 0, 0], "nodule": [1, 0, 1, 0]})
+    y = labels.to_numpy(float)
+    levels = np.array([0.0, 0.5])
+    scores = np.stack([y, 1 - y])  # perfect when clean, inverted at level 0.5
+    table, _ = classification_tables(
+        {("m", "occlusion"): (levels, scores)},
+        labels,
+        ["p0", "p1", "p2", "p3"],
+        dataset="toy",
+        n_boot=50,
+        seed=0,
+        ci=0.95,
+    )
+    metrics, robustness, comparisons = _tables()
+    corruptions = {"occlusion": {"kind": "occlusion", "levels": [0.0, 0.5]}}
+    text = summary_markdown("toy", metrics, robustness, comparisons, corruptions, EVALUATION, classification=table)
+    section = text.split("## Zero-shot classification")[1]
+    assert "| effusion | 2/2 | 1.000 [" in section and "| *macro* | 2 findings | 1.000 [" in section
+    assert "### occlusion: macro AUROC" in section and "| m | 1.000 [1.000, 1.000] | 0.000 [0.000, 0.000] |" in section
+    empty = summary_markdown("toy", metrics, robustness, comparisons, corruptions, EVALUATION, classification=table[:0])
+    assert "No finding to classify" in empty
