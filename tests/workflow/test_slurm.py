@@ -325,20 +325,28 @@ def test_adding_a_model_submits_only_its_jobs(slurm_demo, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(slurm_demo[0], workdir, symlinks=True)  # keeps mtimes: the copy is up to date
     # A model evaluated from an existing checkpoint (here the trained `local` one's): adding it
-    # must submit its embeddings, ranks and the dataset's metrics and nothing else; the light
-    # aggregation steps run locally.
+    # must submit its embeddings (reports, prompts, images), ranks and the dataset-wide tables that read
+    # them, and nothing else; the light aggregation steps run locally.
     config = copy.deepcopy(MINI)
     config["models"]["local-copy"] = {"family": "local", "checkpoint": "results/models/local/checkpoint.pt"}
     jobs = submitted_by(lambda: snakemake(workdir, config, *SLURM_ARGS))
     n_corruptions = len(MINI["corruptions"])
-    assert rule_counts(jobs) == {"embed_texts": 1, "embed_images": n_corruptions, "ranks": n_corruptions, "metrics": 1}
-    model_jobs = jobs[jobs["rule"] != "metrics"]
+    tables = {"metrics": 1, "findings": 1, "placement": 1, "classification": 1}
+    model = {"embed_texts": 1, "embed_prompts": 1, "embed_images": n_corruptions, "ranks": n_corruptions}
+    assert rule_counts(jobs) == {**model, **tables}
+    model_jobs = jobs[~jobs["rule"].isin(list(tables))]
     assert all("local-copy" in w.split("_") for w in model_jobs["wildcards"]), jobs
     assert jobs["run"].nunique() == 1 and set(jobs["state"]) == {"COMPLETED"}
     # Same weights, same queries: the new model's rows equal the trained model's.
     metrics = pd.read_csv(workdir / "results" / "demo" / "metrics.csv")
     new, old = (
         metrics[metrics["model"] == m].drop(columns="model").reset_index(drop=True) for m in ("local-copy", "local")
+    )
+    assert len(new) > 0
+    pd.testing.assert_frame_equal(new, old)
+    zero_shot = pd.read_csv(workdir / "results" / "demo" / "classification.csv")
+    new, old = (
+        zero_shot[zero_shot["model"] == m].drop(columns="model").reset_index(drop=True) for m in ("local-copy", "local")
     )
     assert len(new) > 0
     pd.testing.assert_frame_equal(new, old)
