@@ -165,6 +165,31 @@ def test_adding_artifact_and_placement_corruptions_runs_only_their_jobs(demo_run
     }
 
 
+def test_worst_placement_runs_through_the_workflow(demo_run, tmp_path):
+    """placement: worst on a copy of the finished demo: nine places per level embedded, one worst rank per query,
+    never better than the centred place (the grid's middle cell), and a placement contrast on the demo's regions."""
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run, symlinks=True)
+    config = copy.deepcopy(MINI)
+    config["corruptions"]["occ_worst"] = {"kind": "occlusion", "placement": "worst", "levels": [0.0, 0.25]}
+    config["corruptions"]["occ_centre"] = {"kind": "occlusion", "placement": "centre", "levels": [0.0, 0.25]}
+    for placement in ("inside", "outside"):
+        config["corruptions"][f"occ_{placement}"] = {"kind": "occlusion", "placement": placement, "levels": [0, 0.1]}
+    snakemake(run, config)
+    res = run / "results" / "demo"
+    with h5py.File(res / "embeddings" / "local" / "images" / "occ_worst.h5") as f:
+        assert f["embeddings"].shape[:2] == (1 + 9, 96)  # level 0 once, level 0.25 at nine places
+    worst, centre = (pd.read_parquet(res / "ranks" / "local" / f"occ_{p}.parquet") for p in ("worst", "centre"))
+    assert set(worst["repeat"]) == {0} and len(worst) == len(centre)
+    keys = ["level", "relevance", "direction", "query_id"]
+    both = worst.merge(centre, on=keys, suffixes=("_worst", "_centre"))
+    i2t = both[(both["direction"] == "i2t") & (both["level"] == 0.25)]
+    assert (i2t["rank_worst"] >= i2t["rank_centre"]).all() and (i2t["rank_worst"] > i2t["rank_centre"]).any()
+    placement = pd.read_csv(res / "placement.csv")
+    assert set(placement["level"]) == {0.1} and (placement["n_queries"] > 20).all()
+    assert "## Where the occluder falls" in (res / "summary.md").read_text(encoding="utf-8")
+
+
 def test_adding_a_level_runs_no_text_embedding(demo_run):
     config = copy.deepcopy(MINI)
     config["corruptions"]["occlusion"]["levels"] = [0.0, 0.25, 0.5, 1.0]
