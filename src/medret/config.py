@@ -204,6 +204,14 @@ def _check_references(config: Mapping[str, Any]) -> None:
                 "result of a corruption is compared with; add 0 to the list"
             )
 
+    for name, level in config.get("evaluation", {}).get("findings", {}).get("levels", {}).items():
+        key = f"config key evaluation.findings.levels.{name}"
+        if name not in config["corruptions"]:
+            raise MedretError(f"{key}: no corruption {name!r} (corruptions: {', '.join(config['corruptions'])})")
+        levels = config["corruptions"][name].get("levels", [])
+        if not any(abs(float(level) - float(x)) < 1e-9 for x in levels):
+            raise MedretError(f"{key}: {level} is not one of the corruption's levels {levels}")
+
     for name, entry in config["models"].items():
         family = get_family(entry, name)
         train = entry.get("train")

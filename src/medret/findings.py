@@ -102,9 +102,12 @@ def finding_metrics(
     return pd.concat(frames, ignore_index=True)[list(FINDING_COLUMNS)]
 
 
-def report_level(levels: Sequence[float]) -> float:
-    """The level the per-finding summary and plot set against the clean one: the median of the levels above 0
-    (the lower middle one for an even count), so neither a barely visible nor a total corruption."""
+def report_level(levels: Sequence[float], chosen: float | None = None) -> float:
+    """The level the per-finding summary and plot set against the clean one: ``chosen`` (the corruption's entry
+    in ``evaluation.findings.levels``) when given, else the median of the levels above 0 (the lower middle one for
+    an even count), so neither a barely visible nor a total corruption."""
+    if chosen is not None:
+        return float(chosen)
     above = sorted(float(x) for x in levels if float(x) > 0)
     if not above:
         raise MedretError("a corruption needs a level above 0 to compare findings against the clean images")

@@ -554,10 +554,14 @@ def _findings_figure(
     metric: str,
     direction: str,
     relevance: str,
+    chosen_levels: Mapping[str, float] | None = None,
 ) -> Figure:
     """One panel per corruption: per finding and model, the clean value (open) against the value at the
-    corruption's report level (filled), each with its interval, joined by a line."""
+    corruption's report level (filled; ``chosen_levels``, else the median level), each with its interval, joined
+    by a line."""
     from medret.findings import describe, finding_contrast, report_level
+
+    chosen_levels = chosen_levels or {}
 
     n_findings = max(1, table["finding"].nunique()) if not table.empty else 1
     cols = min(4, max(1, len(corruptions)))
@@ -576,7 +580,7 @@ def _findings_figure(
         ax.axis("off")
     axes = grid[: len(corruptions)]
     for ax, (corruption, entry) in zip(axes, corruptions.items(), strict=True):
-        level = report_level(entry["levels"])
+        level = report_level(entry["levels"], chosen_levels.get(corruption))
         data = finding_contrast(table, corruption, level, metric=metric, direction=direction, relevance=relevance)
         findings = list(dict.fromkeys(data["finding"]))
         kind = str(entry.get("kind", "occlusion"))
@@ -612,12 +616,14 @@ def plot_findings(
     metric: str,
     direction: str,
     relevance: str,
+    chosen_levels: Mapping[str, float] | None = None,
 ) -> None:
     """Save the per-finding figure (:func:`_findings_figure`) of a ``findings.csv`` table."""
     _normalise_paths(out_paths)
-    save_figure(
-        _findings_figure(table, corruptions, metric=metric, direction=direction, relevance=relevance), out_paths
+    figure = _findings_figure(
+        table, corruptions, metric=metric, direction=direction, relevance=relevance, chosen_levels=chosen_levels
     )
+    save_figure(figure, out_paths)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -715,5 +715,11 @@ def plot_findings(
     relevance = shown_relevance(table)
     options = evaluation["findings"]
     plots.plot_findings(
-        table, corruptions, out_paths, metric=options["metric"], direction=options["direction"], relevance=relevance
+        table,
+        corruptions,
+        out_paths,
+        metric=options["metric"],
+        direction=options["direction"],
+        relevance=relevance,
+        chosen_levels=options.get("levels", {}),
     )

@@ -218,6 +218,7 @@ def _findings_lines(
     """Per corruption, a finding × model table of the clean value against the report level's, with intervals."""
     from medret.findings import describe, finding_contrast, report_level, shown_relevance
 
+    chosen_levels = evaluation["findings"].get("levels", {})
     metric, direction = evaluation["findings"]["metric"], evaluation["findings"]["direction"]
     out = ["", "## Results per finding", ""]
     if table.empty:
@@ -226,14 +227,14 @@ def _findings_lines(
     out.append(
         f"{metric} of the {DIRECTION_NAMES[direction]} queries whose {'image' if direction == 'i2t' else 'report'} "
         f"carries each finding ({RELEVANCE_NAMES.get(relevance, relevance)} relevance), clean → at one level of each "
-        "corruption (the median of its levels above 0), with intervals and the change; every metric, level and "
-        "direction is in `findings.csv`."
+        "corruption (`evaluation.findings.levels`, else the median of its levels above 0), with intervals and the "
+        "change; every metric, level and direction is in `findings.csv`."
     )
     out += [f"- {note}" for note in notes]
     for corruption, entry in corruptions.items():
         if corruption not in set(table["corruption"]):
             continue
-        level = report_level(entry["levels"])
+        level = report_level(entry["levels"], chosen_levels.get(corruption))
         data = finding_contrast(table, corruption, level, metric=metric, direction=direction, relevance=relevance)
         if data.empty:
             continue

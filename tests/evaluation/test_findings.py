@@ -88,5 +88,6 @@ def test_report_level_is_the_median_level_above_zero():
     assert report_level([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]) == 0.5
     assert report_level([0, 1, 2, 3, 4, 5]) == 3.0
     assert report_level([0.0, 0.5, 1.0]) == 0.5
+    assert report_level([0.0, 0.1, 0.2, 0.3], chosen=0.1) == 0.1  # evaluation.findings.levels
     with pytest.raises(MedretError, match="a level above 0"):
         report_level([0.0])

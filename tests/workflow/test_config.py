@@ -100,6 +100,14 @@ def test_every_schema_key_is_documented():
             r"corruptions\.occlusion\.levels\.1",
         ),
         (lambda c: c["corruptions"]["occlusion"].update(kind="smudge"), r"corruptions\.occlusion\.kind"),
+        (
+            lambda c: c.setdefault("evaluation", {}).update(findings={"levels": {"occlusion": 0.35}}),
+            r"evaluation\.findings\.levels\.occlusion: 0\.35 is not one of the corruption's levels",
+        ),
+        (
+            lambda c: c.setdefault("evaluation", {}).update(findings={"levels": {"occlusoin": 0.5}}),
+            r"evaluation\.findings\.levels\.occlusoin: no corruption 'occlusoin'",
+        ),
         (lambda c: c["datasets"].update(mine={"adapter": "csv"}), r"datasets\.mine.*'csv' is a required"),
         (lambda c: c["models"].update({"bad name": {"family": "local"}}), r"name 'bad name' must be"),
         (lambda c: c["models"].update(x={"family": "local"}), r"models\.x: family local needs either"),
