@@ -36,6 +36,7 @@ import pandas as pd
 
 from medret.errors import MedretError
 from medret.findings import NO_FINDING, describe
+from medret.manifest import label_presence
 from medret.metrics import bootstrap_counts, paired_difference, percentile_interval
 
 MACRO = "macro"
@@ -84,13 +85,10 @@ def prompt_pairs(findings: Sequence[str], options: Mapping[str, Any]) -> dict[st
 
 def finding_labels(table: pd.DataFrame, uncertain: str) -> tuple[pd.DataFrame, np.ndarray]:
     """(0/1 labels of the manifest ``table``'s pairs per finding, mask of the labelled pairs) under ``uncertain``."""
-    columns = sorted(c for c in table.columns if c.startswith("label_"))
-    if not columns:
-        return pd.DataFrame(index=table.index), np.zeros(len(table), dtype=bool)
-    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-    present = (values == 1.0) | ((values == -1.0) & (uncertain == "positive"))
-    labelled = ~np.isnan(values).all(axis=1)
-    return pd.DataFrame(present.astype(np.int8), columns=[c.removeprefix("label_") for c in columns]), labelled
+    names, present, labelled = label_presence(table, uncertain=uncertain, key="uncertain_labels")
+    if not names:
+        return pd.DataFrame(index=table.index), labelled
+    return pd.DataFrame(present.astype(np.int8), columns=names), labelled
 
 
 def scores(images: np.ndarray, prompts: np.ndarray, rule: str) -> np.ndarray:

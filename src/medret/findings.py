@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from medret.errors import MedretError
-from medret.manifest import UNCERTAIN_POLICIES
+from medret.manifest import label_presence
 from medret.metrics import METRICS_COLUMNS
 
 NO_FINDING = "no_finding"
@@ -35,29 +35,21 @@ def finding_queries(
 
     Empty when the table has no label columns.
     """
-    from medret.retrieval import text_query_ids
+    from medret.retrieval import report_query_ids
 
-    if uncertain not in UNCERTAIN_POLICIES:
-        raise MedretError(f"uncertain labels {uncertain!r}; use {' or '.join(UNCERTAIN_POLICIES)}")
-    columns = sorted(c for c in table.columns if c.startswith("label_"))
-    if not columns:
+    names, present, labelled = label_presence(table, uncertain=uncertain, key="uncertain_labels")
+    if not names:
         return {}
-    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-    present = (values == 1.0) | ((values == -1.0) & (uncertain == "positive"))
-    labelled = ~np.isnan(values).all(axis=1)
-    names = [c.removeprefix("label_") for c in columns]
     if NO_FINDING not in names:
         present = np.column_stack([present, labelled & ~present.any(axis=1)])
         names.append(NO_FINDING)
     text_ids = table["text_id"].to_numpy(np.int64)
-    report_queries = np.asarray(text_query_ids(n_texts))
     out = {}
     for j, name in enumerate(names):
         carriers = present[:, j] & labelled
-        texts = np.unique(text_ids[carriers])
         out[name] = {
             "i2t": table["pair_id"].to_numpy()[carriers].tolist(),
-            "t2i": report_queries[texts[texts < n_texts]].tolist(),
+            "t2i": report_query_ids(text_ids[carriers], n_texts),
         }
     return out
 

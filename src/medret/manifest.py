@@ -153,17 +153,18 @@ def select_pairs(
     return table, dropped.sort_values("pair_id").reset_index(drop=True)
 
 
-def label_groups(table: pd.DataFrame, *, uncertain: str = "positive", key: str = "relevance") -> np.ndarray:
-    """Group id of every pair's label vector (see the module doc); pairs without labels get their own group.
+def label_presence(
+    table: pd.DataFrame, *, uncertain: str = "positive", key: str = "relevance"
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The findings of the ``label_*`` columns (names without the prefix, sorted), which are present in each pair
+    (N, F) and which pairs carry any label at all (N,), by the module doc's rule; ``key`` names the config key.
 
-    ``key`` names the config key in messages.
+    A label is present when it is 1, or -1 under ``uncertain: positive``; 0 and missing are absent.
     """
-    columns = sorted(c for c in table.columns if c.startswith("label_"))
-    if not columns:
-        raise MedretError(f"config key {key}: 'labels' needs label_* columns and this dataset has none; remove it")
     if uncertain not in UNCERTAIN_POLICIES:
         raise MedretError(f"config key {key}: uncertain labels {uncertain!r}; use positive or negative")
-    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    columns = sorted(c for c in table.columns if c.startswith("label_"))
+    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(float).reshape(len(table), len(columns))
     odd = ~np.isnan(values) & ~np.isin(values, (-1.0, 0.0, 1.0))
     if odd.any():
         row, col = np.argwhere(odd)[0]
@@ -173,8 +174,20 @@ def label_groups(table: pd.DataFrame, *, uncertain: str = "positive", key: str =
             f"column {columns[col]}: value {values[row, col]:g} ({where}); labels must be 1, 0, -1 or empty"
         )
     present = (values == 1.0) | ((values == -1.0) & (uncertain == "positive"))
+    labelled = ~np.isnan(values).all(axis=1) if columns else np.zeros(len(table), dtype=bool)
+    return [c.removeprefix("label_") for c in columns], present, labelled
+
+
+def label_groups(table: pd.DataFrame, *, uncertain: str = "positive", key: str = "relevance") -> np.ndarray:
+    """Group id of every pair's label vector (see the module doc); pairs without labels get their own group.
+
+    ``key`` names the config key in messages.
+    """
+    if not any(c.startswith("label_") for c in table.columns):
+        raise MedretError(f"config key {key}: 'labels' needs label_* columns and this dataset has none; remove it")
+    _, present, labelled = label_presence(table, uncertain=uncertain, key=key)
     codes, _ = pd.factorize(pd.Series([row.tobytes() for row in present]), sort=True)
-    unknown = np.isnan(values).all(axis=1)
+    unknown = ~labelled
     codes[unknown] = codes.max(initial=-1) + 1 + np.arange(int(unknown.sum()))
     return codes.astype(np.int64)
 

@@ -59,14 +59,12 @@ def region_queries(table: pd.DataFrame, n_texts: int) -> list[str]:
     """Query ids of the manifest ``table`` whose image has a region: its pair ids, and the report queries (among the
     first ``n_texts`` reports) of those pairs."""
     from medret.datasets import REGION_COLUMNS
-    from medret.retrieval import text_query_ids
+    from medret.retrieval import report_query_ids
 
     if not all(c in table.columns for c in REGION_COLUMNS):
         return []
     has = ~np.isnan(table[list(REGION_COLUMNS)].to_numpy(float)).any(axis=1)
-    texts = np.unique(table["text_id"].to_numpy(np.int64)[has])
-    reports = np.asarray(text_query_ids(n_texts))[texts[texts < n_texts]]
-    return [*table["pair_id"][has], *reports]
+    return [*table["pair_id"][has], *report_query_ids(table["text_id"].to_numpy(np.int64)[has], n_texts)]
 
 
 def placement_contrast(

@@ -175,6 +175,13 @@ def text_query_ids(n_texts: int) -> list[str]:
     return [f"text:{t}" for t in range(n_texts)]
 
 
+def report_query_ids(text_ids: Sequence[int] | np.ndarray, n_texts: int) -> list[str]:
+    """The report queries of some pairs: each evaluated report (text id below ``n_texts``) among their ``text_ids``
+    once, in text id order."""
+    texts = np.unique(np.asarray(text_ids, dtype=np.int64))
+    return [f"text:{t}" for t in texts[texts < n_texts]]
+
+
 def rank_table(
     image_emb: np.ndarray,
     levels: np.ndarray,
