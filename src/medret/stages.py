@@ -440,14 +440,22 @@ def compute_metrics(
         _read_ranks(rank_paths, manifest.digest),
         manifest.clusters(),
         dataset=dataset,
-        n_boot=int(evaluation["bootstrap"]),
-        seed=int(evaluation["seed"]),
-        ci=float(evaluation["ci"]),
+        **_bootstrap(evaluation),
         popularity=popularity,
     )
     for frame, path in zip(result, (out_metrics, out_robustness, out_comparisons), strict=True):
-        with atomic_output(path) as tmp:
-            frame.to_csv(tmp, index=False, float_format="%.6g")
+        _write_csv(frame, path)
+
+
+def _bootstrap(evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """The bootstrap settings of ``evaluation`` as the statistics functions take them."""
+    return {"n_boot": int(evaluation["bootstrap"]), "seed": int(evaluation["seed"]), "ci": float(evaluation["ci"])}
+
+
+def _write_csv(frame: pd.DataFrame, path: str | Path) -> None:
+    """A results table, written atomically with six significant digits."""
+    with atomic_output(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
 def _read_ranks(rank_paths: Sequence[str | Path], manifest_digest: str) -> pd.DataFrame:
@@ -488,12 +496,9 @@ def compute_findings(
         manifest.clusters(),
         dataset=dataset,
         min_queries=min_queries,
-        n_boot=int(evaluation["bootstrap"]),
-        seed=int(evaluation["seed"]),
-        ci=float(evaluation["ci"]),
+        **_bootstrap(evaluation),
     )
-    with atomic_output(out_path) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
+    _write_csv(table, out_path)
 
 
 def compute_placement(
@@ -521,12 +526,9 @@ def compute_placement(
         queries,
         manifest.clusters(),
         dataset=dataset,
-        n_boot=int(evaluation["bootstrap"]),
-        seed=int(evaluation["seed"]),
-        ci=float(evaluation["ci"]),
+        **_bootstrap(evaluation),
     )
-    with atomic_output(out_path) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
+    _write_csv(table, out_path)
 
 
 def classify(
@@ -586,9 +588,7 @@ def classify(
             labels[kept],
             patients,
             dataset=dataset,
-            n_boot=int(evaluation["bootstrap"]),
-            seed=int(evaluation["seed"]),
-            ci=float(evaluation["ci"]),
+            **_bootstrap(evaluation),
         )
         if kept
         else (
@@ -597,8 +597,7 @@ def classify(
         )
     )
     for frame, path in ((table, out_table), (comparisons, out_comparisons)):
-        with atomic_output(path) as tmp:
-            frame.to_csv(tmp, index=False, float_format="%.6g")
+        _write_csv(frame, path)
 
 
 def plot_classification(*, table_path: str | Path, corruption: str, kind: str, out_paths: Sequence[str | Path]) -> None:

@@ -26,7 +26,7 @@ TABLE_METRICS = ("R@1", "R@5", "R@10", "MRR")
 def _number(value: float, metric: str) -> str:
     if pd.isna(value):
         return "–"
-    return f"{value:.3f}" if metric in ("MRR", "nAUC") else f"{value:.1f}"
+    return f"{value:.3f}" if metric in ("MRR", "nAUC", "AUROC") else f"{value:.1f}"
 
 
 def _interval(low: float, high: float, metric: str) -> str:
@@ -177,7 +177,7 @@ def _classification_lines(table: pd.DataFrame, corruptions: Mapping[str, Mapping
         row = [describe(finding), counts] if finding != MACRO else ["*macro*", f"{len(findings) - 1} findings"]
         for model in models:
             r = clean.loc[(finding, model)]
-            row.append(_with_ci(r["value"], r["ci_low"], r["ci_high"], "MRR"))
+            row.append(_with_ci(r["value"], r["ci_low"], r["ci_high"], "AUROC"))
         rows.append(row)
     out += ["", "### Clean images", "", *_table(["finding", "positive/negative", *models], rows)]
     for corruption, entry in corruptions.items():
@@ -188,16 +188,7 @@ def _classification_lines(table: pd.DataFrame, corruptions: Mapping[str, Mapping
         levels = sorted(part["level"].unique())
         cells = part.set_index(["model", "level"])
         rows = [
-            [model]
-            + [
-                _with_ci(
-                    cells.loc[(model, lv), "value"],
-                    cells.loc[(model, lv), "ci_low"],
-                    cells.loc[(model, lv), "ci_high"],
-                    "MRR",
-                )
-                for lv in levels
-            ]
+            [model] + [_with_ci(*cells.loc[(model, lv), ["value", "ci_low", "ci_high"]], "AUROC") for lv in levels]
             for model in models
         ]
         out += [

@@ -548,30 +548,18 @@ register_kind(
         regions=True,
     )
 )
-for _name, (_column, _values) in ACQUISITION.items():
+for _name, (_column, _values) in {**ACQUISITION, **ARTIFACTS}.items():
+    _seeded = _name in NOISE_KINDS or _name in ARTIFACTS
     register_kind(
         CorruptionKind(
             _name,
             severity_specs,
             "medret.corruptions.apply:apply_acquisition",
-            (_column, *(("noise_seed",) if _name in NOISE_KINDS else ())),
+            (_column, *(("noise_seed",) if _seeded else ())),
             severity=True,
             parameters=_values,
-            seeded=_name in NOISE_KINDS,
+            seeded=_seeded,
             random_sign=_name == "rotation",
-            description=f"{_ACQUISITION_TEXT[_name]} ({_column}: {', '.join(f'{v:g}' for v in _values)} at 1..5)",
-        )
-    )
-for _name, (_column, _values) in ARTIFACTS.items():
-    register_kind(
-        CorruptionKind(
-            _name,
-            severity_specs,
-            "medret.corruptions.apply:apply_acquisition",
-            (_column, "noise_seed"),
-            severity=True,
-            parameters=_values,
-            seeded=True,
             description=f"{_ACQUISITION_TEXT[_name]} ({_column}: {', '.join(f'{v:g}' for v in _values)} at 1..5)",
         )
     )
